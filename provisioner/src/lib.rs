@@ -1,0 +1,2 @@
+//! HotPocket instances as hardened Docker containers, through bollard.
+#![forbid(unsafe_code)]
