@@ -33,6 +33,7 @@ ter! {
     temBAD_CURRENCY = -297, "Malformed: Bad currency.";
     temBAD_EXPIRATION = -296, "Malformed: Bad expiration.";
     temBAD_FEE = -295, "Invalid fee, negative or not XRP.";
+    temBAD_REGKEY = -289, "Malformed: Regular key cannot be same as master key.";
     temBAD_SEND_XRP_LIMIT = -288, "Malformed: Limit quality is not allowed for XRP to XRP.";
     temBAD_SEND_XRP_MAX = -287, "Malformed: Send max is not allowed for XRP to XRP.";
     temBAD_SEND_XRP_NO_DIRECT = -286, "Malformed: No Ripple direct is not allowed for XRP to XRP.";
@@ -62,6 +63,8 @@ ter! {
     terQUEUED = -89, "Held until escalated fee drops.";
     tecUNFUNDED_OFFER = 103, "Insufficient balance to fund created offer.";
     tecUNFUNDED_PAYMENT = 104, "Insufficient XRP balance to send.";
+    tecNO_ALTERNATIVE_KEY = 130, "The operation would remove the ability to sign transactions with the account.";
+    tecNO_ISSUER = 133, "Issuer account does not exist.";
     tecNO_DST = 124, "Destination does not exist. Send XRP to create it.";
     tecNO_DST_INSUF_XRP = 125, "Destination does not exist. Too little XRP sent to create it.";
     tecNO_TARGET = 138, "Target account does not exist.";
