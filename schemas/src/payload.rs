@@ -84,9 +84,12 @@ pub(crate) fn field_path(path: &str, message: &str) -> String {
         .iter()
         .find_map(|start| message.strip_prefix(start))
         .and_then(|rest| rest.split('`').next());
-    match (path, named) {
-        (".", Some(name)) => name.to_owned(),
-        (_, Some(name)) => format!("{path}.{name}"),
+    match named {
+        // An unknown member is already the last element of the path; a missing one is not.
+        Some(name) if path == "." => name.to_owned(),
+        Some(name) if path != name && !path.ends_with(&format!(".{name}")) => {
+            format!("{path}.{name}")
+        }
         _ => path.to_owned(),
     }
 }

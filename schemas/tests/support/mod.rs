@@ -91,3 +91,62 @@ pub fn maximal_details() -> InstanceDetails {
         ..typical_details()
     }
 }
+
+use berth_schemas::memo::Message;
+use berth_schemas::message::*;
+
+pub fn failure(code: ReasonCode) -> Failure {
+    Failure {
+        request: tx_hash(0xAB),
+        code,
+        message: "no free slot, the price is refunded".parse().unwrap(),
+    }
+}
+
+pub fn host_info() -> HostInfo {
+    HostInfo {
+        version: "0.1.0".parse().unwrap(),
+        domain: "host1.example.com".parse().unwrap(),
+        country: "DE".parse().unwrap(),
+        cpu_millicores: nz(8000),
+        memory_mb: nz(16384),
+        disk_mb: nz(204800),
+        slots: nz(8),
+        moment_secs: nz(3600),
+        price: drops(1_000_000),
+        cpu_model: Some("AMD EPYC 7B13".parse().unwrap()),
+        description: None,
+    }
+}
+
+/// One message of every kind, the sealed ones sealed to `public_key(9)` / `public_key(8)`.
+pub fn one_of_each() -> Vec<Message> {
+    vec![
+        Message::Acquire(Acquire {
+            sealed: Sealed::seal(&public_key(9), &maximal_request()).unwrap(),
+        }),
+        Message::AcquireOk(AcquireOk {
+            request: tx_hash(1),
+            sealed: Sealed::seal(&public_key(8), &typical_details()).unwrap(),
+        }),
+        Message::AcquireErr(failure(ReasonCode::NoCapacity)),
+        Message::Extend(Extend { lease: token_id(7) }),
+        Message::ExtendOk(ExtendOk {
+            request: tx_hash(2),
+            lease: token_id(7),
+            moments: nz(3),
+            expires_at: 1_790_010_800,
+        }),
+        Message::ExtendErr(failure(ReasonCode::UnknownLease)),
+        Message::Terminate(Terminate { lease: token_id(7) }),
+        Message::TerminateOk(TerminateOk {
+            request: tx_hash(3),
+            lease: token_id(7),
+        }),
+        Message::TerminateErr(failure(ReasonCode::NotLeaseOwner)),
+        Message::Refund(failure(ReasonCode::InstanceLost)),
+        Message::HostReg(host_info()),
+        Message::HostDereg(HostDereg {}),
+        Message::Heartbeat(Heartbeat { free_slots: 3 }),
+    ]
+}
