@@ -26,6 +26,11 @@ fn readme_example_round_trips() {
     assert_eq!(example().to_hex(), hex::encode_upper(text));
     assert_eq!(LeaseUri::from_hex(&example().to_hex()).unwrap(), example());
     assert_eq!(LeaseUri::from_bytes(text.as_bytes()).unwrap(), example());
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(text) && readme.contains(&example().to_hex()),
+        "README.md must show the example"
+    );
 }
 
 fn field_error(text: &str) -> (&'static str, String) {

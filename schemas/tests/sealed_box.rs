@@ -180,6 +180,18 @@ fn readme_test_vector() {
     println!("recipient public: {}", public.to_ledger_hex());
     println!("envelope: {}", hex::encode(&envelope));
     assert_eq!(hex::encode(&envelope), expected);
+    let readme = include_str!("../README.md");
+    for part in [
+        &expected[..66],
+        &expected[66..90],
+        &expected[90..],
+        &public.to_ledger_hex(),
+    ] {
+        assert!(
+            readme.contains(part),
+            "README.md must show the vector: {part}"
+        );
+    }
     assert_eq!(open(&recipient, &envelope).unwrap(), b"{\"v\":1}");
 }
 
