@@ -53,6 +53,25 @@ macro_rules! serde_as_string {
 }
 pub(crate) use serde_as_string;
 
+/// `as_str`, `Display` and the string serde of a `String` newtype validated by `FromStr`.
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        serde_as_string!($name);
+    };
+}
+
 fn decode_hex<const N: usize>(what: &'static str, text: &str) -> Result<[u8; N], ValueError> {
     if text.len() != N * 2 {
         return Err(ValueError::HexLength {
@@ -162,12 +181,6 @@ serde_as_string!(ContractId);
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct HostAddress(String);
 
-impl HostAddress {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl FromStr for HostAddress {
     type Err = ValueError;
     fn from_str(text: &str) -> Result<Self, ValueError> {
@@ -201,13 +214,7 @@ impl FromStr for HostAddress {
     }
 }
 
-impl fmt::Display for HostAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-serde_as_string!(HostAddress);
+string_newtype!(HostAddress);
 
 /// An ISO 3166-1 alpha-2 country code: two upper-case ASCII letters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,12 +259,6 @@ serde_as_string!(CountryCode);
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct InstanceName(String);
 
-impl InstanceName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl FromStr for InstanceName {
     type Err = ValueError;
     fn from_str(text: &str) -> Result<Self, ValueError> {
@@ -278,13 +279,7 @@ impl FromStr for InstanceName {
     }
 }
 
-impl fmt::Display for InstanceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-serde_as_string!(InstanceName);
+string_newtype!(InstanceName);
 
 /// Human-readable text of at most `MAX` bytes of UTF-8, without control characters.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
