@@ -125,12 +125,9 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub fn len(&self) -> u32 {
+    /// Number of ports in the range (at least 1).
+    pub fn count(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     pub fn contains(&self, port: u16) -> bool {
@@ -350,11 +347,11 @@ impl HostConfig {
             ("ports.user", self.ports.user),
             ("ports.peer", self.ports.peer),
         ] {
-            if range.len() < slots {
+            if range.count() < slots {
                 return Err(invalid(
                     key,
                     format!("\"{range}\""),
-                    format!("{} ports for {slots} slots", range.len()),
+                    format!("{} ports for {slots} slots", range.count()),
                 ));
             }
         }
