@@ -246,6 +246,15 @@ impl Message {
         Ok(memo)
     }
 
+    /// Reads the Berth message of a transaction's memos: the first memo whose type starts with
+    /// `berth/`, ignoring foreign memos. `None` when there is none.
+    pub fn from_memos(memos: &[Memo]) -> Option<Result<Self, MemoError>> {
+        memos
+            .iter()
+            .find(|memo| memo.memo_type.starts_with(TYPE_PREFIX.as_bytes()))
+            .map(Self::from_memo)
+    }
+
     /// Reads a memo. A memo whose type does not start with `berth/` gives
     /// [`MemoError::NotBerth`], so callers can skip foreign memos.
     pub fn from_memo(memo: &Memo) -> Result<Self, MemoError> {

@@ -280,6 +280,30 @@ fn memo_level_errors_are_named() {
 }
 
 #[test]
+fn the_berth_memo_is_found_among_foreign_ones() {
+    let foreign = Memo {
+        memo_type: b"text/plain".to_vec(),
+        memo_format: Vec::new(),
+        memo_data: b"hi".to_vec(),
+    };
+    let heartbeat = memo("berth/heartbeat", r#"{"v":1,"free_slots":2}"#);
+    let found = Message::from_memos(&[foreign.clone(), heartbeat])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        found,
+        Message::Heartbeat(berth_schemas::message::Heartbeat { free_slots: 2 })
+    );
+    assert!(Message::from_memos(&[foreign]).is_none());
+    assert!(Message::from_memos(&[]).is_none());
+    let broken = memo("berth/heartbeat", "{}");
+    assert!(matches!(
+        Message::from_memos(&[broken]),
+        Some(Err(MemoError::Payload(_)))
+    ));
+}
+
+#[test]
 fn a_memo_over_the_budget_is_refused_with_its_size() {
     let huge = berth_schemas::message::Sealed::from_envelope(vec![7u8; 900]);
     let message = Message::Acquire(berth_schemas::message::Acquire { sealed: huge });
