@@ -30,10 +30,10 @@ pub trait SealedPayload: Serialize + DeserializeOwned {
 /// Why a sealed payload could not be opened.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum OpenError {
-    #[error("{format}: {source}")]
+    #[error("{format}: {error}")]
     Seal {
         format: &'static str,
-        source: SealError,
+        error: SealError,
     },
     #[error(transparent)]
     Payload(#[from] PayloadError),
@@ -55,9 +55,9 @@ impl<T: SealedPayload> Sealed<T> {
     /// Opens and parses the payload with the recipient's ed25519 secret.
     pub fn open(&self, recipient: &SigningKey) -> Result<T, OpenError> {
         let plaintext =
-            sealed::open(recipient, &self.envelope).map_err(|source| OpenError::Seal {
+            sealed::open(recipient, &self.envelope).map_err(|error| OpenError::Seal {
                 format: T::FORMAT,
-                source,
+                error,
             })?;
         Ok(payload::decode(T::FORMAT, &plaintext)?)
     }

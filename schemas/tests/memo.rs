@@ -70,7 +70,7 @@ fn sealed_payloads_open_for_their_recipient_only() {
         ok.sealed.open(&signing_key(9)),
         Err(OpenError::Seal {
             format: "instance details",
-            source: SealError::Decrypt
+            error: SealError::Decrypt
         })
     );
 }
