@@ -1,6 +1,7 @@
 //! The sealed box against an independent implementation written from the README in Python
 //! (`interop/sealed_box.py`, package `cryptography`; Debian `python3-cryptography`).
-//! These tests fail, not skip, when python3 or the package is missing.
+//! The interpreter is `$BERTH_PYTHON` when set (scripts/test.sh's virtualenv), else `python3`.
+//! These tests fail, not skip, when the interpreter or the package is missing.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -12,12 +13,13 @@ use support::*;
 
 fn python(args: &[&str]) -> (bool, String, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/sealed_box.py");
-    let output = Command::new("python3")
+    let interpreter = std::env::var("BERTH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let output = Command::new(&interpreter)
         .arg(script)
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run python3 (install python3 and python3-cryptography): {e}")
+            panic!("cannot run {interpreter} (needs Python 3 with the cryptography package): {e}")
         });
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
