@@ -19,7 +19,7 @@ use crate::spec::InstanceSpec;
 pub enum Call {
     EnsureImage(String),
     AllocatePorts(BTreeSet<u16>),
-    Create(InstanceSpec),
+    Create(Box<InstanceSpec>),
     Start(String),
     Stop(String),
     Destroy(String),
@@ -194,7 +194,11 @@ impl Provisioner for RecordingProvisioner {
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
-        let mut state = self.begin(Call::Create(spec.clone()), Operation::Create, &spec.name)?;
+        let mut state = self.begin(
+            Call::Create(Box::new(spec.clone())),
+            Operation::Create,
+            &spec.name,
+        )?;
         self.create_in(&mut state, spec)
     }
 
@@ -363,5 +367,84 @@ impl Provisioner for RecordingProvisioner {
             capacity: self.capacity,
             instances: state.instances.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::spec::InstanceIdentity;
+
+    fn spec(name: &str, ports: InstancePorts) -> InstanceSpec {
+        let identity = InstanceIdentity {
+            contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".into(),
+            owner_pubkey: format!("ed{}", "ab".repeat(32)),
+            node_secret: "cd".repeat(32),
+        };
+        InstanceSpec::hotpocket(name, format!("lease-{name}"), identity, ports)
+    }
+
+    #[tokio::test]
+    async fn recording_fake_records_calls_and_injects_failures() {
+        let fake = RecordingProvisioner::default();
+        let provisioner: &dyn Provisioner = &fake;
+        let ports = provisioner.allocate_ports(&BTreeSet::new()).await.unwrap();
+        assert_eq!(
+            ports,
+            InstancePorts {
+                user: 26000,
+                peer: 22000
+            }
+        );
+        let a = spec("a", ports);
+        provisioner.create(&a).await.unwrap();
+        provisioner.start("a").await.unwrap();
+        assert_eq!(provisioner.health("a").await.unwrap(), Health::Answering);
+        let next = provisioner.allocate_ports(&BTreeSet::new()).await.unwrap();
+        assert_eq!(
+            next,
+            InstancePorts {
+                user: 26001,
+                peer: 22001
+            }
+        );
+
+        fake.fail_next(Operation::Start, "b");
+        let b = spec("b", next);
+        provisioner.create(&b).await.unwrap();
+        let error = provisioner.start("b").await.unwrap_err();
+        assert_eq!(error.to_string(), "cannot start instance b");
+        assert!(matches!(
+            provisioner.create(&spec("c", next)).await,
+            Err(ProvisionError::PortTaken { port: 26001, .. })
+        ));
+
+        fake.lose("a");
+        let actions = provisioner
+            .reconcile(&[a.clone(), b.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            actions,
+            vec![
+                ReconcileAction::Recreated {
+                    instance: "a".into()
+                },
+                ReconcileAction::Started {
+                    instance: "b".into()
+                },
+            ]
+        );
+        assert!(provisioner.destroy("a").await.unwrap().container_removed);
+        assert!(provisioner.destroy("a").await.unwrap().was_already_gone());
+        assert_eq!(
+            fake.calls()[..3],
+            [
+                Call::AllocatePorts(BTreeSet::new()),
+                Call::Create(Box::new(a)),
+                Call::Start("a".into())
+            ]
+        );
     }
 }

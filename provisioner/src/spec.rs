@@ -252,7 +252,8 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named_with_the_instance() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut InstanceSpec)>)> = vec![
+        type Change = Box<dyn Fn(&mut InstanceSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("name", Box::new(|s| s.name = "Alpha".into())),
             (
                 "contract_id",

@@ -13,7 +13,9 @@ use common::{config, resources, Harness};
 use tokio::io::AsyncReadExt;
 
 async fn greeting(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).await.unwrap();
     text
@@ -25,25 +27,55 @@ async fn limits_and_hardening_are_in_effect() {
     cfg.pids_limit = 64;
     cfg.open_files_limit = 512;
     cfg.host_ip = [127, 0, 0, 1].into();
-    let Some(h) = Harness::new(cfg).await else { return };
+    let Some(h) = Harness::new(cfg).await else {
+        return;
+    };
     let spec = h.specs("lim", 1).await.remove(0);
     h.provisioner.create(&spec).await.unwrap();
     h.provisioner.start(&spec.name).await.unwrap();
-    assert!(h.wait_answering(spec.ports.user, 10).await, "user port never answered");
-    assert_eq!(greeting(spec.ports.user).await.trim(), format!("berth-probe {}", spec.identity.contract_id));
-    assert_eq!(h.provisioner.health(&spec.name).await.unwrap(), Health::Answering);
+    assert!(
+        h.wait_answering(spec.ports.user, 10).await,
+        "user port never answered"
+    );
+    assert_eq!(
+        greeting(spec.ports.user).await.trim(),
+        format!("berth-probe {}", spec.identity.contract_id)
+    );
+    assert_eq!(
+        h.provisioner.health(&spec.name).await.unwrap(),
+        Health::Answering
+    );
 
-    let inspect = h.docker.inspect_container(&h.provisioner.container_name(&spec.name), None).await.unwrap();
+    let inspect = h
+        .docker
+        .inspect_container(&h.provisioner.container_name(&spec.name), None)
+        .await
+        .unwrap();
     let host = inspect.host_config.unwrap();
     assert_eq!(host.memory, Some(64 << 20));
-    assert_eq!(host.memory_swap, Some(64 << 20), "no swap configured: memory-swap equals memory");
-    assert_eq!((host.cpu_period, host.cpu_quota), (Some(100_000), Some(100_000)));
+    assert_eq!(
+        host.memory_swap,
+        Some(64 << 20),
+        "no swap configured: memory-swap equals memory"
+    );
+    assert_eq!(
+        (host.cpu_period, host.cpu_quota),
+        (Some(100_000), Some(100_000))
+    );
     assert_eq!(host.pids_limit, Some(64));
-    let nofile = host.ulimits.unwrap().into_iter().find(|u| u.name.as_deref() == Some("nofile")).unwrap();
+    let nofile = host
+        .ulimits
+        .unwrap()
+        .into_iter()
+        .find(|u| u.name.as_deref() == Some("nofile"))
+        .unwrap();
     assert_eq!((nofile.soft, nofile.hard), (Some(512), Some(512)));
     assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
     assert_eq!(host.cap_add, None);
-    assert_eq!(host.security_opt, Some(vec!["no-new-privileges:true".to_owned()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges:true".to_owned()])
+    );
     assert_eq!(host.readonly_rootfs, Some(true));
     assert_eq!(host.privileged, Some(false));
     assert_eq!(host.network_mode.as_deref(), Some("bridge"));
@@ -51,10 +83,16 @@ async fn limits_and_hardening_are_in_effect() {
     assert_eq!(host.ipc_mode.as_deref(), Some("private"));
     assert_eq!(host.userns_mode.as_deref().unwrap_or(""), "");
     assert_eq!(host.uts_mode.as_deref().unwrap_or(""), "");
-    let restart = host.restart_policy.unwrap().name.map(|name| name.to_string());
+    let restart = host
+        .restart_policy
+        .unwrap()
+        .name
+        .map(|name| name.to_string());
     assert_eq!(restart.as_deref(), Some("unless-stopped"));
     assert!(host.tmpfs.unwrap()["/tmp"].contains("size=16777216"));
-    let binding = &host.port_bindings.unwrap()[&format!("{}/tcp", spec.ports.user)].clone().unwrap()[0];
+    let binding = &host.port_bindings.unwrap()[&format!("{}/tcp", spec.ports.user)]
+        .clone()
+        .unwrap()[0];
     assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(binding.host_port, Some(spec.ports.user.to_string()));
     let config = inspect.config.unwrap();
@@ -63,7 +101,12 @@ async fn limits_and_hardening_are_in_effect() {
     assert_eq!(labels["berth.lease"], spec.lease_id);
     assert_eq!(labels["berth.instance"], spec.name);
     assert_eq!(labels["berth.managed"], "true");
-    let mount = inspect.mounts.unwrap().into_iter().find(|m| m.destination.as_deref() == Some("/state")).unwrap();
+    let mount = inspect
+        .mounts
+        .unwrap()
+        .into_iter()
+        .find(|m| m.destination.as_deref() == Some("/state"))
+        .unwrap();
     assert_eq!(mount.name, Some(h.provisioner.volume_name(&spec.name)));
     assert_eq!(mount.rw, Some(true));
 
@@ -77,7 +120,12 @@ async fn limits_and_hardening_are_in_effect() {
     assert!(status.contains("tmp: writable"), "{status}");
     let (code, filled) = h.exec(&spec.name, &["/probe", "fill", "/state", "1"]).await;
     assert_eq!((code, filled.trim()), (0, "filled 1"));
-    assert!(h.provisioner.logs(&spec.name, 10).await.unwrap().contains("probe listening"));
+    assert!(h
+        .provisioner
+        .logs(&spec.name, 10)
+        .await
+        .unwrap()
+        .contains("probe listening"));
 
     let status = h.provisioner.host_status().await.unwrap();
     assert_eq!(status.instances, 1);
@@ -91,7 +139,9 @@ async fn limits_and_hardening_are_in_effect() {
 async fn a_process_cannot_exceed_the_memory_or_pids_limit() {
     let mut cfg = config("oom", 21100, resources(1));
     cfg.pids_limit = 32;
-    let Some(h) = Harness::new(cfg).await else { return };
+    let Some(h) = Harness::new(cfg).await else {
+        return;
+    };
     let spec = h.specs("oom", 1).await.remove(0);
     h.provisioner.create(&spec).await.unwrap();
     h.provisioner.start(&spec.name).await.unwrap();
@@ -99,24 +149,52 @@ async fn a_process_cannot_exceed_the_memory_or_pids_limit() {
 
     // 64 MiB of memory, no swap: allocating 200 MiB gets the process killed.
     let (code, output) = h.exec(&spec.name, &["/probe", "alloc", "200"]).await;
-    assert!(!output.contains("done"), "allocation beyond the limit succeeded: {output}");
-    assert_eq!(code, 137, "expected an OOM kill (137), output ends {:?}", output.lines().last());
-    let allocated: u32 = output.lines().filter_map(|l| l.strip_prefix("allocated ")?.parse().ok()).max().unwrap_or(0);
-    assert!(allocated < 64, "allocated {allocated} MiB under a 64 MiB limit");
+    assert!(
+        !output.contains("done"),
+        "allocation beyond the limit succeeded: {output}"
+    );
+    assert_eq!(
+        code,
+        137,
+        "expected an OOM kill (137), output ends {:?}",
+        output.lines().last()
+    );
+    let allocated: u32 = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("allocated ")?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        allocated < 64,
+        "allocated {allocated} MiB under a 64 MiB limit"
+    );
 
     // 32 pids including the probe's own threads: spawning 200 threads stops short.
     let (code, output) = h.exec(&spec.name, &["/probe", "spawn", "200"]).await;
     assert_eq!(code, 0, "{output}");
-    let spawned: u32 = output.trim().strip_prefix("spawned ").unwrap().parse().unwrap();
-    assert!(spawned < 32, "spawned {spawned} threads under a pids limit of 32");
+    let spawned: u32 = output
+        .trim()
+        .strip_prefix("spawned ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        spawned < 32,
+        "spawned {spawned} threads under a pids limit of 32"
+    );
     assert!(spawned > 0);
     // The instance itself survives both.
-    assert_eq!(h.provisioner.health(&spec.name).await.unwrap(), Health::Answering);
+    assert_eq!(
+        h.provisioner.health(&spec.name).await.unwrap(),
+        Health::Answering
+    );
 }
 
 #[tokio::test]
 async fn ports_of_destroyed_instances_are_reused() {
-    let Some(h) = Harness::new(config("ports", 21200, resources(3))).await else { return };
+    let Some(h) = Harness::new(config("ports", 21200, resources(3))).await else {
+        return;
+    };
     let none = BTreeSet::new();
     let first = h.provisioner.allocate_ports(&none).await.unwrap();
     let a = h.spec("pa", "lease-a", first);
@@ -134,7 +212,9 @@ async fn ports_of_destroyed_instances_are_reused() {
     // A clash is refused by name.
     let clash = h.spec("pc", "lease-c", second);
     match h.provisioner.create(&clash).await {
-        Err(ProvisionError::PortTaken { instance, holder, .. }) => assert_eq!((instance.as_str(), holder.as_str()), ("pc", "pb")),
+        Err(ProvisionError::PortTaken {
+            instance, holder, ..
+        }) => assert_eq!((instance.as_str(), holder.as_str()), ("pc", "pb")),
         other => panic!("expected a port clash, got {other:?}"),
     }
 
@@ -148,24 +228,42 @@ async fn ports_of_destroyed_instances_are_reused() {
 
 #[tokio::test]
 async fn destroy_is_idempotent() {
-    let Some(h) = Harness::new(config("destroy", 21300, resources(1))).await else { return };
+    let Some(h) = Harness::new(config("destroy", 21300, resources(1))).await else {
+        return;
+    };
     let spec = h.specs("gone", 1).await.remove(0);
     h.provisioner.create(&spec).await.unwrap();
     h.provisioner.start(&spec.name).await.unwrap();
     let outcome = h.provisioner.destroy(&spec.name).await.unwrap();
-    assert!(outcome.container_removed && outcome.volume_removed, "{outcome:?}");
+    assert!(
+        outcome.container_removed && outcome.volume_removed,
+        "{outcome:?}"
+    );
     let again = h.provisioner.destroy(&spec.name).await.unwrap();
     assert!(again.was_already_gone(), "{again:?}");
-    assert!(h.provisioner.destroy("never-existed").await.unwrap().was_already_gone());
+    assert!(h
+        .provisioner
+        .destroy("never-existed")
+        .await
+        .unwrap()
+        .was_already_gone());
     match h.provisioner.inspect(&spec.name).await {
         Err(ProvisionError::NotFound { instance }) => assert_eq!(instance, spec.name),
         other => panic!("expected not found, got {other:?}"),
     }
     let volume = h.provisioner.volume_name(&spec.name);
-    assert!(h.docker.inspect_volume(&volume).await.is_err(), "volume {volume} survived destroy");
+    assert!(
+        h.docker.inspect_volume(&volume).await.is_err(),
+        "volume {volume} survived destroy"
+    );
     assert!(h.provisioner.list().await.unwrap().is_empty());
     // Operations on a missing instance name it.
-    let error = h.provisioner.start(&spec.name).await.unwrap_err().to_string();
+    let error = h
+        .provisioner
+        .start(&spec.name)
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(error, format!("instance {} does not exist", spec.name));
 }
 
@@ -173,28 +271,50 @@ async fn destroy_is_idempotent() {
 async fn failed_create_leaves_nothing_behind() {
     let mut cfg = config("failcreate", 21400, resources(2));
     cfg.runtime = Some("berth-no-such-runtime".to_owned());
-    let Some(h) = Harness::new(cfg).await else { return };
+    let Some(h) = Harness::new(cfg).await else {
+        return;
+    };
     let spec = h.specs("bad", 1).await.remove(0);
     let error = h.provisioner.create(&spec).await.unwrap_err();
     match &error {
-        ProvisionError::Engine { instance, op, .. } => assert_eq!((instance.as_str(), *op), ("bad0", Operation::Create)),
+        ProvisionError::Engine { instance, op, .. } => {
+            assert_eq!((instance.as_str(), *op), ("bad0", Operation::Create))
+        }
         other => panic!("expected an engine error, got {other:?}"),
     }
     assert_eq!(error.to_string(), "cannot create instance bad0");
     assert!(h.provisioner.list().await.unwrap().is_empty());
-    assert!(h.docker.inspect_volume(&h.provisioner.volume_name("bad0")).await.is_err());
+    assert!(h
+        .docker
+        .inspect_volume(&h.provisioner.volume_name("bad0"))
+        .await
+        .is_err());
 
-    let Some(h) = Harness::new(config("failimage", 21450, resources(2))).await else { return };
+    let Some(h) = Harness::new(config("failimage", 21450, resources(2))).await else {
+        return;
+    };
     let mut spec = h.specs("noimg", 1).await.remove(0);
     spec.image = "berth-no-such-image:none".to_owned();
-    assert!(matches!(h.provisioner.create(&spec).await, Err(ProvisionError::Engine { op: Operation::Create, .. })));
+    assert!(matches!(
+        h.provisioner.create(&spec).await,
+        Err(ProvisionError::Engine {
+            op: Operation::Create,
+            ..
+        })
+    ));
     assert!(h.provisioner.list().await.unwrap().is_empty());
-    assert!(h.docker.inspect_volume(&h.provisioner.volume_name("noimg0")).await.is_err());
+    assert!(h
+        .docker
+        .inspect_volume(&h.provisioner.volume_name("noimg0"))
+        .await
+        .is_err());
 }
 
 #[tokio::test]
 async fn reconcile_after_a_crash_between_create_and_start() {
-    let Some(h) = Harness::new(config("reconcile", 21500, resources(4))).await else { return };
+    let Some(h) = Harness::new(config("reconcile", 21500, resources(4))).await else {
+        return;
+    };
     let specs = h.specs("rc", 4).await;
     let (crashed, missing, orphan, volume_only) = (&specs[0], &specs[1], &specs[2], &specs[3]);
     // The agent crashed after create, before start.
@@ -204,38 +324,88 @@ async fn reconcile_after_a_crash_between_create_and_start() {
     h.provisioner.start(&orphan.name).await.unwrap();
     // A state volume whose container went away.
     h.provisioner.create(volume_only).await.unwrap();
-    h.docker.remove_container(&h.provisioner.container_name(&volume_only.name), None).await.unwrap();
+    h.docker
+        .remove_container(&h.provisioner.container_name(&volume_only.name), None)
+        .await
+        .unwrap();
 
     let expected = vec![crashed.clone(), missing.clone()];
     let actions = h.provisioner.reconcile(&expected).await.unwrap();
     let wanted = [
-        ReconcileAction::RemovedOrphan { instance: orphan.name.clone() },
-        ReconcileAction::RemovedOrphanVolume { instance: volume_only.name.clone() },
-        ReconcileAction::Started { instance: crashed.name.clone() },
-        ReconcileAction::Recreated { instance: missing.name.clone() },
+        ReconcileAction::RemovedOrphan {
+            instance: orphan.name.clone(),
+        },
+        ReconcileAction::RemovedOrphanVolume {
+            instance: volume_only.name.clone(),
+        },
+        ReconcileAction::Started {
+            instance: crashed.name.clone(),
+        },
+        ReconcileAction::Recreated {
+            instance: missing.name.clone(),
+        },
     ];
     assert_eq!(actions, wanted);
     for spec in &expected {
-        assert!(h.wait_answering(spec.ports.user, 10).await, "{} not answering", spec.name);
+        assert!(
+            h.wait_answering(spec.ports.user, 10).await,
+            "{} not answering",
+            spec.name
+        );
     }
-    let names: Vec<String> = h.provisioner.list().await.unwrap().into_iter().map(|s| s.name).collect();
+    let names: Vec<String> = h
+        .provisioner
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(names, vec![crashed.name.clone(), missing.name.clone()]);
-    assert!(h.docker.inspect_volume(&h.provisioner.volume_name(&volume_only.name)).await.is_err());
+    assert!(h
+        .docker
+        .inspect_volume(&h.provisioner.volume_name(&volume_only.name))
+        .await
+        .is_err());
 
     // A second pass has nothing to do; a changed lease replaces the instance.
     let actions = h.provisioner.reconcile(&expected).await.unwrap();
-    assert!(actions.iter().all(|a| matches!(a, ReconcileAction::Kept { .. })), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| matches!(a, ReconcileAction::Kept { .. })),
+        "{actions:?}"
+    );
     let mut moved = missing.clone();
     moved.lease_id = "lease-new".to_owned();
-    let actions = h.provisioner.reconcile(&[crashed.clone(), moved.clone()]).await.unwrap();
-    assert_eq!(actions[1], ReconcileAction::Replaced { instance: moved.name.clone() });
-    assert_eq!(h.provisioner.inspect(&moved.name).await.unwrap().summary.lease_id, "lease-new");
+    let actions = h
+        .provisioner
+        .reconcile(&[crashed.clone(), moved.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        actions[1],
+        ReconcileAction::Replaced {
+            instance: moved.name.clone()
+        }
+    );
+    assert_eq!(
+        h.provisioner
+            .inspect(&moved.name)
+            .await
+            .unwrap()
+            .summary
+            .lease_id,
+        "lease-new"
+    );
 }
 
 #[tokio::test]
 async fn many_instances_created_concurrently() {
     const COUNT: usize = 8;
-    let Some(h) = Harness::new(config("many", 21600, resources(COUNT as u32))).await else { return };
+    let Some(h) = Harness::new(config("many", 21600, resources(COUNT as u32))).await else {
+        return;
+    };
     let specs = h.specs("m", COUNT).await;
     let results = futures_util::future::join_all(specs.iter().map(|spec| async {
         h.provisioner.create(spec).await?;
@@ -246,17 +416,37 @@ async fn many_instances_created_concurrently() {
         result.unwrap_or_else(|error| panic!("{}: {error}", spec.name));
     }
     for spec in &specs {
-        assert!(h.wait_answering(spec.ports.user, 15).await, "{} not answering", spec.name);
-        assert!(greeting(spec.ports.user).await.contains(&spec.identity.contract_id));
+        assert!(
+            h.wait_answering(spec.ports.user, 15).await,
+            "{} not answering",
+            spec.name
+        );
+        assert!(greeting(spec.ports.user)
+            .await
+            .contains(&spec.identity.contract_id));
     }
     let listed = h.provisioner.list().await.unwrap();
     assert_eq!(listed.len(), COUNT);
     assert!(listed.iter().all(|s| s.state == InstanceState::Running));
     // Over capacity is refused.
-    let extra = h.spec("extra", "lease-extra", h.provisioner.allocate_ports(&BTreeSet::new()).await.unwrap());
-    assert!(matches!(h.provisioner.create(&extra).await, Err(ProvisionError::CapacityReached { limit: 8 })));
-    let destroyed = futures_util::future::join_all(specs.iter().map(|spec| h.provisioner.destroy(&spec.name))).await;
-    assert!(destroyed.into_iter().all(|outcome| outcome.unwrap().container_removed));
+    let extra = h.spec(
+        "extra",
+        "lease-extra",
+        h.provisioner
+            .allocate_ports(&BTreeSet::new())
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        h.provisioner.create(&extra).await,
+        Err(ProvisionError::CapacityReached { limit: 8 })
+    ));
+    let destroyed =
+        futures_util::future::join_all(specs.iter().map(|spec| h.provisioner.destroy(&spec.name)))
+            .await;
+    assert!(destroyed
+        .into_iter()
+        .all(|outcome| outcome.unwrap().container_removed));
     assert!(h.provisioner.list().await.unwrap().is_empty());
 }
 
@@ -264,14 +454,18 @@ async fn many_instances_created_concurrently() {
 async fn disk_watchdog_stops_an_instance_over_its_quota() {
     let mut res = resources(2);
     res.disk_mib = 8; // 4 MiB each
-    let Some(h) = Harness::new(config("disk", 21700, res)).await else { return };
+    let Some(h) = Harness::new(config("disk", 21700, res)).await else {
+        return;
+    };
     let specs = h.specs("d", 2).await;
     for spec in &specs {
         h.provisioner.create(spec).await.unwrap();
         h.provisioner.start(&spec.name).await.unwrap();
         assert!(h.wait_answering(spec.ports.user, 10).await);
     }
-    let (code, output) = h.exec(&specs[0].name, &["/probe", "fill", "/state", "6"]).await;
+    let (code, output) = h
+        .exec(&specs[0].name, &["/probe", "fill", "/state", "6"])
+        .await;
     assert_eq!(code, 0, "{output}");
     let checks = h.provisioner.enforce_disk_quota().await.unwrap();
     let hog = checks.iter().find(|c| c.instance == specs[0].name).unwrap();
@@ -279,32 +473,77 @@ async fn disk_watchdog_stops_an_instance_over_its_quota() {
     assert_eq!(hog.quota_bytes, 4 << 20);
     let modest = checks.iter().find(|c| c.instance == specs[1].name).unwrap();
     assert!(!modest.stopped && modest.used_bytes < 1 << 20, "{modest:?}");
-    assert_eq!(h.provisioner.inspect(&specs[0].name).await.unwrap().summary.state, InstanceState::Exited);
-    assert_eq!(h.provisioner.health(&specs[1].name).await.unwrap(), Health::Answering);
-    assert_eq!(h.provisioner.host_status().await.unwrap().disk_quota_mode, h.provisioner.disk_quota_mode());
+    assert_eq!(
+        h.provisioner
+            .inspect(&specs[0].name)
+            .await
+            .unwrap()
+            .summary
+            .state,
+        InstanceState::Exited
+    );
+    assert_eq!(
+        h.provisioner.health(&specs[1].name).await.unwrap(),
+        Health::Answering
+    );
+    assert_eq!(
+        h.provisioner.host_status().await.unwrap().disk_quota_mode,
+        h.provisioner.disk_quota_mode()
+    );
 }
 
 #[tokio::test]
 async fn ensure_image_builds_a_missing_image_once() {
-    let Some(h) = Harness::new(config("image", 21800, resources(1))).await else { return };
+    let Some(h) = Harness::new(config("image", 21800, resources(1))).await else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("berth-image-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
     std::fs::write(dir.join("hello"), "hello\n").unwrap();
     let tag = format!("berth-image-test:{}", std::process::id());
     let spec = ImageSpec::from_dir(&tag, &dir);
-    assert_eq!(h.provisioner.ensure_image(&spec).await.unwrap(), ImageOutcome::Built);
-    assert_eq!(h.provisioner.ensure_image(&spec).await.unwrap(), ImageOutcome::AlreadyPresent);
-    let _ = h.docker.remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+    assert_eq!(
+        h.provisioner.ensure_image(&spec).await.unwrap(),
+        ImageOutcome::Built
+    );
+    assert_eq!(
+        h.provisioner.ensure_image(&spec).await.unwrap(),
+        ImageOutcome::AlreadyPresent
+    );
+    let _ = h
+        .docker
+        .remove_image(
+            &tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
 
-    let missing = ImageSpec { tag: format!("berth-image-missing:{}", std::process::id()), context: std::sync::Arc::new(ContextDir(dir.join("nowhere"))) };
+    let missing = ImageSpec {
+        tag: format!("berth-image-missing:{}", std::process::id()),
+        context: std::sync::Arc::new(ContextDir(dir.join("nowhere"))),
+    };
     let error = h.provisioner.ensure_image(&missing).await.unwrap_err();
-    assert!(matches!(error, ProvisionError::ImageContext { .. }), "{error:?}");
+    assert!(
+        matches!(error, ProvisionError::ImageContext { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains(&missing.tag), "{error}");
     let broken_dir = dir.join("broken");
     std::fs::create_dir_all(&broken_dir).unwrap();
-    std::fs::write(broken_dir.join("Dockerfile"), "FROM scratch\nCOPY absent /absent\n").unwrap();
-    let broken = ImageSpec::from_dir(format!("berth-image-broken:{}", std::process::id()), &broken_dir);
-    assert!(matches!(h.provisioner.ensure_image(&broken).await, Err(ProvisionError::ImageBuild { .. })));
+    std::fs::write(
+        broken_dir.join("Dockerfile"),
+        "FROM scratch\nCOPY absent /absent\n",
+    )
+    .unwrap();
+    let broken = ImageSpec::from_dir(
+        format!("berth-image-broken:{}", std::process::id()),
+        &broken_dir,
+    );
+    assert!(matches!(
+        h.provisioner.ensure_image(&broken).await,
+        Err(ProvisionError::ImageBuild { .. })
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use berth_provisioner::ports::allocate_many;
 use berth_provisioner::{
-    probe, DockerProvisioner, HostResources, InstanceIdentity, InstancePorts, InstanceSpec, PortRange,
-    Provisioner, ProvisionerConfig,
+    probe, DockerProvisioner, HostResources, InstanceIdentity, InstancePorts, InstanceSpec,
+    PortRange, Provisioner, ProvisionerConfig,
 };
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
@@ -66,14 +66,20 @@ impl Harness {
         let docker = docker().await?;
         let namespace = config.namespace.clone();
         cleanup(&docker, &namespace).await;
-        let provisioner = DockerProvisioner::with_docker(docker.clone(), config).await.unwrap();
+        let provisioner = DockerProvisioner::with_docker(docker.clone(), config)
+            .await
+            .unwrap();
         PROBE_IMAGE
             .get_or_init(|| async {
                 let dir = std::env::temp_dir().join(format!("berth-probe-{}", std::process::id()));
                 provisioner.ensure_image(&probe::image(dir)).await.unwrap();
             })
             .await;
-        Some(Self { provisioner, docker, namespace })
+        Some(Self {
+            provisioner,
+            docker,
+            namespace,
+        })
     }
 
     /// A probe instance with a fresh identity on the given ports.
@@ -89,7 +95,13 @@ impl Harness {
             .unwrap()
             .into_iter()
             .enumerate()
-            .map(|(index, ports)| self.spec(&format!("{prefix}{index}"), &format!("lease-{prefix}{index}"), ports))
+            .map(|(index, ports)| {
+                self.spec(
+                    &format!("{prefix}{index}"),
+                    &format!("lease-{prefix}{index}"),
+                    ports,
+                )
+            })
             .collect()
     }
 
@@ -104,7 +116,9 @@ impl Harness {
         };
         let exec = self.docker.create_exec(&container, options).await.unwrap();
         let mut text = String::new();
-        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.unwrap() {
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await.unwrap()
+        {
             while let Some(Ok(chunk)) = output.next().await {
                 text.push_str(&chunk.to_string());
             }
@@ -134,7 +148,10 @@ impl Drop for Harness {
     fn drop(&mut self) {
         let namespace = self.namespace.clone();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
                 if let Ok(docker) = Docker::connect_with_local_defaults() {
                     if let Ok(docker) = docker.negotiate_version().await {
@@ -155,17 +172,28 @@ pub async fn cleanup(docker: &Docker, namespace: &str) {
     };
     use std::collections::HashMap;
     let filters = HashMap::from([("label", vec![format!("berth.namespace={namespace}")])]);
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-    for container in docker.list_containers(Some(options)).await.unwrap_or_default() {
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    for container in docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+    {
         if let Some(id) = container.id {
             let remove = RemoveContainerOptionsBuilder::default().force(true).build();
             let _ = docker.remove_container(&id, Some(remove)).await;
         }
     }
-    let options = ListVolumesOptionsBuilder::default().filters(&filters).build();
+    let options = ListVolumesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
     if let Ok(response) = docker.list_volumes(Some(options)).await {
         for volume in response.volumes.unwrap_or_default() {
-            let _ = docker.remove_volume(&volume.name, None::<RemoveVolumeOptions>).await;
+            let _ = docker
+                .remove_volume(&volume.name, None::<RemoveVolumeOptions>)
+                .await;
         }
     }
 }
@@ -176,7 +204,14 @@ pub fn identity(seed: &str) -> InstanceIdentity {
         hex.push_str(&format!("{byte:02x}"));
     }
     InstanceIdentity {
-        contract_id: format!("{}-{}-4{}-8{}-{}", &hex[0..8], &hex[8..12], &hex[12..15], &hex[15..18], &hex[18..30]),
+        contract_id: format!(
+            "{}-{}-4{}-8{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..15],
+            &hex[15..18],
+            &hex[18..30]
+        ),
         owner_pubkey: format!("ed{hex}"),
         node_secret: hex,
     }
