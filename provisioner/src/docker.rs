@@ -103,6 +103,17 @@ impl DockerProvisioner {
         format!("{}-{}-state", self.config.namespace, instance)
     }
 
+    fn namespace_error(
+        &self,
+        op: Operation,
+    ) -> impl FnOnce(bollard::errors::Error) -> ProvisionError + '_ {
+        move |source| ProvisionError::EngineNamespace {
+            namespace: self.config.namespace.clone(),
+            op,
+            source,
+        }
+    }
+
     fn namespace_filter(&self) -> HashMap<String, Vec<String>> {
         HashMap::from([(
             "label".to_owned(),
@@ -172,6 +183,8 @@ impl DockerProvisioner {
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
             readonly_rootfs: Some(true),
+            // docker-init as PID 1: forwards SIGTERM to the runtime and reaps zombies.
+            init: Some(true),
             privileged: Some(false),
             network_mode: Some("bridge".to_owned()),
             ipc_mode: Some("private".to_owned()),
@@ -504,7 +517,7 @@ impl DockerProvisioner {
             .docker
             .list_volumes(Some(options))
             .await
-            .map_err(|source| ProvisionError::engine("*", Operation::Reconcile, source))?;
+            .map_err(self.namespace_error(Operation::Reconcile))?;
         Ok(response
             .volumes
             .unwrap_or_default()
@@ -557,6 +570,22 @@ fn inspect_state(state: Option<ContainerStateStatusEnum>) -> InstanceState {
     }
 }
 
+/// Starting a running or stopping a stopped container (304) succeeds.
+fn already_done_is_done(
+    name: &str,
+    op: Operation,
+    result: Result<(), bollard::errors::Error>,
+) -> Result<(), ProvisionError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) if is_not_modified(&error) => Ok(()),
+        Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
+            instance: name.to_owned(),
+        }),
+        Err(source) => Err(ProvisionError::engine(name, op, source)),
+    }
+}
+
 fn ports_from_labels(labels: &HashMap<String, String>) -> Option<InstancePorts> {
     let user = labels.get(labels::USER_PORT)?.parse().ok()?;
     let peer = labels.get(labels::PEER_PORT)?.parse().ok()?;
@@ -601,36 +630,22 @@ impl Provisioner for DockerProvisioner {
 
     async fn start(&self, name: &str) -> Result<(), ProvisionError> {
         validate_name(name)?;
-        match self
+        let result = self
             .docker
             .start_container(&self.container_name(name), None)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(error) if is_not_modified(&error) => Ok(()),
-            Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
-                instance: name.to_owned(),
-            }),
-            Err(source) => Err(ProvisionError::engine(name, Operation::Start, source)),
-        }
+            .await;
+        already_done_is_done(name, Operation::Start, result)
     }
 
     async fn stop(&self, name: &str) -> Result<(), ProvisionError> {
         validate_name(name)?;
         let timeout = i32::try_from(self.config.stop_timeout_secs).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(timeout).build();
-        match self
+        let result = self
             .docker
             .stop_container(&self.container_name(name), Some(options))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(error) if is_not_modified(&error) => Ok(()),
-            Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
-                instance: name.to_owned(),
-            }),
-            Err(source) => Err(ProvisionError::engine(name, Operation::Stop, source)),
-        }
+            .await;
+        already_done_is_done(name, Operation::Stop, result)
     }
 
     async fn destroy(&self, name: &str) -> Result<DestroyOutcome, ProvisionError> {
@@ -733,7 +748,7 @@ impl Provisioner for DockerProvisioner {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|source| ProvisionError::engine("*", Operation::List, source))?;
+            .map_err(self.namespace_error(Operation::List))?;
         let mut summaries: Vec<InstanceSummary> = containers
             .into_iter()
             .filter_map(|container| {

@@ -68,6 +68,13 @@ pub enum ProvisionError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("cannot {op} the instances of namespace {namespace}")]
+    EngineNamespace {
+        namespace: String,
+        op: Operation,
+        #[source]
+        source: bollard::errors::Error,
+    },
     #[error("instance {instance} does not exist")]
     NotFound { instance: String },
     #[error("instance {instance} already exists")]

@@ -119,6 +119,22 @@ impl RecordingProvisioner {
         Ok(state)
     }
 
+    fn set_existing(
+        state: &mut State,
+        name: &str,
+        new_state: InstanceState,
+    ) -> Result<(), ProvisionError> {
+        let (_, current) =
+            state
+                .instances
+                .get_mut(name)
+                .ok_or_else(|| ProvisionError::NotFound {
+                    instance: name.to_owned(),
+                })?;
+        *current = new_state;
+        Ok(())
+    }
+
     fn summary(spec: &InstanceSpec, state: InstanceState) -> InstanceSummary {
         InstanceSummary {
             name: spec.name.clone(),
@@ -204,28 +220,12 @@ impl Provisioner for RecordingProvisioner {
 
     async fn start(&self, name: &str) -> Result<(), ProvisionError> {
         let mut state = self.begin(Call::Start(name.to_owned()), Operation::Start, name)?;
-        let (_, current) =
-            state
-                .instances
-                .get_mut(name)
-                .ok_or_else(|| ProvisionError::NotFound {
-                    instance: name.to_owned(),
-                })?;
-        *current = InstanceState::Running;
-        Ok(())
+        Self::set_existing(&mut state, name, InstanceState::Running)
     }
 
     async fn stop(&self, name: &str) -> Result<(), ProvisionError> {
         let mut state = self.begin(Call::Stop(name.to_owned()), Operation::Stop, name)?;
-        let (_, current) =
-            state
-                .instances
-                .get_mut(name)
-                .ok_or_else(|| ProvisionError::NotFound {
-                    instance: name.to_owned(),
-                })?;
-        *current = InstanceState::Exited;
-        Ok(())
+        Self::set_existing(&mut state, name, InstanceState::Exited)
     }
 
     async fn destroy(&self, name: &str) -> Result<DestroyOutcome, ProvisionError> {

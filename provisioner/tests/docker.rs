@@ -77,6 +77,7 @@ async fn limits_and_hardening_are_in_effect() {
         Some(vec!["no-new-privileges:true".to_owned()])
     );
     assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.init, Some(true));
     assert_eq!(host.privileged, Some(false));
     assert_eq!(host.network_mode.as_deref(), Some("bridge"));
     assert_eq!(host.pid_mode.as_deref().unwrap_or(""), "");
@@ -490,6 +491,41 @@ async fn disk_watchdog_stops_an_instance_over_its_quota() {
         h.provisioner.host_status().await.unwrap().disk_quota_mode,
         h.provisioner.disk_quota_mode()
     );
+
+    // The watchdog task does the same on its own, and stops when told.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    tracker.spawn(
+        h.provisioner
+            .clone()
+            .run_disk_watchdog(std::time::Duration::from_millis(200), shutdown.clone()),
+    );
+    tracker.close();
+    let (code, output) = h
+        .exec(&specs[1].name, &["/probe", "fill", "/state", "5"])
+        .await;
+    assert_eq!(code, 0, "{output}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h
+        .provisioner
+        .inspect(&specs[1].name)
+        .await
+        .unwrap()
+        .summary
+        .state
+        == InstanceState::Running
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watchdog did not stop {}",
+            specs[1].name
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(15), tracker.wait())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
