@@ -3,7 +3,8 @@
 //!
 //! Commands:
 //!   run --state-dir DIR   listen on HP_USER_PORT and HP_PEER_PORT, greet each connection with
-//!                         `berth-probe <HP_CONTRACT_ID>`; writes DIR/started first
+//!                         `berth-probe <HP_CONTRACT_ID>`; writes DIR/started first;
+//!                         `crash` sent to the peer port makes it exit with status 3
 //!   alloc MIB             allocate and touch MIB mebibytes, print `allocated <n>` as it goes
 //!   spawn N               start up to N sleeping threads, print `spawned <k>`
 //!   fill DIR MIB          write MIB mebibytes into DIR/fill.bin
@@ -59,18 +60,28 @@ fn run(args: &[String]) -> i32 {
     let peer = listeners.pop();
     if let Some(peer) = peer {
         let contract = contract.clone();
-        std::thread::spawn(move || serve(peer, &contract));
+        std::thread::spawn(move || serve(peer, &contract, true));
     }
     if let Some(user) = listeners.pop() {
-        serve(user, &contract);
+        serve(user, &contract, false);
     }
     0
 }
 
-fn serve(listener: TcpListener, contract: &str) {
+/// Greets each connection; on the peer port, a connection that sends `crash` makes the whole
+/// process exit with status 3 (the tests check the restart policy with it).
+fn serve(listener: TcpListener, contract: &str, obey_crash: bool) {
     for stream in listener.incoming().flatten() {
         let mut stream = stream;
         let _ = writeln!(stream, "berth-probe {contract}");
+        if obey_crash {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+            let mut word = [0u8; 5];
+            if stream.read_exact(&mut word).is_ok() && &word == b"crash" {
+                eprintln!("probe crashing on request");
+                std::process::exit(3);
+            }
+        }
     }
 }
 

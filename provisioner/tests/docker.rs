@@ -192,6 +192,47 @@ async fn a_process_cannot_exceed_the_memory_or_pids_limit() {
 }
 
 #[tokio::test]
+async fn a_crashed_instance_is_restarted_by_its_restart_policy() {
+    let Some(h) = Harness::new(config("restart", 21900, resources(1))).await else {
+        return;
+    };
+    let spec = h.specs("crash", 1).await.remove(0);
+    h.provisioner.create(&spec).await.unwrap();
+    h.provisioner.start(&spec.name).await.unwrap();
+    assert!(h.wait_answering(spec.ports.user, 10).await);
+    let mut peer = tokio::net::TcpStream::connect(("127.0.0.1", spec.ports.peer))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut peer, b"crash")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = h.provisioner.inspect(&spec.name).await.unwrap();
+        if status.restart_count >= 1 && status.summary.state == InstanceState::Running {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(h.wait_answering(spec.ports.user, 10).await);
+    let logs = h.provisioner.logs(&spec.name, 50).await.unwrap();
+    assert!(logs.contains("probe crashing on request"), "{logs}");
+    // A stop by the provisioner is not undone by the policy.
+    h.provisioner.stop(&spec.name).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = h.provisioner.inspect(&spec.name).await.unwrap();
+    assert_eq!(status.summary.state, InstanceState::Exited);
+    assert!(matches!(
+        h.provisioner.health(&spec.name).await.unwrap(),
+        Health::NotRunning(InstanceState::Exited)
+    ));
+}
+
+#[tokio::test]
 async fn ports_of_destroyed_instances_are_reused() {
     let Some(h) = Harness::new(config("ports", 21200, resources(3))).await else {
         return;

@@ -67,15 +67,15 @@ async fn run(provisioner: &DockerProvisioner, count: usize) -> anyhow::Result<()
     for spec in &seq_specs {
         provisioner.destroy(&spec.name).await?;
     }
-    report("one after another", &mut sequential, None);
+    report("one after another", &sequential, None);
 
     let specs = specs(provisioner, "par", count).await?;
     let started = Instant::now();
     let results =
         futures_util::future::join_all(specs.iter().map(|spec| provision(provisioner, spec))).await;
     let wall = started.elapsed();
-    let mut concurrent = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    report(&format!("{count} at once"), &mut concurrent, Some(wall));
+    let concurrent = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    report(&format!("{count} at once"), &concurrent, Some(wall));
     Ok(())
 }
 
@@ -106,16 +106,23 @@ async fn specs(
         .collect())
 }
 
-/// Create, start and wait for the user port; returns the time it took.
-async fn provision(
-    provisioner: &DockerProvisioner,
-    spec: &InstanceSpec,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+/// How long one instance took: to be created, to be started, and to answer (from the start
+/// of create).
+struct Timing {
+    create: Duration,
+    start: Duration,
+    answer: Duration,
+}
+
+/// Create, start and wait for the user port.
+async fn provision(provisioner: &DockerProvisioner, spec: &InstanceSpec) -> anyhow::Result<Timing> {
+    let began = Instant::now();
     provisioner.create(spec).await?;
+    let created = began.elapsed();
     provisioner.start(&spec.name).await?;
+    let started = began.elapsed();
     while !provisioner.user_port_answers(spec.ports.user).await {
-        if started.elapsed() > ANSWER_TIMEOUT {
+        if began.elapsed() > ANSWER_TIMEOUT {
             bail!(
                 "instance {} did not answer on port {} within {ANSWER_TIMEOUT:?}",
                 spec.name,
@@ -124,23 +131,35 @@ async fn provision(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(started.elapsed())
+    Ok(Timing {
+        create: created,
+        start: started - created,
+        answer: began.elapsed(),
+    })
 }
 
-fn report(label: &str, samples: &mut [Duration], wall: Option<Duration>) {
-    samples.sort();
-    let pick = |q: f64| {
-        let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[index].as_secs_f64() * 1000.0
+fn report(label: &str, timings: &[Timing], wall: Option<Duration>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let quantiles = |pick: fn(&Timing) -> Duration| {
+        let mut samples: Vec<Duration> = timings.iter().map(pick).collect();
+        samples.sort();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            ms(samples[index])
+        };
+        (at(0.50), at(0.95), at(1.0))
     };
     let wall = wall
-        .map(|w| format!(", wall {:.0} ms", w.as_secs_f64() * 1000.0))
+        .map(|w| format!(", wall {:.0} ms", ms(w)))
         .unwrap_or_default();
+    let (p50, p95, max) = quantiles(|t| t.answer);
     println!(
-        "{label}: n={} p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms{wall}",
-        samples.len(),
-        pick(0.50),
-        pick(0.95),
-        pick(1.0),
+        "{label}: n={} create-to-answer p50 {p50:.0} ms, p95 {p95:.0} ms, max {max:.0} ms{wall}",
+        timings.len()
+    );
+    let (create50, create95, _) = quantiles(|t| t.create);
+    let (start50, start95, _) = quantiles(|t| t.start);
+    println!(
+        "  of which create p50 {create50:.0} ms (p95 {create95:.0}), start p50 {start50:.0} ms (p95 {start95:.0})"
     );
 }
