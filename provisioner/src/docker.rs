@@ -219,19 +219,43 @@ impl DockerProvisioner {
         }
     }
 
-    /// Creates the state volume unless it exists; true when this call created it.
+    /// The lease label of the instance's state volume, `None` when there is no volume.
+    async fn volume_lease(
+        &self,
+        instance: &str,
+        op: Operation,
+    ) -> Result<Option<String>, ProvisionError> {
+        match self
+            .docker
+            .inspect_volume(&self.volume_name(instance))
+            .await
+        {
+            Ok(volume) => Ok(Some(
+                volume
+                    .labels
+                    .get(labels::LEASE)
+                    .cloned()
+                    .unwrap_or_default(),
+            )),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(source) => Err(ProvisionError::engine(instance, op, source)),
+        }
+    }
+
+    /// Creates the state volume unless it exists; true when this call created it. A volume
+    /// left by another lease is refused: its state must not be handed over.
     async fn ensure_volume(&self, spec: &InstanceSpec) -> Result<bool, ProvisionError> {
         let volume = self.volume_name(&spec.name);
-        match self.docker.inspect_volume(&volume).await {
-            Ok(_) => return Ok(false),
-            Err(error) if is_not_found(&error) => {}
-            Err(source) => {
-                return Err(ProvisionError::engine(
-                    &spec.name,
-                    Operation::Create,
-                    source,
-                ))
+        match self.volume_lease(&spec.name, Operation::Create).await? {
+            Some(lease) if lease == spec.lease_id => return Ok(false),
+            Some(lease) => {
+                return Err(ProvisionError::ForeignVolume {
+                    instance: spec.name.clone(),
+                    volume,
+                    lease,
+                })
             }
+            None => {}
         }
         let request = VolumeCreateRequest {
             name: Some(volume),
@@ -474,39 +498,63 @@ impl DockerProvisioner {
     ) -> Result<ReconcileAction, ProvisionError> {
         let instance = spec.name.clone();
         let Some(current) = existing else {
-            let others = self.list().await?;
-            self.create_checked(spec, &others).await?;
-            self.start(&spec.name).await?;
+            let lease = self.volume_lease(&spec.name, Operation::Reconcile).await?;
+            if lease.is_some_and(|lease| lease != spec.lease_id) {
+                self.remove_volume(&spec.name, Operation::Reconcile).await?;
+            }
+            self.create_and_start(spec).await?;
             return Ok(ReconcileAction::Recreated { instance });
         };
-        let detail = self.inspect(&spec.name).await?;
-        let image_differs = self
+        let image = self
             .docker
             .inspect_container(&self.container_name(&spec.name), None)
             .await
             .map_err(|source| ProvisionError::engine(&spec.name, Operation::Reconcile, source))?
             .config
-            .and_then(|config| config.image)
-            .is_some_and(|image| image != spec.image);
-        let drifted =
-            current.lease_id != spec.lease_id || current.ports != Some(spec.ports) || image_differs;
-        if drifted || matches!(current.state, InstanceState::Dead | InstanceState::Removing) {
-            self.remove_container(&spec.name, Operation::Reconcile)
-                .await?;
-            if current.lease_id != spec.lease_id {
-                // Another lease's state must not be handed over.
-                self.remove_volume(&spec.name, Operation::Reconcile).await?;
+            .and_then(|config| config.image);
+        let drifted = current.lease_id != spec.lease_id
+            || current.ports != Some(spec.ports)
+            || image.is_some_and(|image| image != spec.image);
+        match current.state {
+            _ if drifted => {
+                self.remove_container(&spec.name, Operation::Reconcile)
+                    .await?;
+                if current.lease_id != spec.lease_id {
+                    self.remove_volume(&spec.name, Operation::Reconcile).await?;
+                }
+                self.create_and_start(spec).await?;
+                Ok(ReconcileAction::Replaced { instance })
             }
-            let others = self.list().await?;
-            self.create_checked(spec, &others).await?;
-            self.start(&spec.name).await?;
-            return Ok(ReconcileAction::Replaced { instance });
+            InstanceState::Dead | InstanceState::Removing | InstanceState::Unknown => {
+                self.remove_container(&spec.name, Operation::Reconcile)
+                    .await?;
+                self.create_and_start(spec).await?;
+                Ok(ReconcileAction::Replaced { instance })
+            }
+            // The restart policy is already bringing it back.
+            InstanceState::Running | InstanceState::Restarting => {
+                Ok(ReconcileAction::Kept { instance })
+            }
+            InstanceState::Paused => {
+                self.docker
+                    .unpause_container(&self.container_name(&spec.name))
+                    .await
+                    .map_err(|source| {
+                        ProvisionError::engine(&spec.name, Operation::Start, source)
+                    })?;
+                Ok(ReconcileAction::Started { instance })
+            }
+            InstanceState::Created | InstanceState::Exited => {
+                self.start(&spec.name).await?;
+                Ok(ReconcileAction::Started { instance })
+            }
         }
-        if detail.summary.state == InstanceState::Running {
-            return Ok(ReconcileAction::Kept { instance });
-        }
-        self.start(&spec.name).await?;
-        Ok(ReconcileAction::Started { instance })
+    }
+
+    async fn create_and_start(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
+        let others = self.list().await?;
+        self.create_checked(spec, &others).await?;
+        self.start(&spec.name).await
     }
 
     async fn managed_volumes(&self) -> Result<Vec<String>, ProvisionError> {

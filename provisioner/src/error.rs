@@ -85,6 +85,12 @@ pub enum ProvisionError {
         field: &'static str,
         reason: String,
     },
+    #[error("state volume {volume} of instance {instance} belongs to lease {lease:?}")]
+    ForeignVolume {
+        instance: String,
+        volume: String,
+        lease: String,
+    },
     #[error("port {port} of instance {instance} is already used by instance {holder}")]
     PortTaken {
         instance: String,

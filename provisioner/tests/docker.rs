@@ -370,6 +370,25 @@ async fn reconcile_after_a_crash_between_create_and_start() {
         .remove_container(&h.provisioner.container_name(&volume_only.name), None)
         .await
         .unwrap();
+    // The missing instance's name still has a state volume of an earlier lease.
+    let mut earlier = missing.clone();
+    earlier.lease_id = "lease-earlier".to_owned();
+    h.provisioner.create(&earlier).await.unwrap();
+    h.docker
+        .remove_container(&h.provisioner.container_name(&missing.name), None)
+        .await
+        .unwrap();
+    match h.provisioner.create(missing).await {
+        Err(ProvisionError::ForeignVolume {
+            instance, lease, ..
+        }) => {
+            assert_eq!(
+                (instance.as_str(), lease.as_str()),
+                (missing.name.as_str(), "lease-earlier")
+            )
+        }
+        other => panic!("expected the earlier lease's volume to be refused, got {other:?}"),
+    }
 
     let expected = vec![crashed.clone(), missing.clone()];
     let actions = h.provisioner.reconcile(&expected).await.unwrap();
@@ -404,6 +423,12 @@ async fn reconcile_after_a_crash_between_create_and_start() {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, vec![crashed.name.clone(), missing.name.clone()]);
+    let volume = h
+        .docker
+        .inspect_volume(&h.provisioner.volume_name(&missing.name))
+        .await
+        .unwrap();
+    assert_eq!(volume.labels["berth.lease"], missing.lease_id);
     assert!(h
         .docker
         .inspect_volume(&h.provisioner.volume_name(&volume_only.name))
