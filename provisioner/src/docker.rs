@@ -21,7 +21,7 @@ use crate::error::{is_conflict, is_not_found, is_not_modified, Operation, Provis
 use crate::image::{ensure_image, ImageOutcome, ImageSpec};
 use crate::ports::{self, InstancePorts};
 use crate::provisioner::{
-    DestroyOutcome, DiskQuotaMode, Health, HostStatus, InstanceState, InstanceStatus,
+    DestroyOutcome, DiskCheck, DiskQuotaMode, Health, HostStatus, InstanceState, InstanceStatus,
     InstanceSummary, Provisioner, ReconcileAction,
 };
 use crate::spec::{labels, validate_name, InstanceSpec};
@@ -435,9 +435,7 @@ impl DockerProvisioner {
 
     /// One pass of the disk watchdog: measures every instance's state volume and stops the
     /// running ones over their quota.
-    pub async fn enforce_disk_quota(
-        &self,
-    ) -> Result<Vec<crate::provisioner::DiskCheck>, ProvisionError> {
+    pub async fn enforce_disk_quota(&self) -> Result<Vec<DiskCheck>, ProvisionError> {
         let quota = self.limits.disk_bytes;
         let mut checks = Vec::new();
         for summary in self.list().await? {
@@ -459,7 +457,7 @@ impl DockerProvisioner {
                 );
                 self.stop(&summary.name).await?;
             }
-            checks.push(crate::provisioner::DiskCheck {
+            checks.push(DiskCheck {
                 instance: summary.name,
                 used_bytes: used,
                 quota_bytes: quota,
@@ -878,5 +876,9 @@ impl Provisioner for DockerProvisioner {
             capacity: self.config.resources.instances,
             instances: self.list().await?.len(),
         })
+    }
+
+    async fn enforce_disk_quota(&self) -> Result<Vec<DiskCheck>, ProvisionError> {
+        DockerProvisioner::enforce_disk_quota(self).await
     }
 }

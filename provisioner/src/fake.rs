@@ -9,7 +9,7 @@ use crate::error::{Operation, ProvisionError};
 use crate::image::{ImageOutcome, ImageSpec};
 use crate::ports::{self, InstancePorts};
 use crate::provisioner::{
-    DestroyOutcome, DiskQuotaMode, Health, HostStatus, InstanceState, InstanceStatus,
+    DestroyOutcome, DiskCheck, DiskQuotaMode, Health, HostStatus, InstanceState, InstanceStatus,
     InstanceSummary, Provisioner, ReconcileAction,
 };
 use crate::spec::InstanceSpec;
@@ -29,6 +29,7 @@ pub enum Call {
     List,
     Reconcile(Vec<String>),
     HostStatus,
+    EnforceDiskQuota,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +38,7 @@ struct State {
     instances: BTreeMap<String, (InstanceSpec, InstanceState)>,
     failures: Vec<(Operation, String)>,
     images: HashSet<String>,
+    disk_usage: BTreeMap<String, u64>,
 }
 
 /// In-memory [`Provisioner`] that records its calls.
@@ -45,6 +47,7 @@ pub struct RecordingProvisioner {
     user_ports: PortRange,
     peer_ports: PortRange,
     capacity: u32,
+    disk_quota_bytes: u64,
     state: Mutex<State>,
 }
 
@@ -64,6 +67,7 @@ impl RecordingProvisioner {
             user_ports,
             peer_ports,
             capacity,
+            disk_quota_bytes: 1 << 30,
             state: Mutex::new(State::default()),
         }
     }
@@ -89,6 +93,11 @@ impl RecordingProvisioner {
         if let Some((_, state)) = self.state().instances.get_mut(instance) {
             *state = new_state;
         }
+    }
+
+    /// What the next disk watchdog pass will measure for an instance (0 when not set).
+    pub fn set_disk_usage(&self, instance: &str, bytes: u64) {
+        self.state().disk_usage.insert(instance.to_owned(), bytes);
     }
 
     /// Removes an instance behind the provisioner's back.
@@ -368,6 +377,27 @@ impl Provisioner for RecordingProvisioner {
             instances: state.instances.len(),
         })
     }
+
+    /// Each instance's quota is 1 GiB; usage is what [`Self::set_disk_usage`] set.
+    async fn enforce_disk_quota(&self) -> Result<Vec<DiskCheck>, ProvisionError> {
+        let mut state = self.begin(Call::EnforceDiskQuota, Operation::MeasureDisk, "*")?;
+        let state = &mut *state;
+        let mut checks = Vec::new();
+        for (name, (_, current)) in state.instances.iter_mut() {
+            let used_bytes = state.disk_usage.get(name).copied().unwrap_or(0);
+            let stopped = used_bytes > self.disk_quota_bytes && *current == InstanceState::Running;
+            if stopped {
+                *current = InstanceState::Exited;
+            }
+            checks.push(DiskCheck {
+                instance: name.clone(),
+                used_bytes,
+                quota_bytes: self.disk_quota_bytes,
+                stopped,
+            });
+        }
+        Ok(checks)
+    }
 }
 
 #[cfg(test)]
@@ -435,6 +465,13 @@ mod tests {
                     instance: "b".into()
                 },
             ]
+        );
+        fake.set_disk_usage("b", 2 << 30);
+        let checks = provisioner.enforce_disk_quota().await.unwrap();
+        assert!(checks.iter().any(|c| c.instance == "b" && c.stopped));
+        assert_eq!(
+            provisioner.health("b").await.unwrap(),
+            Health::NotRunning(InstanceState::Exited)
         );
         assert!(provisioner.destroy("a").await.unwrap().container_removed);
         assert!(provisioner.destroy("a").await.unwrap().was_already_gone());

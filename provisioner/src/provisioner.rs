@@ -170,4 +170,6 @@ pub trait Provisioner: Send + Sync {
         expected: &[InstanceSpec],
     ) -> Result<Vec<ReconcileAction>, ProvisionError>;
     async fn host_status(&self) -> Result<HostStatus, ProvisionError>;
+    /// One pass of the disk watchdog: measures each state volume, stops instances over quota.
+    async fn enforce_disk_quota(&self) -> Result<Vec<DiskCheck>, ProvisionError>;
 }

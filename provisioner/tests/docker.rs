@@ -332,7 +332,7 @@ async fn failed_create_leaves_nothing_behind() {
         .await
         .is_err());
 
-    let Some(h) = Harness::new(config("failimage", 21450, resources(2))).await else {
+    let Some(h) = Harness::new(config("failimage", 21420, resources(2))).await else {
         return;
     };
     let mut spec = h.specs("noimg", 1).await.remove(0);
