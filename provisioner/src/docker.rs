@@ -362,17 +362,20 @@ impl DockerProvisioner {
             .create_container(Some(options), self.container_body(spec))
             .await
         {
-            // Leave nothing behind: a half-made container (rare) and the volume we made.
+            // A name conflict means another caller created this instance meanwhile: what
+            // exists is theirs.
+            if is_conflict(&source) {
+                return Err(ProvisionError::AlreadyExists {
+                    instance: spec.name.clone(),
+                });
+            }
+            // Leave nothing behind: a half-made container (after a lost answer) and the volume
+            // this call made.
             let _ = self.remove_container(&spec.name, Operation::Create).await;
             if created_volume {
                 if let Err(cleanup) = self.remove_volume(&spec.name, Operation::Create).await {
                     tracing::warn!(instance = spec.name, error = %cleanup, "failed create left its volume");
                 }
-            }
-            if is_conflict(&source) {
-                return Err(ProvisionError::AlreadyExists {
-                    instance: spec.name.clone(),
-                });
             }
             return Err(ProvisionError::engine(
                 &spec.name,

@@ -474,11 +474,33 @@ async fn many_instances_created_concurrently() {
         return;
     };
     let specs = h.specs("m", COUNT).await;
-    let results = futures_util::future::join_all(specs.iter().map(|spec| async {
-        h.provisioner.create(spec).await?;
-        h.provisioner.start(&spec.name).await
-    }))
-    .await;
+    let provisioner = &h.provisioner;
+    // Two agents racing on one instance: one creates it, the other is told it exists, and
+    // the loser does not take the winner's container or volume with it.
+    let (first, second) = tokio::join!(
+        h.provisioner.create(&specs[0]),
+        h.provisioner.create(&specs[0])
+    );
+    let outcomes = [first, second];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(ProvisionError::AlreadyExists { instance }) if *instance == specs[0].name)),
+        "{outcomes:?}"
+    );
+    let results =
+        futures_util::future::join_all(specs.iter().enumerate().map(|(index, spec)| async move {
+            if index > 0 {
+                provisioner.create(spec).await?;
+            }
+            provisioner.start(&spec.name).await
+        }))
+        .await;
     for (spec, result) in specs.iter().zip(results) {
         result.unwrap_or_else(|error| panic!("{}: {error}", spec.name));
     }
