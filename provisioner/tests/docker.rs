@@ -261,6 +261,12 @@ async fn ports_of_destroyed_instances_are_reused() {
     }
 
     h.provisioner.destroy(&a.name).await.unwrap();
+    // A port something else on the host listens on is skipped while it is held.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", first.user)).unwrap();
+    let around = h.provisioner.allocate_ports(&none).await.unwrap();
+    assert_ne!(around.user, first.user);
+    assert_eq!(around.peer, first.peer);
+    drop(squatter);
     assert_eq!(h.provisioner.allocate_ports(&none).await.unwrap(), first);
     let again = h.spec("pd", "lease-d", first);
     h.provisioner.create(&again).await.unwrap();
