@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
-    HostConfigLogConfig, Mount, MountType, PortBinding, ResourcesUlimits, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount, MountType, PortBinding,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
@@ -188,6 +188,7 @@ impl DockerProvisioner {
             privileged: Some(false),
             network_mode: Some("bridge".to_owned()),
             ipc_mode: Some("private".to_owned()),
+            cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
             runtime: self.config.runtime.clone(),
             storage_opt,
             log_config: Some(HostConfigLogConfig {

@@ -82,6 +82,10 @@ async fn limits_and_hardening_are_in_effect() {
     assert_eq!(host.network_mode.as_deref(), Some("bridge"));
     assert_eq!(host.pid_mode.as_deref().unwrap_or(""), "");
     assert_eq!(host.ipc_mode.as_deref(), Some("private"));
+    assert_eq!(
+        host.cgroupns_mode.map(|mode| mode.to_string()).as_deref(),
+        Some("private")
+    );
     assert_eq!(host.userns_mode.as_deref().unwrap_or(""), "");
     assert_eq!(host.uts_mode.as_deref().unwrap_or(""), "");
     let restart = host
