@@ -1,2 +1,31 @@
 //! HotPocket instances as hardened Docker containers, through bollard.
+//!
+//! The agent holds a [`Provisioner`]: [`DockerProvisioner`] on a real host,
+//! [`RecordingProvisioner`] in its unit tests. Ports are allocated by the pure functions of
+//! [`ports`] over the ports in use, so the agent can keep its own record.
+//!
+//! **Invariant**: only containers and volumes labelled `berth.managed=true` and
+//! `berth.namespace=<namespace>` are ever listed, reconciled or removed.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod fake;
+pub mod image;
+pub mod ports;
+pub mod probe;
+pub mod provisioner;
+pub mod spec;
+
+pub use config::{DiskQuotaPolicy, HostResources, InstanceLimits, PortRange, ProvisionerConfig};
+pub use docker::DockerProvisioner;
+pub use error::{ConfigError, Operation, ProvisionError};
+pub use fake::{Call, RecordingProvisioner};
+pub use image::{BuildContext, ContextDir, ImageOutcome, ImageSpec};
+pub use ports::InstancePorts;
+pub use provisioner::{
+    DestroyOutcome, DiskCheck, DiskQuotaMode, Health, HostStatus, InstanceState, InstanceStatus,
+    InstanceSummary, Provisioner, ReconcileAction,
+};
+pub use spec::{InstanceIdentity, InstanceSpec};

@@ -1,0 +1,165 @@
+//! Benchmark: time from create to the user port answering, for N probe instances one after
+//! another and N at once. Usage: `provision-bench [N]` (default 20). Needs the Docker engine.
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use berth_provisioner::ports::allocate_many;
+use berth_provisioner::{
+    probe, DockerProvisioner, HostResources, InstanceIdentity, InstanceSpec, PortRange,
+    Provisioner, ProvisionerConfig,
+};
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let count: usize = match std::env::args().nth(1) {
+        Some(arg) => arg
+            .parse()
+            .with_context(|| format!("count {arg:?} is not a number"))?,
+        None => 20,
+    };
+    if count == 0 || count > 200 {
+        bail!("count {count} must be 1-200");
+    }
+    let slots = u32::try_from(count)?;
+    let ports = u16::try_from(count)?;
+    let config = ProvisionerConfig::new(
+        format!("bench-{}", std::process::id()),
+        HostResources {
+            cpu_millis: 500 * u64::from(slots),
+            memory_mib: 64 * u64::from(slots),
+            swap_mib: 0,
+            disk_mib: 64 * u64::from(slots),
+            instances: slots,
+        },
+        PortRange::new(23000, 23000 + ports + 20),
+        PortRange::new(23500, 23500 + ports + 20),
+    );
+    let provisioner = DockerProvisioner::connect(config)
+        .await
+        .context("connecting to docker")?;
+    let work_dir = std::env::temp_dir().join(format!("berth-probe-bench-{}", std::process::id()));
+    provisioner
+        .ensure_image(&probe::image(work_dir))
+        .await
+        .context("building the probe image")?;
+
+    let result = run(&provisioner, count).await;
+    for summary in provisioner.list().await.unwrap_or_default() {
+        if let Err(error) = provisioner.destroy(&summary.name).await {
+            eprintln!("cleanup: {error}");
+        }
+    }
+    result
+}
+
+async fn run(provisioner: &DockerProvisioner, count: usize) -> anyhow::Result<()> {
+    println!("create + start until the user port answers, {count} probe instances");
+    println!("disk quota mode: {}", provisioner.disk_quota_mode());
+
+    let seq_specs = specs(provisioner, "seq", count).await?;
+    let mut sequential = Vec::with_capacity(count);
+    for spec in &seq_specs {
+        sequential.push(provision(provisioner, spec).await?);
+    }
+    for spec in &seq_specs {
+        provisioner.destroy(&spec.name).await?;
+    }
+    report("one after another", &sequential, None);
+
+    let specs = specs(provisioner, "par", count).await?;
+    let started = Instant::now();
+    let results =
+        futures_util::future::join_all(specs.iter().map(|spec| provision(provisioner, spec))).await;
+    let wall = started.elapsed();
+    let concurrent = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    report(&format!("{count} at once"), &concurrent, Some(wall));
+    Ok(())
+}
+
+async fn specs(
+    provisioner: &DockerProvisioner,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<InstanceSpec>> {
+    let config = provisioner.config();
+    let in_use: BTreeSet<u16> = provisioner.ports_in_use().await?;
+    let pairs = allocate_many(config.user_ports, config.peer_ports, &in_use, count)?;
+    Ok(pairs
+        .into_iter()
+        .enumerate()
+        .map(|(index, ports)| {
+            let identity = InstanceIdentity {
+                contract_id: format!("00000000-0000-4000-8000-{index:012}"),
+                owner_pubkey: format!("ed{:064x}", index),
+                node_secret: format!("{:064x}", index + 1),
+            };
+            probe::instance(InstanceSpec::hotpocket(
+                format!("{prefix}{index}"),
+                format!("bench-lease-{prefix}{index}"),
+                identity,
+                ports,
+            ))
+        })
+        .collect())
+}
+
+/// How long one instance took: to be created, to be started, and to answer (from the start
+/// of create).
+struct Timing {
+    create: Duration,
+    start: Duration,
+    answer: Duration,
+}
+
+/// Create, start and wait for the user port.
+async fn provision(provisioner: &DockerProvisioner, spec: &InstanceSpec) -> anyhow::Result<Timing> {
+    let began = Instant::now();
+    provisioner.create(spec).await?;
+    let created = began.elapsed();
+    provisioner.start(&spec.name).await?;
+    let started = began.elapsed();
+    while !provisioner.user_port_answers(spec.ports.user).await {
+        if began.elapsed() > ANSWER_TIMEOUT {
+            bail!(
+                "instance {} did not answer on port {} within {ANSWER_TIMEOUT:?}",
+                spec.name,
+                spec.ports.user
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Timing {
+        create: created,
+        start: started - created,
+        answer: began.elapsed(),
+    })
+}
+
+fn report(label: &str, timings: &[Timing], wall: Option<Duration>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let quantiles = |pick: fn(&Timing) -> Duration| {
+        let mut samples: Vec<Duration> = timings.iter().map(pick).collect();
+        samples.sort();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            ms(samples[index])
+        };
+        (at(0.50), at(0.95), at(1.0))
+    };
+    let wall = wall
+        .map(|w| format!(", wall {:.0} ms", ms(w)))
+        .unwrap_or_default();
+    let (p50, p95, max) = quantiles(|t| t.answer);
+    println!(
+        "{label}: n={} create-to-answer p50 {p50:.0} ms, p95 {p95:.0} ms, max {max:.0} ms{wall}",
+        timings.len()
+    );
+    let (create50, create95, _) = quantiles(|t| t.create);
+    let (start50, start95, _) = quantiles(|t| t.start);
+    println!(
+        "  of which create p50 {create50:.0} ms (p95 {create95:.0}), start p50 {start50:.0} ms (p95 {start95:.0})"
+    );
+}
