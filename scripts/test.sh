@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import xrpl' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import xrpl, cryptography' 2>/dev/null; then
     echo "==> setting up .venv with xrpl-py (interoperability tests)"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check 'xrpl-py>=2.0,<5'
+    .venv/bin/pip install --quiet --disable-pip-version-check 'xrpl-py>=2.0,<5' 'cryptography>=41'
 fi
 export BERTH_PYTHON="$PWD/.venv/bin/python"
 
