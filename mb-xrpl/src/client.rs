@@ -649,7 +649,7 @@ impl Connection {
             .map(|(id, p)| (*id, p.body.clone()))
             .collect();
         // The resubscription (highest ids) goes first.
-        unsent.sort_by(|a, b| b.0.cmp(&a.0));
+        unsent.sort_by_key(|u| std::cmp::Reverse(u.0));
         for (id, body) in unsent {
             if let Err(e) = sink.send(Message::Text(body)).await {
                 warn!(%url, error = %e, "send failed");

@@ -433,6 +433,12 @@ impl Submitter {
             if submit_now {
                 submit_now = false;
                 match self.submit_once(&current).await? {
+                    // tefALREADY says nothing new: keep the result that explains the wait.
+                    Step::Wait(result) if result == "tefALREADY" && current.hash == signed.hash => {
+                        if last_result.starts_with('(') {
+                            last_result = result;
+                        }
+                    }
                     Step::Wait(result) => last_result = result,
                     Step::Check(result) => {
                         last_result = result.clone();

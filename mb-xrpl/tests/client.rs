@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_mb_xrpl::{Client, ClientError, StreamEvent};
 use berth_xrpl_core::KeyType;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 
 #[tokio::test]
@@ -180,7 +180,7 @@ async fn a_dead_primary_falls_back_to_the_second_server() {
     c.request("ping", json!({})).await.unwrap();
     c.shutdown().await;
 
-    let mut cfg = config(&[dead.clone()]);
+    let mut cfg = config(std::slice::from_ref(&dead));
     cfg.request_timeout = Duration::from_millis(800);
     let err = Client::connect(cfg).await.unwrap_err();
     assert!(matches!(err, ClientError::ConnectFailed { .. }), "{err}");

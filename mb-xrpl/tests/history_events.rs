@@ -15,6 +15,9 @@ use common::*;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// Checks the problem a purchase reports.
+type ProblemCheck = fn(&Problem) -> bool;
+
 const README: &str = include_str!("../../schemas/README.md");
 
 /// The README's example payload of `memo_type`.
@@ -151,7 +154,7 @@ async fn every_marketplace_event_decodes_and_malformed_memos_carry_reasons() {
     assert_eq!(events::decode(&tx, &t), None);
 
     // Purchases without a memo, with a malformed one, and with the wrong kind.
-    let cases: [(Option<Value>, fn(&Problem) -> bool); 3] = [
+    let cases: [(Option<Value>, ProblemCheck); 3] = [
         (None, |p| *p == Problem::MissingMemo),
         (Some(memo("berth/acquire", "{\"v\":1}")), |p| {
             matches!(p, Problem::Malformed(_))
