@@ -395,7 +395,10 @@ impl Client {
     /// Subscribes to the `ledger` stream ([`StreamEvent::LedgerClosed`]), kept across
     /// reconnects.
     pub async fn subscribe_ledger(&self) -> Result<(), ClientError> {
-        lock(&self.shared.subs).streams.insert("ledger".into());
+        if !lock(&self.shared.subs).streams.insert("ledger".into()) {
+            // Already subscribed; the connection task renews it on every reconnect.
+            return Ok(());
+        }
         self.send_subscription(json!({ "streams": ["ledger"] }))
             .await
     }

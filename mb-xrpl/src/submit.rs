@@ -300,18 +300,24 @@ impl Submitter {
         let fee_drops = match fields.get("Fee").and_then(json_drops) {
             Some(f) => f,
             None => {
-                let open = fee_info
-                    .pointer("/drops/open_ledger_fee")
-                    .and_then(json_drops)
-                    .ok_or_else(|| self.client.bad_response("fee", "no drops.open_ledger_fee"))?;
-                if open > self.config.max_fee_drops {
+                let drops = |key: &str| {
+                    fee_info
+                        .pointer(&format!("/drops/{key}"))
+                        .and_then(json_drops)
+                        .ok_or_else(|| self.client.bad_response("fee", format!("no drops.{key}")))
+                };
+                let open = drops("open_ledger_fee")?;
+                let minimum = drops("minimum_fee").or_else(|_| drops("base_fee"))?;
+                // Below the minimum a transaction can never get in; between the minimum and
+                // the open ledger fee rippled queues it (terQUEUED), so sign at the cap.
+                if minimum > self.config.max_fee_drops {
                     return Err(SubmitError::FeeAboveCap {
                         account: self.account.clone(),
-                        fee_drops: open,
+                        fee_drops: minimum,
                         cap: self.config.max_fee_drops,
                     });
                 }
-                open.max(min_fee)
+                open.max(min_fee).min(self.config.max_fee_drops)
             }
         };
         if fee_drops > self.config.max_fee_drops {
@@ -429,6 +435,7 @@ impl Submitter {
         let mut current = signed.clone();
         let mut last_result = String::from("(not submitted)");
         let mut submit_now = true;
+        let mut failures = 0;
         loop {
             if submit_now {
                 submit_now = false;
@@ -483,7 +490,23 @@ impl Submitter {
                 }
             }
             wait_for_ledger(&mut events, self.config.poll_interval).await;
-            match tx_status(&self.client, &current.hash).await? {
+            let status = match tx_status(&self.client, &current.hash).await {
+                Ok(status) => {
+                    failures = 0;
+                    status
+                }
+                // A dropped connection or a slow answer says nothing about the transaction:
+                // keep waiting (the client reconnects), within a bound.
+                Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }))
+                    if failures < MAX_LOOKUP_FAILURES =>
+                {
+                    failures += 1;
+                    warn!(hash = %current.hash, error = %e, failures, "cannot look the transaction up, waiting");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match status {
                 TxStatus::Validated(v) => return Ok(v),
                 TxStatus::Pending { validated_ledger }
                 | TxStatus::NotFound { validated_ledger }
@@ -560,6 +583,9 @@ impl Submitter {
         Ok(classify(&tx.hash, result, message))
     }
 }
+
+/// Consecutive failed lookups (connection lost, timeout) tolerated while waiting.
+const MAX_LOOKUP_FAILURES: u32 = 10;
 
 enum Step {
     /// Accepted, queued, held or already known: wait for validation.

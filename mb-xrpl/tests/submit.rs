@@ -312,6 +312,16 @@ async fn the_same_blob_submitted_twice_validates_once() {
     let dest = funded(&c, KeyType::Ed25519, 20 * XRP).await.address();
     let s = Submitter::new(c.clone(), key, submit_config()).unwrap();
     let signed = s.prepare(payment(&dest, 1234)).await.unwrap();
+    // Submitted by hand first: known to the server, not yet validated.
+    let r = c
+        .request("submit", json!({"tx_blob": signed.blob}))
+        .await
+        .unwrap();
+    assert_eq!(r["engine_result"], "tesSUCCESS");
+    assert!(matches!(
+        s.status(&signed.hash).await.unwrap(),
+        TxStatus::Pending { .. }
+    ));
     let closer = close_ledgers(&c, Duration::from_millis(150));
     let (a, b) = tokio::join!(s.submit_and_wait(&signed), s.submit_and_wait(&signed));
     closer.cancel();
