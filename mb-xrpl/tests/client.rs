@@ -223,3 +223,41 @@ async fn in_flight_submit_fails_and_in_flight_read_is_retried_with_a_scripted_se
     c.shutdown().await;
     net.shutdown().await;
 }
+
+/// A scripted WebSocket server (not rippled) that accepts and then stays silent: requests
+/// time out naming server and method, and the silent connection is replaced by a fallback.
+#[tokio::test]
+async fn a_silent_server_times_out_requests_and_is_replaced_with_a_scripted_server() {
+    let net = localnet().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Never read (so pings go unanswered), hold the socket for a while.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(ws);
+    });
+    let mut cfg = config(&[silent.clone(), net.url()]);
+    cfg.ping_interval = Duration::from_millis(300);
+    let c = Client::connect(cfg).await.unwrap();
+    assert_eq!(c.connected_url().as_deref(), Some(silent.as_str()));
+    let err = c
+        .request_with_timeout("server_info", json!({}), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&silent) && text.contains("server_info"),
+        "{text}"
+    );
+    // After two ping intervals of silence the client moves to the next server.
+    let mut rx = c.events();
+    let e = next_event(&mut rx, |e| matches!(e, StreamEvent::Reconnected { .. })).await;
+    assert_eq!(e, StreamEvent::Reconnected { url: net.url() });
+    c.request("ping", json!({})).await.unwrap();
+    server.abort();
+    c.shutdown().await;
+    net.shutdown().await;
+}
