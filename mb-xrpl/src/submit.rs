@@ -92,6 +92,10 @@ pub struct SignedTx {
     pub last_ledger_sequence: u32,
     /// The signed transaction's fields.
     pub tx_json: Value,
+    /// Hashes of earlier versions of this transaction (same sequence, lower fee) replaced by
+    /// a fee raise. At most one version can be validated; [`Submitter::status_of`] checks all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// A transaction in a validated ledger: its outcome is final.
@@ -375,6 +379,7 @@ impl Submitter {
             fee_drops,
             last_ledger_sequence,
             tx_json,
+            replaces: Vec::new(),
         })
     }
 
@@ -408,6 +413,23 @@ impl Submitter {
     /// Where the transaction with `hash` is.
     pub async fn status(&self, hash: &str) -> Result<TxStatus, ClientError> {
         tx_status(&self.client, hash).await
+    }
+
+    /// Where `signed` is, counting the earlier versions it replaces: validated if any
+    /// version is, pending if any is known, else not found. What a caller that crashed asks
+    /// about the transactions of its outbox.
+    pub async fn status_of(&self, signed: &SignedTx) -> Result<TxStatus, ClientError> {
+        let mut status = tx_status(&self.client, &signed.hash).await?;
+        for hash in &signed.replaces {
+            match tx_status(&self.client, hash).await? {
+                v @ TxStatus::Validated(_) => return Ok(v),
+                p @ TxStatus::Pending { .. } if matches!(status, TxStatus::NotFound { .. }) => {
+                    status = p
+                }
+                _ => {}
+            }
+        }
+        Ok(status)
     }
 
     /// Submits `signed` and waits for its final outcome. A `tel` result is retried with a
@@ -449,7 +471,7 @@ impl Submitter {
                     Step::Wait(result) => last_result = result,
                     Step::Check(result) => {
                         last_result = result.clone();
-                        match tx_status(&self.client, &current.hash).await? {
+                        match self.status_of(&current).await? {
                             TxStatus::Validated(v) => return Ok(v),
                             TxStatus::Pending { .. } => {}
                             TxStatus::NotFound { validated_ledger } => {
@@ -469,8 +491,10 @@ impl Submitter {
                         let fee = self.raise(current.fee_drops).min(self.config.max_fee_drops);
                         let mut tx = current.tx_json.clone();
                         tx["Fee"] = json!(fee.to_string());
-                        let next =
+                        let mut next =
                             self.sign(tx, current.sequence, fee, current.last_ledger_sequence)?;
+                        next.replaces = current.replaces.clone();
+                        next.replaces.push(current.hash.clone());
                         info!(old = %current.hash, new = %next.hash, fee, %result, "raising the fee");
                         if let Err(e) = persist(&next) {
                             return Err(SubmitError::Persist {
@@ -490,7 +514,7 @@ impl Submitter {
                 }
             }
             wait_for_ledger(&mut events, self.config.poll_interval).await;
-            let status = match tx_status(&self.client, &current.hash).await {
+            let status = match self.status_of(&current).await {
                 Ok(status) => {
                     failures = 0;
                     status
@@ -513,7 +537,7 @@ impl Submitter {
                     if validated_ledger >= current.last_ledger_sequence =>
                 {
                     // One last look: it may have been validated in that very ledger.
-                    if let TxStatus::Validated(v) = tx_status(&self.client, &current.hash).await? {
+                    if let TxStatus::Validated(v) = self.status_of(&current).await? {
                         return Ok(v);
                     }
                     self.reset_sequence().await;
