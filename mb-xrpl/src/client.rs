@@ -249,10 +249,8 @@ impl Client {
         let client = Client::start(config)?;
         let mut rx = client.shared.connected.clone();
         let wait = rx.wait_for(Option::is_some);
-        if tokio::time::timeout(client.shared.config.request_timeout, wait)
-            .await
-            .is_err()
-        {
+        let connected = tokio::time::timeout(client.shared.config.request_timeout, wait).await;
+        if !matches!(connected, Ok(Ok(_))) {
             let last_error = lock(&client.shared.last_error).clone();
             let urls = client.shared.config.urls.clone();
             client.shutdown().await;
