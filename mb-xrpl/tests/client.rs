@@ -52,26 +52,33 @@ async fn requests_return_results_and_errors_carry_tokens() {
 
 #[tokio::test]
 async fn config_errors_name_the_key() {
-    let err = Client::start(config(&[])).unwrap_err();
-    assert!(
-        matches!(err, ClientError::Config { key: "urls", .. }),
-        "{err}"
-    );
-    let err = Client::start(config(&["http://127.0.0.1:1/".into()])).unwrap_err();
-    assert!(err.to_string().contains("http://127.0.0.1:1/"), "{err}");
-    let mut cfg = config(&["ws://127.0.0.1:1/".into()]);
-    cfg.backoff_max = Duration::from_millis(1);
-    let err = Client::start(cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Config {
-                key: "backoff_max",
-                ..
-            }
+    let ws = || config(&["wss://127.0.0.1:1/".into()]);
+    let mut slow_backoff = ws();
+    slow_backoff.backoff_max = Duration::from_millis(1);
+    let mut bad_root = ws();
+    bad_root.tls_root_certs_der = Some(vec![b"not a certificate".to_vec()]);
+    let mut no_roots = ws();
+    no_roots.tls_root_certs_der = Some(Vec::new());
+    let cases = [
+        (config(&[]), "urls", "at least one"),
+        (
+            config(&["http://127.0.0.1:1/".into()]),
+            "urls",
+            "http://127.0.0.1:1/",
         ),
-        "{err}"
-    );
+        (slow_backoff, "backoff_max", "backoff_initial"),
+        (bad_root, "tls_root_certs_der", "certificate #0"),
+        (no_roots, "tls_root_certs_der", "trust no server"),
+    ];
+    for (cfg, key, text) in cases {
+        match Client::start(cfg).unwrap_err() {
+            ClientError::Config { key: k, message } => {
+                assert_eq!(k, key);
+                assert!(message.contains(text), "{message} lacks {text}");
+            }
+            other => panic!("expected a config error for {key}, got {other}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -259,5 +266,65 @@ async fn a_silent_server_times_out_requests_and_is_replaced_with_a_scripted_serv
     c.request("ping", json!({})).await.unwrap();
     server.abort();
     c.shutdown().await;
+    net.shutdown().await;
+}
+
+/// `wss://` for real: a rustls TLS terminator (test-made, with a private CA) in front of the
+/// localnet. Without that CA the handshake fails; trusting it, requests and streams work.
+#[tokio::test]
+async fn wss_through_a_tls_terminator_with_a_private_ca() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::Arc;
+
+    let net = localnet().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_der = certified.cert.der().to_vec();
+    let key_der = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert_der.clone())],
+            PrivateKeyDer::Pkcs8(key_der),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = net.addr();
+    let proxy = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let url = format!("wss://localhost:{port}/");
+
+    let mut cfg = config(std::slice::from_ref(&url));
+    cfg.request_timeout = Duration::from_secs(1);
+    let err = Client::connect(cfg).await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectFailed { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    let mut cfg = config(std::slice::from_ref(&url));
+    cfg.tls_root_certs_der = Some(vec![cert_der]);
+    let c = Client::connect(cfg).await.unwrap();
+    assert_eq!(c.connected_url().as_deref(), Some(url.as_str()));
+    let mut rx = c.events();
+    c.subscribe_ledger().await.unwrap();
+    let closed = accept(&c).await;
+    let e = next_event(&mut rx, |e| matches!(e, StreamEvent::LedgerClosed { .. })).await;
+    assert!(matches!(e, StreamEvent::LedgerClosed { index, .. } if index == closed));
+    c.shutdown().await;
+    proxy.abort();
     net.shutdown().await;
 }
