@@ -404,12 +404,35 @@ impl Client {
 
     /// Subscribes to the validated transactions of `accounts` (kept across reconnects).
     pub async fn subscribe_accounts(&self, accounts: &[String]) -> Result<(), ClientError> {
+        // One bad address would make every later resubscription fail: refuse it here.
+        if let Some(bad) = accounts
+            .iter()
+            .find(|a| !berth_xrpl_core::address::is_valid_address(a))
         {
-            let mut subs = lock(&self.shared.subs);
-            subs.accounts.extend(accounts.iter().cloned());
+            return Err(ClientError::BadRequest {
+                method: "subscribe".into(),
+                detail: format!("{bad:?} is not a classic account address"),
+            });
         }
-        self.send_subscription(json!({ "accounts": accounts }))
-            .await
+        let added: Vec<String> = {
+            let mut subs = lock(&self.shared.subs);
+            accounts
+                .iter()
+                .filter(|a| subs.accounts.insert((*a).clone()))
+                .cloned()
+                .collect()
+        };
+        let result = self
+            .send_subscription(json!({ "accounts": accounts }))
+            .await;
+        if result.is_err() {
+            // Refused (e.g. a malformed address): do not renew it on reconnects either.
+            let mut subs = lock(&self.shared.subs);
+            for a in &added {
+                subs.accounts.remove(a);
+            }
+        }
+        result
     }
 
     /// Stops the account subscriptions of `accounts`.
@@ -432,8 +455,13 @@ impl Client {
             // Already subscribed; the connection task renews it on every reconnect.
             return Ok(());
         }
-        self.send_subscription(json!({ "streams": ["ledger"] }))
-            .await
+        let result = self
+            .send_subscription(json!({ "streams": ["ledger"] }))
+            .await;
+        if result.is_err() {
+            lock(&self.shared.subs).streams.remove("ledger");
+        }
+        result
     }
 
     async fn send_subscription(&self, params: Value) -> Result<(), ClientError> {

@@ -89,6 +89,12 @@ async fn subscriptions_deliver_ledgers_and_account_transactions() {
     let mut rx = c.events();
     c.subscribe_ledger().await.unwrap();
     c.subscribe_accounts(&[key.address()]).await.unwrap();
+    let err = c
+        .subscribe_accounts(&["not-an-address".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::BadRequest { .. }), "{err}");
+    assert!(err.to_string().contains("not-an-address"), "{err}");
     let fund = c
         .request(
             "wallet_fund",
