@@ -441,3 +441,92 @@ fn the_readme_examples_are_berth_messages() {
         assert_eq!(Message::from_memo(&m).unwrap().kind(), *kind);
     }
 }
+
+/// A plain TCP forwarder to `backend` on `listen`; aborting the task cuts every connection.
+async fn forwarder(
+    listen: std::net::SocketAddr,
+    backend: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            conns.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The pattern the agent follows: the stream misses what happens while the connection is
+/// down; after `Reconnected`, history from the cursor recovers it.
+#[tokio::test]
+async fn transactions_missed_while_disconnected_are_recovered_from_history() {
+    let net = localnet().await;
+    let direct = client(&net).await;
+    let watched = funded(&direct, KeyType::Ed25519, 100 * XRP).await.address();
+    let payer = Submitter::new(
+        direct.clone(),
+        funded(&direct, KeyType::Ed25519, 100 * XRP).await,
+        cfg(),
+    )
+    .unwrap();
+    let (addr, cut) = forwarder("127.0.0.1:0".parse().unwrap(), net.addr()).await;
+    let c = Client::connect(config(&[format!("ws://{addr}/")]))
+        .await
+        .unwrap();
+    let mut rx = c.events();
+    c.subscribe_accounts(std::slice::from_ref(&watched))
+        .await
+        .unwrap();
+    let cursor = c.validated_ledger_index().await.unwrap() + 1;
+
+    cut.abort();
+    let _ = cut.await;
+    let mut missed = Vec::new();
+    for drops in [1000, 2000] {
+        let s = payer.prepare(pay(&watched, drops, None)).await.unwrap();
+        direct
+            .request("submit", json!({"tx_blob": s.blob}))
+            .await
+            .unwrap();
+        missed.push(s.hash);
+    }
+    accept(&direct).await;
+    let (_, restored) = forwarder(addr, net.addr()).await;
+    let mut streamed = Vec::new();
+    loop {
+        match next_event(&mut rx, |_| true).await {
+            berth_mb_xrpl::StreamEvent::Reconnected { .. } => break,
+            berth_mb_xrpl::StreamEvent::Transaction(tx) => streamed.push(tx.hash),
+            _ => {}
+        }
+    }
+    assert!(
+        streamed.iter().all(|h| !missed.contains(h)),
+        "the stream could not see them"
+    );
+    let h = account_history(&c, &watched, cursor).await.unwrap();
+    let recovered: Vec<_> = h.transactions.iter().map(|t| t.hash.clone()).collect();
+    assert_eq!(recovered, missed);
+    // And the renewed subscription delivers what comes next.
+    let s = payer.prepare(pay(&watched, 3000, None)).await.unwrap();
+    direct
+        .request("submit", json!({"tx_blob": s.blob}))
+        .await
+        .unwrap();
+    accept(&direct).await;
+    let e = next_event(&mut rx, |e| {
+        matches!(e, berth_mb_xrpl::StreamEvent::Transaction(_))
+    })
+    .await;
+    assert!(matches!(e, berth_mb_xrpl::StreamEvent::Transaction(tx) if tx.hash == s.hash));
+    restored.abort();
+    c.shutdown().await;
+    direct.shutdown().await;
+    net.shutdown().await;
+}
