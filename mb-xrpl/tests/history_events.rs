@@ -87,6 +87,11 @@ async fn lease_offer(host: &Submitter, price: u64) -> (String, String) {
     (token, offer.meta["offer_id"].as_str().unwrap().to_owned())
 }
 
+/// A submitter for a new funded account.
+async fn submitter(c: &Client, key_type: KeyType, drops: u64) -> Submitter {
+    Submitter::new(c.clone(), funded(c, key_type, drops).await, cfg()).unwrap()
+}
+
 fn cfg() -> SubmitConfig {
     SubmitConfig {
         poll_interval: Duration::from_millis(100),
@@ -98,18 +103,8 @@ fn cfg() -> SubmitConfig {
 async fn every_marketplace_event_decodes_and_malformed_memos_carry_reasons() {
     let net = localnet().await;
     let c = client(&net).await;
-    let host = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Ed25519, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
-    let tenant = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Secp256k1, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
+    let host = submitter(&c, KeyType::Ed25519, 1000 * XRP).await;
+    let tenant = submitter(&c, KeyType::Secp256k1, 1000 * XRP).await;
     let registry = funded(&c, KeyType::Ed25519, 20 * XRP).await.address();
     let (h, t) = (host.account().to_owned(), tenant.account().to_owned());
     let stop = closer(&c);
@@ -360,12 +355,7 @@ async fn history_catches_up_across_pages_from_a_cursor_in_ledger_order() {
     let net = localnet().await;
     let c = client(&net).await;
     let host = funded(&c, KeyType::Ed25519, 1000 * XRP).await.address();
-    let tenant = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Ed25519, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
+    let tenant = submitter(&c, KeyType::Ed25519, 1000 * XRP).await;
     // Ledger 1: 3 payments; then 4 more ledgers of 2 payments each.
     let mut sent = Vec::new();
     let mut cursor = 0;
@@ -469,12 +459,7 @@ async fn transactions_missed_while_disconnected_are_recovered_from_history() {
     let net = localnet().await;
     let direct = client(&net).await;
     let watched = funded(&direct, KeyType::Ed25519, 100 * XRP).await.address();
-    let payer = Submitter::new(
-        direct.clone(),
-        funded(&direct, KeyType::Ed25519, 100 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
+    let payer = submitter(&direct, KeyType::Ed25519, 100 * XRP).await;
     let (addr, cut) = forwarder("127.0.0.1:0".parse().unwrap(), net.addr()).await;
     let c = Client::connect(config(&[format!("ws://{addr}/")]))
         .await
