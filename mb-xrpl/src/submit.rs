@@ -584,6 +584,13 @@ impl Submitter {
             Err(ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }) => {
                 return Ok(Step::Wait("(connection lost during submit)".into()))
             }
+            // The server cannot take transactions right now: try again on the next poll.
+            Err(ClientError::Rpc { error, .. })
+                if TRANSIENT_RPC_ERRORS.contains(&error.as_str()) =>
+            {
+                warn!(hash = %tx.hash, %error, "server busy, will resubmit");
+                return Ok(Step::Wait(error));
+            }
             Err(ClientError::Rpc { error, message, .. }) => {
                 return Ok(Step::Fail(SubmitError::Rejected {
                     hash: tx.hash.clone(),
@@ -607,6 +614,10 @@ impl Submitter {
         Ok(classify(&tx.hash, result, message))
     }
 }
+
+/// rippled's submit errors that say "not now" rather than "never".
+const TRANSIENT_RPC_ERRORS: &[&str] =
+    &["tooBusy", "slowDown", "noNetwork", "noCurrent", "noClosed"];
 
 /// Consecutive failed lookups (connection lost, timeout) tolerated while waiting.
 const MAX_LOOKUP_FAILURES: u32 = 10;
