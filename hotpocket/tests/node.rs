@@ -43,3 +43,59 @@ async fn owner_uploads_echo_bundle_and_inputs_are_echoed() {
     assert_eq!(out.outputs, vec![br#"{"a":1}"#.to_vec()]);
     assert_eq!(other.read("ping").await.unwrap(), b"ping");
 }
+
+#[tokio::test]
+async fn handshake_with_a_bad_signature_is_refused() {
+    use ed25519_dalek::Signer;
+    use futures_util::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let node = Node::create(dir.path(), &owner, 200);
+    let mut ws = raw_ws(&node.addr).await;
+    let hello = next_json(&mut ws).await.unwrap();
+    assert_eq!(hello["type"], "user_challenge");
+    assert_eq!(hello["contract_id"], CONTRACT_ID);
+    let challenge = hello["challenge"].as_str().unwrap();
+    assert_eq!(challenge.len(), 32, "16 random bytes in hex");
+    // Signed by another key than the one claimed.
+    let sig = key(2).sign(challenge.as_bytes());
+    let response = serde_json::json!({
+        "type": "user_challenge_response",
+        "sig": hex::encode(sig.to_bytes()),
+        "pubkey": berth_hotpocket::protocol::pubkey_hex(&owner.verifying_key()),
+        "protocol": "json",
+    });
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(
+        response.to_string().into_bytes(),
+    ))
+    .await
+    .unwrap();
+    let lcl = serde_json::json!({"type": "lcl"}).to_string().into_bytes();
+    let _ = ws
+        .send(tokio_tungstenite::tungstenite::Message::binary(lcl))
+        .await;
+    assert!(
+        next_json(&mut ws).await.is_none(),
+        "node must close the connection"
+    );
+}
+
+#[tokio::test]
+async fn one_connection_per_user_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let node = Node::create(dir.path(), &owner, 200);
+    let _first = node.connect(&owner).await;
+    let second = berth_hotpocket::client::Client::connect(
+        &node.addr,
+        owner.clone(),
+        berth_hotpocket::client::ConnectOptions::default(),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second connection with the same key is refused"
+    );
+    // Another key still connects.
+    let _other = node.connect(&key(3)).await;
+}

@@ -119,12 +119,18 @@ impl Drop for Node {
     }
 }
 
-/// A zip from (name, bytes, unix mode) entries.
+/// A zip from (name, bytes, unix mode) entries; mode 0o120xxx makes a symlink to `bytes`.
 pub fn zip_of(entries: &[(&str, Vec<u8>, u32)]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
         for (name, bytes, mode) in entries {
+            if mode & 0o170000 == 0o120000 {
+                let target = String::from_utf8(bytes.clone()).unwrap();
+                zip.add_symlink(*name, target, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                continue;
+            }
             let opts = zip::write::SimpleFileOptions::default()
                 .compression_method(zip::CompressionMethod::Deflated)
                 .unix_permissions(*mode);
@@ -158,4 +164,45 @@ pub async fn install(node: &Node, owner: &SigningKey, zip: &[u8]) -> Client {
 
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// A raw TLS WebSocket to the node (for handshake tests).
+pub async fn raw_ws(
+    addr: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let tls = berth_hotpocket::tls::client_config_accepting_self_signed().unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://{addr}").as_str(),
+        None,
+        true,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// The next binary/text payload as JSON, or None when the node closed the connection.
+pub async fn next_json<S>(ws: &mut S) -> Option<serde_json::Value>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .ok()??;
+        match msg {
+            Ok(Message::Binary(b)) => return serde_json::from_slice(&b).ok(),
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
