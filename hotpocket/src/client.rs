@@ -123,6 +123,7 @@ pub struct NodeStat {
 #[derive(Default)]
 struct Inbox {
     statuses: HashMap<String, InputOutcome>,
+    status_order: VecDeque<String>,
     status_waiters: HashMap<String, oneshot::Sender<InputOutcome>>,
     outputs: BTreeMap<u64, LedgerOutputs>,
     lcl_waiters: VecDeque<oneshot::Sender<(u64, String)>>,
@@ -136,7 +137,11 @@ struct Inner {
     inbox: Mutex<Inbox>,
     outputs_changed: Notify,
     lcl_seq: AtomicU64,
+    events: tokio::sync::broadcast::Sender<LedgerOutputs>,
 }
+
+/// Statuses nobody waited for are kept up to this many (oldest dropped first).
+const MAX_UNCLAIMED_STATUSES: usize = 100_000;
 
 impl Inner {
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
@@ -267,6 +272,7 @@ impl Client {
             inbox: Mutex::new(Inbox::default()),
             outputs_changed: Notify::new(),
             lcl_seq: AtomicU64::new(0),
+            events: tokio::sync::broadcast::channel(4096).0,
         });
         let reader = tokio::spawn(read_loop(source, inner.clone()));
         let client = Client {
@@ -429,6 +435,16 @@ impl Client {
         }
     }
 
+    /// A stream of outputs as they arrive (one item per `contract_output` message).
+    pub fn output_events(&self) -> tokio::sync::broadcast::Receiver<LedgerOutputs> {
+        self.inner.events.subscribe()
+    }
+
+    /// The highest ledger sequence number seen from the node.
+    pub fn known_lcl(&self) -> u64 {
+        self.inner.lcl_seq.load(Ordering::Relaxed)
+    }
+
     /// Every output received so far, by ledger.
     pub fn received_outputs(&self) -> Vec<LedgerOutputs> {
         self.inner.inbox().outputs.values().cloned().collect()
@@ -546,7 +562,13 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>) {
                 } else if let Some(waiter) = inbox.status_waiters.remove(&input_hash) {
                     let _ = waiter.send(outcome);
                 } else {
+                    inbox.status_order.push_back(input_hash.clone());
                     inbox.statuses.insert(input_hash, outcome);
+                    while inbox.status_order.len() > MAX_UNCLAIMED_STATUSES {
+                        if let Some(old) = inbox.status_order.pop_front() {
+                            inbox.statuses.remove(&old);
+                        }
+                    }
                 }
             }
             NodeMessage::ContractOutput {
@@ -564,7 +586,15 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>) {
                         ledger_hash,
                         outputs: Vec::new(),
                     });
-                entry.outputs.extend(outputs.iter().map(json_to_output));
+                let fresh: Vec<Vec<u8>> = outputs.iter().map(json_to_output).collect();
+                entry.outputs.extend(fresh.iter().cloned());
+                let ledger_hash = entry.ledger_hash.clone();
+                // Nobody listening is fine.
+                let _ = inner.events.send(LedgerOutputs {
+                    ledger_seq_no,
+                    ledger_hash,
+                    outputs: fresh,
+                });
                 while inbox.outputs.len() > 10_000 {
                     inbox.outputs.pop_first();
                 }

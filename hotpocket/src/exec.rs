@@ -252,18 +252,29 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
     })
 }
 
+/// The contract's command line; through the rlimit wrapper only when a limit is set.
 fn wrapped_command(cmd: &ContractCommand) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(&cmd.wrapper);
+    let program = cmd.state_dir.join(&cmd.bin_path);
+    let limited = cmd.limits.proc_cpu_seconds > 0
+        || cmd.limits.proc_mem_bytes > 0
+        || cmd.limits.proc_ofd_count > 0;
+    let mut command = if limited {
+        let mut command = tokio::process::Command::new(&cmd.wrapper);
+        command
+            .arg("exec-contract")
+            .arg("--cpu-seconds")
+            .arg(cmd.limits.proc_cpu_seconds.to_string())
+            .arg("--mem-bytes")
+            .arg(cmd.limits.proc_mem_bytes.to_string())
+            .arg("--open-files")
+            .arg(cmd.limits.proc_ofd_count.to_string())
+            .arg("--")
+            .arg(program);
+        command
+    } else {
+        tokio::process::Command::new(program)
+    };
     command
-        .arg("exec-contract")
-        .arg("--cpu-seconds")
-        .arg(cmd.limits.proc_cpu_seconds.to_string())
-        .arg("--mem-bytes")
-        .arg(cmd.limits.proc_mem_bytes.to_string())
-        .arg("--open-files")
-        .arg(cmd.limits.proc_ofd_count.to_string())
-        .arg("--")
-        .arg(cmd.state_dir.join(&cmd.bin_path))
         .args(cmd.bin_args.split_whitespace())
         .current_dir(&cmd.state_dir)
         .env_clear()

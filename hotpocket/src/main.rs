@@ -177,10 +177,11 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             let wrapper = std::env::current_exe().context("locating the hotpocket executable")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
+                let shutdown = shutdown_signal()?;
                 let running = node::start(cfg, StartOptions { state_dir, wrapper }).await?;
                 println!("hotpocket user port listening on {}", running.user_addr);
                 tracing::info!(version = env!("CARGO_PKG_VERSION"), "hotpocket running");
-                running.run_until(shutdown_signal()).await;
+                running.run_until(shutdown).await;
                 anyhow::Ok(())
             })
         }
@@ -188,18 +189,17 @@ fn real_main(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only ctrl-c stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called, so call it
+/// before announcing that the node is up.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

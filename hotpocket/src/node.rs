@@ -21,7 +21,7 @@ use crate::exec::{self, ContractCommand, RunContext, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
 use crate::protocol::bundle::ContractConfig;
 use crate::protocol::user::{output_to_json, InputStatus, NodeMessage, RejectReason};
-use crate::protocol::{parse_pubkey_hex, pubkey_bytes, HP_VERSION};
+use crate::protocol::{pubkey_bytes_from_hex, HP_VERSION};
 use crate::store::{Store, StoreError, StoredInput, StoredOutputs};
 
 /// Start-up errors naming what failed.
@@ -227,16 +227,21 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
     let store = Store::open(&opts.state_dir.join("ledger.sqlite"))?;
     let lcl = store.lcl()?;
     let tls = crate::tls::server_config(&opts.state_dir)?;
-    let addr = format!("{}:{}", cfg.user.listen, cfg.user.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let ip: std::net::IpAddr = cfg.user.listen.parse().map_err(|_| NodeError::Bind {
+        addr: cfg.user.listen.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address"),
+    })?;
+    let addr = SocketAddr::new(ip, cfg.user.port);
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Bind {
-            addr: addr.clone(),
+            addr: addr.to_string(),
             source,
         })?;
-    let user_addr = listener
-        .local_addr()
-        .map_err(|source| NodeError::Bind { addr, source })?;
+    let user_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
 
     let shared = Arc::new(Shared {
         contract_id: cfg.contract.id.clone(),
@@ -410,6 +415,7 @@ impl RoundLoop {
     }
 
     async fn close_round(&mut self, time: u64) -> Result<(), NodeError> {
+        let started = std::time::Instant::now();
         let lcl = self.shared.lcl();
         let mut inputs: Vec<SignedInput> = std::mem::take(&mut self.pending)
             .into_iter()
@@ -504,12 +510,22 @@ impl RoundLoop {
             self.apply_patch();
         }
 
+        let executed = started.elapsed();
         for (user, req) in boot {
             let reply = self.bootstrap(req).await;
             push_reply(&mut outputs, &user, reply);
         }
-
-        self.close_ledger(lcl, time, inputs, outputs)
+        let count = inputs.len();
+        self.close_ledger(lcl, time, inputs, outputs)?;
+        tracing::debug!(
+            seq = lcl.seq_no + 1,
+            inputs = count,
+            exec_ms = executed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            late_ms = now_ms().saturating_sub(time),
+            "round closed"
+        );
+        Ok(())
     }
 
     async fn bootstrap(&mut self, req: BootstrapRequest) -> BootstrapReply {
@@ -669,7 +685,7 @@ impl RoundLoop {
             .iter()
             .map(|i| i.user.as_str())
             .chain(outputs.keys().map(|k| k.as_str()))
-            .filter_map(|k| parse_pubkey_hex(k).ok().map(|k| pubkey_bytes(&k)))
+            .filter_map(pubkey_bytes_from_hex)
             .collect();
         users.sort();
         users.dedup();
@@ -677,11 +693,8 @@ impl RoundLoop {
         let user_hashes: Vec<(String, Hash)> = outputs
             .iter()
             .filter_map(|(user, msgs)| {
-                let key = parse_pubkey_hex(user).ok()?;
-                Some((
-                    user.clone(),
-                    ledger::user_output_hash(&pubkey_bytes(&key), msgs),
-                ))
+                let key = pubkey_bytes_from_hex(user)?;
+                Some((user.clone(), ledger::user_output_hash(&key, msgs)))
             })
             .collect();
         let hashes: Vec<Hash> = user_hashes.iter().map(|(_, h)| *h).collect();
@@ -717,7 +730,6 @@ impl RoundLoop {
             Ok(mut g) => *g = closed.id(),
             Err(p) => *p.into_inner() = closed.id(),
         }
-        tracing::debug!(lcl = %closed.id(), inputs = inputs.len(), "ledger closed");
 
         let ledger_hash = hex::encode(closed.hash);
         for input in &inputs {

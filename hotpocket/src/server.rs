@@ -165,7 +165,17 @@ async fn session(
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 out = rx.recv() => match out {
-                    Some(msg) => sink.send(Message::binary(json_bytes(&msg))).await?,
+                    Some(msg) => {
+                        // Queue everything waiting, then flush once.
+                        sink.feed(Message::binary(json_bytes(&msg))).await?;
+                        let mut queued = 1;
+                        while queued < 256 {
+                            let Ok(more) = rx.try_recv() else { break };
+                            sink.feed(Message::binary(json_bytes(&more))).await?;
+                            queued += 1;
+                        }
+                        sink.flush().await?;
+                    }
                     None => break,
                 },
                 incoming = next_payload(&mut source) => match incoming? {

@@ -39,3 +39,15 @@ pub fn pubkey_bytes(key: &ed25519_dalek::VerifyingKey) -> [u8; 33] {
     out[1..].copy_from_slice(key.as_bytes());
     out
 }
+
+/// The 33-byte binary form (0xED ‖ key) of an `ed`-prefixed hex key, without checking that
+/// the key is a valid curve point (callers have verified signatures with it already).
+pub fn pubkey_bytes_from_hex(text: &str) -> Option<[u8; 33]> {
+    if text.len() != PUBKEY_HEX_LEN || !text[..2].eq_ignore_ascii_case("ed") {
+        return None;
+    }
+    let mut out = [0u8; 33];
+    out[0] = 0xED;
+    hex::decode_to_slice(&text[2..], &mut out[1..]).ok()?;
+    Some(out)
+}
