@@ -57,14 +57,6 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
     move |source| BundleError::Io { step, source }
 }
 
-/// A bootstrap message from the owner (JSON mode: `content` is base64 of the zip).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum BootstrapRequest {
-    Upload { content: String },
-    Status,
-}
-
 /// The bootstrap's answer (`uploadResult` / `statusResult`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BootstrapReply {
@@ -91,15 +83,37 @@ impl BootstrapReply {
     }
 }
 
+/// A bootstrap message decoded from an input (JSON with base64 content, or BSON with binary
+/// content as the stock Evernode client sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapInput {
+    Upload { zip: Option<Vec<u8>> },
+    Status,
+}
+
 /// Parses an input as a bootstrap request if it is one.
-pub fn parse_request(input: &[u8]) -> Option<BootstrapRequest> {
-    let value: serde_json::Value = serde_json::from_slice(input).ok()?;
-    match value.get("type")?.as_str()? {
-        "upload" | "status" => serde_json::from_value(value).ok().or_else(|| {
-            // An upload without usable content still is an upload (answered with an error).
-            Some(BootstrapRequest::Upload {
-                content: String::new(),
-            })
+pub fn parse_request(input: &[u8]) -> Option<BootstrapInput> {
+    use base64::Engine;
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) {
+        return match value.get("type")?.as_str()? {
+            "status" => Some(BootstrapInput::Status),
+            "upload" => Some(BootstrapInput::Upload {
+                zip: value
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok()),
+            }),
+            _ => None,
+        };
+    }
+    let doc = crate::protocol::bson::Doc::decode(input).ok()?;
+    match doc.get("type")?.as_str()? {
+        "status" => Some(BootstrapInput::Status),
+        "upload" => Some(BootstrapInput::Upload {
+            zip: doc
+                .get("content")
+                .and_then(|c| c.as_bytes())
+                .map(<[u8]>::to_vec),
         }),
         _ => None,
     }
@@ -307,6 +321,34 @@ fn read_config(dir: &Path) -> Result<(ContractConfig, bool), BundleError> {
     Ok((config, dir.join("install.sh").is_file()))
 }
 
+/// Builds a bundle zip: `contract.config` plus files `(name in the bundle, bytes, unix mode)`.
+pub fn build_bundle(
+    config: &ContractConfig,
+    files: &[(String, Vec<u8>, u32)],
+) -> Result<Vec<u8>, BundleError> {
+    use std::io::Write;
+    let zip_err = |e: zip::result::ZipError| BundleError::NotZip(e.to_string());
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let text =
+        serde_json::to_vec_pretty(config).map_err(|e| BundleError::BadConfig(e.to_string()))?;
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("contract.config", opts.unix_permissions(0o644))
+        .map_err(zip_err)?;
+    zip.write_all(&text).map_err(io("writing the bundle"))?;
+    for (name, bytes, mode) in files {
+        if safe_relative(name).is_none() {
+            return Err(BundleError::PathEscape(name.clone()));
+        }
+        zip.start_file(name.as_str(), opts.unix_permissions(*mode))
+            .map_err(zip_err)?;
+        zip.write_all(bytes).map_err(io("writing the bundle"))?;
+    }
+    zip.finish().map_err(zip_err)?;
+    Ok(buf.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -324,12 +366,20 @@ mod tests {
     fn bootstrap_requests_are_recognised() {
         assert_eq!(
             parse_request(br#"{"type":"status"}"#),
-            Some(BootstrapRequest::Status)
+            Some(BootstrapInput::Status)
         );
-        assert!(matches!(
+        assert_eq!(
             parse_request(br#"{"type":"upload","content":"AA=="}"#),
-            Some(BootstrapRequest::Upload { .. })
-        ));
+            Some(BootstrapInput::Upload { zip: Some(vec![0]) })
+        );
+        use crate::protocol::bson::{Bson, Doc};
+        let bson = Doc::new()
+            .with("type", Bson::String("upload".into()))
+            .with("content", Bson::Binary(vec![7]));
+        assert_eq!(
+            parse_request(&bson.encode()),
+            Some(BootstrapInput::Upload { zip: Some(vec![7]) })
+        );
         assert_eq!(parse_request(b"hello"), None);
         assert_eq!(parse_request(br#"{"type":"other"}"#), None);
     }

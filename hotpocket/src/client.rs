@@ -19,9 +19,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::bootstrap::BootstrapReply;
+use crate::protocol::bson::{Bson, Doc};
 use crate::protocol::user::{
-    json_to_output, InputContainer, InputStatus, NodeMessage, ServerChallengeResponse,
-    UserChallenge, UserChallengeResponse,
+    InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
+    UserChallengeResponse,
 };
 use crate::protocol::{parse_pubkey_hex, pubkey_hex};
 
@@ -47,7 +48,7 @@ pub enum ClientError {
     Timeout(&'static str),
     #[error("input rejected: {0}")]
     Rejected(String),
-    #[error("input is not valid UTF-8 (JSON protocol inputs are strings)")]
+    #[error("input is not valid UTF-8 (JSON protocol inputs are strings; use BSON for bytes)")]
     NotUtf8,
     #[error("bootstrap reply missing or malformed")]
     NoBootstrapReply,
@@ -66,6 +67,8 @@ pub struct ConnectOptions {
     /// How long to wait for outputs after an input was accepted.
     pub output_grace: Duration,
     pub max_msg_bytes: usize,
+    /// Message encoding after the handshake.
+    pub protocol: Protocol,
 }
 
 impl Default for ConnectOptions {
@@ -75,6 +78,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(20),
             output_grace: Duration::from_secs(3),
             max_msg_bytes: 64 * 1024 * 1024,
+            protocol: Protocol::Json,
         }
     }
 }
@@ -94,11 +98,13 @@ pub enum InputOutcome {
 /// An input that was sent.
 #[derive(Debug, Clone)]
 pub struct Submitted {
+    /// blake3 of the signature, hex.
     pub input_hash: String,
     pub nonce: u64,
     pub max_ledger_seq_no: u64,
-    pub input_container: String,
-    pub sig: String,
+    /// The signed container bytes (JSON text or BSON).
+    pub input_container: Vec<u8>,
+    pub sig: Vec<u8>,
 }
 
 /// Outputs of one ledger for this user.
@@ -129,7 +135,7 @@ struct Inbox {
     lcl_waiters: VecDeque<oneshot::Sender<(u64, String)>>,
     stat_waiters: VecDeque<oneshot::Sender<NodeStat>>,
     read_waiters: HashMap<String, oneshot::Sender<Vec<u8>>>,
-    unmatched: Vec<NodeMessage>,
+    unmatched: Vec<Reply>,
     closed: bool,
 }
 
@@ -242,7 +248,7 @@ impl Client {
             sig: hex::encode(key.sign(hello.challenge.as_bytes()).to_bytes()),
             pubkey: pubkey_hex(&key.verifying_key()),
             server_challenge: server_challenge.clone(),
-            protocol: "json".to_owned(),
+            protocol: opts.protocol.as_str().to_owned(),
         };
         let bytes = serde_json::to_vec(&response).map_err(|_| hs("encoding the response"))?;
         sink.send(Message::binary(bytes))
@@ -274,7 +280,7 @@ impl Client {
             lcl_seq: AtomicU64::new(0),
             events: tokio::sync::broadcast::channel(4096).0,
         });
-        let reader = tokio::spawn(read_loop(source, inner.clone()));
+        let reader = tokio::spawn(read_loop(source, inner.clone(), opts.protocol));
         let client = Client {
             sink: tokio::sync::Mutex::new(sink),
             inner,
@@ -309,8 +315,8 @@ impl Client {
             .map_err(ClientError::Send)
     }
 
-    async fn send_json(&self, value: &serde_json::Value) -> Result<(), ClientError> {
-        self.send_raw(value.to_string().into_bytes()).await
+    async fn send_request(&self, request: &Request) -> Result<(), ClientError> {
+        self.send_raw(request.encode(self.opts.protocol)).await
     }
 
     /// Submits an input with the default nonce (time in ms, increasing) and
@@ -344,14 +350,14 @@ impl Client {
         nonce: u64,
         max_ledger_seq_no: u64,
     ) -> Result<Submitted, ClientError> {
-        let input = std::str::from_utf8(input).map_err(|_| ClientError::NotUtf8)?;
-        let container = serde_json::to_string(&InputContainer {
-            input: input.to_owned(),
+        let container = ParsedContainer {
+            input: input.to_vec(),
             nonce,
             max_ledger_seq_no,
-        })
-        .map_err(|_| ClientError::NotUtf8)?;
-        let sig = hex::encode(self.key.sign(container.as_bytes()).to_bytes());
+        }
+        .encode(self.opts.protocol)
+        .ok_or(ClientError::NotUtf8)?;
+        let sig = self.key.sign(&container).to_bytes().to_vec();
         let submitted = self.submit_signed(container, sig).await?;
         Ok(Submitted {
             nonce,
@@ -363,13 +369,15 @@ impl Client {
     /// Sends a `contract_input` with a given container and signature as is.
     pub async fn submit_signed(
         &self,
-        input_container: String,
-        sig: String,
+        input_container: Vec<u8>,
+        sig: Vec<u8>,
     ) -> Result<Submitted, ClientError> {
-        let sig_bytes = hex::decode(&sig).unwrap_or_default();
-        let input_hash = hex::encode(crate::ledger::hash_parts([sig_bytes.as_slice()]));
-        let msg = serde_json::json!({"type": "contract_input", "input_container": input_container, "sig": sig});
-        self.send_json(&msg).await?;
+        let input_hash = hex::encode(crate::ledger::hash_parts([sig.as_slice()]));
+        let request = Request::Input {
+            container: input_container.clone(),
+            sig: sig.clone(),
+        };
+        self.send_request(&request).await?;
         Ok(Submitted {
             input_hash,
             nonce: 0,
@@ -451,21 +459,23 @@ impl Client {
     }
 
     /// Messages that matched no request (e.g. statuses of unparseable messages).
-    pub fn take_unmatched(&self) -> Vec<NodeMessage> {
+    pub fn take_unmatched(&self) -> Vec<Reply> {
         std::mem::take(&mut self.inner.inbox().unmatched)
     }
 
     /// A read-only contract run with `content`; returns the contract's first reply.
-    pub async fn read(&self, content: &str) -> Result<Vec<u8>, ClientError> {
+    pub async fn read(&self, content: impl AsRef<[u8]>) -> Result<Vec<u8>, ClientError> {
         let id = self
             .next_read_id
             .fetch_add(1, Ordering::Relaxed)
             .to_string();
         let (tx, rx) = oneshot::channel();
         self.inner.inbox().read_waiters.insert(id.clone(), tx);
-        self.send_json(
-            &serde_json::json!({"type": "contract_read_request", "id": id, "content": content}),
-        )
+        let content = content.as_ref().to_vec();
+        self.send_request(&Request::Read {
+            id: Some(id),
+            content,
+        })
         .await?;
         tokio::time::timeout(self.opts.timeout, rx)
             .await
@@ -477,7 +487,7 @@ impl Client {
     pub async fn lcl(&self) -> Result<(u64, String), ClientError> {
         let (tx, rx) = oneshot::channel();
         self.inner.inbox().lcl_waiters.push_back(tx);
-        self.send_json(&serde_json::json!({"type": "lcl"})).await?;
+        self.send_request(&Request::Lcl).await?;
         tokio::time::timeout(self.opts.timeout, rx)
             .await
             .map_err(|_| ClientError::Timeout("the lcl response"))?
@@ -488,18 +498,30 @@ impl Client {
     pub async fn stat(&self) -> Result<NodeStat, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.inner.inbox().stat_waiters.push_back(tx);
-        self.send_json(&serde_json::json!({"type": "stat"})).await?;
+        self.send_request(&Request::Stat).await?;
         tokio::time::timeout(self.opts.timeout, rx)
             .await
             .map_err(|_| ClientError::Timeout("the stat response"))?
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Uploads a contract bundle (zip bytes) to the bootstrap and returns its answer.
+    /// Uploads a contract bundle (zip bytes) to the bootstrap and returns its answer. In BSON
+    /// mode the input is the BSON document `{type: "upload", content: <binary>}` as the stock
+    /// Evernode client sends; in JSON mode `{"type":"upload","content":"<base64>"}`.
     pub async fn upload_bundle(&self, zip: &[u8]) -> Result<BootstrapReply, ClientError> {
-        let content = base64::engine::general_purpose::STANDARD.encode(zip);
-        let msg = serde_json::json!({"type": "upload", "content": content}).to_string();
-        self.bootstrap_call(msg.as_bytes(), "uploadResult").await
+        let msg = match self.opts.protocol {
+            Protocol::Json => {
+                let content = base64::engine::general_purpose::STANDARD.encode(zip);
+                serde_json::json!({"type": "upload", "content": content})
+                    .to_string()
+                    .into_bytes()
+            }
+            Protocol::Bson => Doc::new()
+                .with("type", Bson::String("upload".into()))
+                .with("content", Bson::Binary(zip.to_vec()))
+                .encode(),
+        };
+        self.bootstrap_call(&msg, "uploadResult").await
     }
 
     /// Asks the bootstrap for its status.
@@ -524,27 +546,26 @@ impl Client {
     }
 }
 
-async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>) {
+async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Protocol) {
     while let Some(payload) = next_payload(&mut source).await {
-        let Ok(msg) = serde_json::from_slice::<NodeMessage>(&payload) else {
+        let Some(msg) = Reply::decode(protocol, &payload) else {
             continue;
         };
         let mut inbox = inner.inbox();
         match msg {
-            NodeMessage::ContractInputStatus {
+            Reply::InputStatus {
                 status,
                 reason,
                 input_hash,
-                ledger_seq_no,
-                ledger_hash,
+                ledger,
             } => {
                 let outcome = match status {
                     InputStatus::Accepted => {
-                        let seq = ledger_seq_no.unwrap_or(0);
+                        let (seq, hash) = ledger.clone().unwrap_or_default();
                         inner.lcl_seq.fetch_max(seq, Ordering::Relaxed);
                         InputOutcome::Accepted {
                             ledger_seq_no: seq,
-                            ledger_hash: ledger_hash.unwrap_or_default(),
+                            ledger_hash: hex::encode(hash),
                         }
                     }
                     InputStatus::Rejected => InputOutcome::Rejected {
@@ -552,14 +573,16 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>) {
                     },
                 };
                 if input_hash.is_empty() {
-                    inbox.unmatched.push(NodeMessage::ContractInputStatus {
+                    inbox.unmatched.push(Reply::InputStatus {
                         status,
                         reason,
                         input_hash,
-                        ledger_seq_no: None,
-                        ledger_hash: None,
+                        ledger,
                     });
-                } else if let Some(waiter) = inbox.status_waiters.remove(&input_hash) {
+                    continue;
+                }
+                let input_hash = hex::encode(input_hash);
+                if let Some(waiter) = inbox.status_waiters.remove(&input_hash) {
                     let _ = waiter.send(outcome);
                 } else {
                     inbox.status_order.push_back(input_hash.clone());
@@ -571,73 +594,68 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>) {
                     }
                 }
             }
-            NodeMessage::ContractOutput {
+            Reply::Output {
                 ledger_seq_no,
                 ledger_hash,
                 outputs,
                 ..
             } => {
                 inner.lcl_seq.fetch_max(ledger_seq_no, Ordering::Relaxed);
+                let ledger_hash = hex::encode(ledger_hash);
                 let entry = inbox
                     .outputs
                     .entry(ledger_seq_no)
                     .or_insert_with(|| LedgerOutputs {
                         ledger_seq_no,
-                        ledger_hash,
+                        ledger_hash: ledger_hash.clone(),
                         outputs: Vec::new(),
                     });
-                let fresh: Vec<Vec<u8>> = outputs.iter().map(json_to_output).collect();
-                entry.outputs.extend(fresh.iter().cloned());
-                let ledger_hash = entry.ledger_hash.clone();
-                // Nobody listening is fine.
-                let _ = inner.events.send(LedgerOutputs {
-                    ledger_seq_no,
-                    ledger_hash,
-                    outputs: fresh,
-                });
+                entry.outputs.extend(outputs.iter().cloned());
                 while inbox.outputs.len() > 10_000 {
                     inbox.outputs.pop_first();
                 }
                 drop(inbox);
+                // Nobody listening is fine.
+                let _ = inner.events.send(LedgerOutputs {
+                    ledger_seq_no,
+                    ledger_hash,
+                    outputs,
+                });
                 inner.outputs_changed.notify_waiters();
-                continue;
             }
-            NodeMessage::ContractReadResponse { reply_for, content } => {
+            Reply::ReadResponse { reply_for, content } => {
                 let id = reply_for.unwrap_or_default();
                 if let Some(waiter) = inbox.read_waiters.remove(&id) {
-                    let _ = waiter.send(json_to_output(&content));
+                    let _ = waiter.send(content);
                 }
             }
-            NodeMessage::LclResponse {
+            Reply::Lcl {
                 ledger_seq_no,
                 ledger_hash,
             } => {
                 inner.lcl_seq.fetch_max(ledger_seq_no, Ordering::Relaxed);
                 if let Some(waiter) = inbox.lcl_waiters.pop_front() {
-                    let _ = waiter.send((ledger_seq_no, ledger_hash));
+                    let _ = waiter.send((ledger_seq_no, hex::encode(ledger_hash)));
                 }
             }
-            NodeMessage::StatResponse {
-                hp_version,
+            Reply::Stat {
                 ledger_seq_no,
                 ledger_hash,
                 roundtime,
                 contract_execution_enabled,
-                current_unl,
-                ..
+                unl,
             } => {
                 if let Some(waiter) = inbox.stat_waiters.pop_front() {
                     let _ = waiter.send(NodeStat {
-                        hp_version,
+                        hp_version: crate::protocol::HP_VERSION.to_owned(),
                         ledger_seq_no,
-                        ledger_hash,
+                        ledger_hash: hex::encode(ledger_hash),
                         roundtime,
                         contract_execution_enabled,
-                        current_unl,
+                        current_unl: unl.iter().map(hex::encode).collect(),
                     });
                 }
             }
-            other => inbox.unmatched.push(other),
         }
     }
     let mut inbox = inner.inbox();

@@ -60,6 +60,32 @@ enum Command {
         #[arg(long, env = "HP_LISTEN")]
         listen: Option<String>,
     },
+    /// Make a contract bundle zip from one executable (as `contract`) and optional files.
+    Bundle {
+        /// The contract executable.
+        #[arg(long)]
+        bin: PathBuf,
+        /// The zip to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Contract version for contract.config.
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        /// Extra files to put beside it (e.g. install.sh).
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+    },
+    /// Write the instance image's docker build context into a directory.
+    ImageContext {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Static hotpocket binary (default: located as the library does).
+        #[arg(long)]
+        hotpocket: Option<PathBuf>,
+        /// Static busybox.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
     /// Internal: apply round limits to this process and exec the contract.
     #[command(hide = true)]
     ExecContract {
@@ -184,6 +210,56 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 running.run_until(shutdown).await;
                 anyhow::Ok(())
             })
+        }
+        Command::Bundle {
+            bin,
+            out,
+            version,
+            files,
+        } => {
+            let mut entries = vec![(
+                "contract".to_owned(),
+                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?,
+                0o755,
+            )];
+            for file in files {
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .with_context(|| format!("{} has no usable file name", file.display()))?
+                    .to_owned();
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                entries.push((name, bytes, 0o755));
+            }
+            let config: berth_hotpocket::protocol::bundle::ContractConfig = serde_json::from_value(
+                serde_json::json!({"bin_path": "contract", "version": version}),
+            )
+            .context("building contract.config")?;
+            let zip = berth_hotpocket::bootstrap::build_bundle(&config, &entries)?;
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(&out, &zip).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), zip.len());
+            Ok(())
+        }
+        Command::ImageContext {
+            dir,
+            hotpocket,
+            busybox,
+        } => {
+            let sources = match hotpocket {
+                Some(hotpocket) => berth_hotpocket::image::ImageSources { hotpocket, busybox },
+                None => berth_hotpocket::image::ImageSources {
+                    busybox,
+                    ..berth_hotpocket::image::ImageSources::locate()?
+                },
+            };
+            let dir = berth_hotpocket::image::prepare_context_from(&dir, &sources)?;
+            println!("image context in {}", dir.display());
+            Ok(())
         }
         Command::ExecContract { .. } => bail!("exec-contract is handled before start-up"),
     }

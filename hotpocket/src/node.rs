@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bootstrap::{self, BootstrapReply, BootstrapRequest, ContractFs};
+use crate::bootstrap::{self, BootstrapInput, BootstrapReply, ContractFs};
 use crate::config::{NodeConfig, DEFAULT_EXEC_TIMEOUT_MS, DEFAULT_ROUND_INPUT_BYTES};
 use crate::exec::{self, ContractCommand, RunContext, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
 use crate::protocol::bundle::ContractConfig;
-use crate::protocol::user::{output_to_json, InputStatus, NodeMessage, RejectReason};
+use crate::protocol::user::{InputStatus, RejectReason, Reply};
 use crate::protocol::{pubkey_bytes_from_hex, HP_VERSION};
 use crate::store::{Store, StoreError, StoredInput, StoredOutputs};
 
@@ -45,8 +44,8 @@ pub enum NodeError {
     },
 }
 
-/// A message for one connected user.
-pub type Outbound = NodeMessage;
+/// A message for one connected user (encoded by its session in the user's protocol).
+pub type Outbound = Reply;
 
 /// A connected user's mailbox.
 #[derive(Clone)]
@@ -318,13 +317,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn reject(reason: RejectReason, hash: &Hash) -> NodeMessage {
-    NodeMessage::ContractInputStatus {
+fn reject(reason: RejectReason, hash: &Hash) -> Reply {
+    Reply::InputStatus {
         status: InputStatus::Rejected,
         reason: Some(reason),
-        input_hash: hex::encode(hash),
-        ledger_seq_no: None,
-        ledger_hash: None,
+        input_hash: hash.to_vec(),
+        ledger: None,
     }
 }
 
@@ -436,7 +434,7 @@ impl RoundLoop {
         let installed = !contract.bin_path.is_empty();
         let mut outputs: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut contract_users: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut boot: Vec<(String, BootstrapRequest)> = Vec::new();
+        let mut boot: Vec<(String, BootstrapInput)> = Vec::new();
         for input in &inputs {
             let is_owner = input.user == self.shared.owner_pubkey;
             let request = if !installed || is_owner {
@@ -528,9 +526,9 @@ impl RoundLoop {
         Ok(())
     }
 
-    async fn bootstrap(&mut self, req: BootstrapRequest) -> BootstrapReply {
+    async fn bootstrap(&mut self, req: BootstrapInput) -> BootstrapReply {
         match req {
-            BootstrapRequest::Status => {
+            BootstrapInput::Status => {
                 let contract = self.shared.contract();
                 let message = if contract.bin_path.is_empty() {
                     "Bootstrap contract is online".to_owned()
@@ -539,12 +537,11 @@ impl RoundLoop {
                 };
                 BootstrapReply::ok("statusResult", message)
             }
-            BootstrapRequest::Upload { content } => {
-                let Ok(zip) = base64::engine::general_purpose::STANDARD.decode(content.as_bytes())
-                else {
+            BootstrapInput::Upload { zip } => {
+                let Some(zip) = zip else {
                     return BootstrapReply::fail(
                         "uploadResult",
-                        "upload content is not base64 zip bytes",
+                        "upload content missing: send zip bytes (BSON binary, or base64 in JSON)",
                     );
                 };
                 let mut contract = self.shared.contract();
@@ -731,43 +728,42 @@ impl RoundLoop {
             Err(p) => *p.into_inner() = closed.id(),
         }
 
-        let ledger_hash = hex::encode(closed.hash);
         for input in &inputs {
             self.shared.send_to(
                 &input.user,
-                NodeMessage::ContractInputStatus {
+                Reply::InputStatus {
                     status: InputStatus::Accepted,
                     reason: None,
-                    input_hash: hex::encode(input.hash),
-                    ledger_seq_no: Some(closed.seq_no),
-                    ledger_hash: Some(ledger_hash.clone()),
+                    input_hash: input.hash.to_vec(),
+                    ledger: Some((closed.seq_no, closed.hash.to_vec())),
                 },
             );
         }
-        let root_sig = hex::encode(self.shared.signing_key.sign(&output_hash).to_bytes());
+        let root_sig = self
+            .shared
+            .signing_key
+            .sign(&output_hash)
+            .to_bytes()
+            .to_vec();
+        let node_key =
+            crate::protocol::pubkey_bytes(&self.shared.signing_key.verifying_key()).to_vec();
         for (user, own_hash) in &user_hashes {
             let Some(msgs) = outputs.get(user) else {
                 continue;
             };
-            let tree: Vec<serde_json::Value> = hashes
+            let tree = hashes
                 .iter()
-                .map(|h| {
-                    if h == own_hash {
-                        serde_json::Value::Null
-                    } else {
-                        serde_json::Value::String(hex::encode(h))
-                    }
-                })
+                .map(|h| (h != own_hash).then(|| h.to_vec()))
                 .collect();
             self.shared.send_to(
                 user,
-                NodeMessage::ContractOutput {
+                Reply::Output {
                     ledger_seq_no: closed.seq_no,
-                    ledger_hash: ledger_hash.clone(),
-                    outputs: msgs.iter().map(|m| output_to_json(m)).collect(),
-                    output_hash: hex::encode(own_hash),
-                    hash_tree: serde_json::Value::Array(tree),
-                    unl_sig: vec![[self.shared.node_pubkey.clone(), root_sig.clone()]],
+                    ledger_hash: closed.hash.to_vec(),
+                    outputs: msgs.clone(),
+                    output_hash: own_hash.to_vec(),
+                    hash_tree: tree,
+                    unl_sig: vec![(node_key.clone(), root_sig.clone())],
                 },
             );
         }
@@ -775,10 +771,10 @@ impl RoundLoop {
     }
 }
 
-fn reply_kind(req: &BootstrapRequest) -> &'static str {
+fn reply_kind(req: &BootstrapInput) -> &'static str {
     match req {
-        BootstrapRequest::Upload { .. } => "uploadResult",
-        BootstrapRequest::Status => "statusResult",
+        BootstrapInput::Upload { .. } => "uploadResult",
+        BootstrapInput::Status => "statusResult",
     }
 }
 

@@ -18,8 +18,8 @@ use crate::exec::{self, RunEnd};
 use crate::ledger::hash_parts;
 use crate::node::{RoundMsg, SessionHandle, Shared, SignedInput};
 use crate::protocol::user::{
-    output_to_json, InputContainer, InputStatus, NodeMessage, RejectReason,
-    ServerChallengeResponse, UserChallenge, UserChallengeResponse, UserRequest,
+    InputStatus, ParsedContainer, Protocol, RejectReason, Reply, Request, ServerChallengeResponse,
+    UserChallenge, UserChallengeResponse,
 };
 use crate::protocol::{parse_pubkey_hex, pubkey_hex, HP_VERSION};
 
@@ -127,9 +127,8 @@ async fn session(
     if response.kind != "user_challenge_response" {
         return Err(SessionError::Challenge("wrong message type"));
     }
-    if response.protocol != "json" {
-        return Err(SessionError::Challenge("protocol must be json"));
-    }
+    let protocol = Protocol::parse(&response.protocol)
+        .ok_or(SessionError::Challenge("protocol must be json or bson"))?;
     let key =
         parse_pubkey_hex(&response.pubkey).map_err(|_| SessionError::Challenge("bad pubkey"))?;
     let sig = decode_sig(&response.sig).ok_or(SessionError::Challenge("bad signature encoding"))?;
@@ -153,7 +152,7 @@ async fn session(
         sink.send(Message::binary(json_bytes(&reply))).await?;
     }
 
-    let (tx, mut rx) = mpsc::channel::<NodeMessage>(4096);
+    let (tx, mut rx) = mpsc::channel::<Reply>(4096);
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     if !shared.register(&user, SessionHandle { id, tx: tx.clone() }) {
         let _ = sink.close().await;
@@ -167,11 +166,11 @@ async fn session(
                 out = rx.recv() => match out {
                     Some(msg) => {
                         // Queue everything waiting, then flush once.
-                        sink.feed(Message::binary(json_bytes(&msg))).await?;
+                        sink.feed(Message::binary(msg.encode(protocol))).await?;
                         let mut queued = 1;
                         while queued < 256 {
                             let Ok(more) = rx.try_recv() else { break };
-                            sink.feed(Message::binary(json_bytes(&more))).await?;
+                            sink.feed(Message::binary(more.encode(protocol))).await?;
                             queued += 1;
                         }
                         sink.flush().await?;
@@ -179,7 +178,7 @@ async fn session(
                     None => break,
                 },
                 incoming = next_payload(&mut source) => match incoming? {
-                    Some(payload) => handle(&payload, &user, &shared, &round_tx, &tx, &tracker).await,
+                    Some(payload) => handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await,
                     None => break,
                 },
             }
@@ -219,136 +218,106 @@ where
     Ok(None)
 }
 
-fn rejected(reason: RejectReason, input_hash: String) -> NodeMessage {
-    NodeMessage::ContractInputStatus {
+fn rejected(reason: RejectReason, input_hash: Vec<u8>) -> Reply {
+    Reply::InputStatus {
         status: InputStatus::Rejected,
         reason: Some(reason),
         input_hash,
-        ledger_seq_no: None,
-        ledger_hash: None,
+        ledger: None,
     }
 }
 
 async fn handle(
     payload: &[u8],
+    protocol: Protocol,
     user: &str,
     shared: &Arc<Shared>,
     round_tx: &mpsc::Sender<RoundMsg>,
-    tx: &mpsc::Sender<NodeMessage>,
+    tx: &mpsc::Sender<Reply>,
     tracker: &TaskTracker,
 ) {
-    let value: serde_json::Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(_) => {
-            let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, String::new()));
-            return;
-        }
-    };
-    let known = [
-        "contract_input",
-        "contract_read_request",
-        "stat",
-        "lcl",
-        "subscription",
-    ];
-    match value.get("type").and_then(|t| t.as_str()) {
-        Some(t) if known.contains(&t) => {}
-        Some(_) => {
-            let _ = tx.try_send(rejected(RejectReason::InvalidMsgType, String::new()));
-            return;
-        }
-        None => {
-            let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, String::new()));
-            return;
-        }
-    }
-    let request: UserRequest = match serde_json::from_value(value) {
+    let request = match Request::decode(protocol, payload) {
         Ok(r) => r,
-        Err(_) => {
-            let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, String::new()));
+        Err(reason) => {
+            let _ = tx.try_send(rejected(reason, Vec::new()));
             return;
         }
     };
     match request {
-        UserRequest::ContractInput {
-            input_container,
-            sig,
-        } => {
-            let sig_bytes = hex::decode(&sig).unwrap_or_default();
-            let hash = hash_parts([sig_bytes.as_slice()]);
-            let hash_hex = hex::encode(hash);
-            let Ok(container) = serde_json::from_str::<InputContainer>(&input_container) else {
-                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash_hex));
+        Request::Input { container, sig } => {
+            let hash = hash_parts([sig.as_slice()]);
+            let Some(parsed) = ParsedContainer::decode(protocol, &container) else {
+                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash.to_vec()));
                 return;
             };
-            if container.nonce == 0 {
-                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash_hex));
+            if parsed.nonce == 0 {
+                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash.to_vec()));
                 return;
             }
+            let signature = <[u8; 64]>::try_from(sig.as_slice())
+                .ok()
+                .map(|b| Signature::from_bytes(&b));
             let valid = parse_pubkey_hex(user)
                 .ok()
-                .zip(decode_sig(&sig))
-                .is_some_and(|(key, sig)| key.verify(input_container.as_bytes(), &sig).is_ok());
+                .zip(signature)
+                .is_some_and(|(key, sig)| key.verify(&container, &sig).is_ok());
             if !valid {
-                let _ = tx.try_send(rejected(RejectReason::BadSig, hash_hex));
+                let _ = tx.try_send(rejected(RejectReason::BadSig, hash.to_vec()));
                 return;
             }
             let input = SignedInput {
                 user: user.to_owned(),
-                nonce: container.nonce,
-                max_ledger_seq_no: container.max_ledger_seq_no,
-                input: container.input.into_bytes(),
+                nonce: parsed.nonce,
+                max_ledger_seq_no: parsed.max_ledger_seq_no,
+                input: parsed.input,
                 hash,
             };
             if round_tx.send(RoundMsg::Input(input)).await.is_err() {
                 tracing::warn!("round loop gone; input dropped");
             }
         }
-        UserRequest::ContractReadRequest { id, content } => {
+        Request::Read { id, content } => {
             let (shared, tx, user) = (shared.clone(), tx.clone(), user.to_owned());
-            tracker.spawn(
-                async move { read_request(shared, tx, user, id, content.into_bytes()).await },
-            );
+            tracker.spawn(async move { read_request(shared, tx, user, id, content).await });
         }
-        UserRequest::Stat => {
+        Request::Stat => {
             let lcl = shared.lcl();
             let contract = shared.contract();
-            let _ = tx.try_send(NodeMessage::StatResponse {
-                hp_version: HP_VERSION.to_owned(),
+            let _ = tx.try_send(Reply::Stat {
                 ledger_seq_no: lcl.seq_no,
-                ledger_hash: hex::encode(lcl.hash),
-                in_sync: true,
+                ledger_hash: lcl.hash.to_vec(),
                 roundtime: contract.consensus.roundtime,
                 contract_execution_enabled: !contract.bin_path.is_empty(),
-                read_requests_enabled: true,
-                is_full_history_node: true,
-                current_unl: contract.unl,
-                peers: Vec::new(),
+                unl: contract
+                    .unl
+                    .iter()
+                    .filter_map(|k| crate::protocol::pubkey_bytes_from_hex(k).map(|b| b.to_vec()))
+                    .collect(),
             });
         }
-        UserRequest::Lcl => {
+        Request::Lcl => {
             let lcl = shared.lcl();
-            let _ = tx.try_send(NodeMessage::LclResponse {
+            let _ = tx.try_send(Reply::Lcl {
                 ledger_seq_no: lcl.seq_no,
-                ledger_hash: hex::encode(lcl.hash),
+                ledger_hash: lcl.hash.to_vec(),
             });
         }
-        UserRequest::Subscription { .. } => {}
+        Request::Subscription => {}
     }
 }
 
 async fn read_request(
     shared: Arc<Shared>,
-    tx: mpsc::Sender<NodeMessage>,
+    tx: mpsc::Sender<Reply>,
     user: String,
     id: Option<String>,
     content: Vec<u8>,
 ) {
     let contract = shared.contract();
     if contract.bin_path.is_empty() {
-        let _ = tx.try_send(NodeMessage::ContractReadResponse {
+        let _ = tx.try_send(Reply::ReadResponse {
             reply_for: id,
-            content: serde_json::json!({"error": "no contract installed"}),
+            content: br#"{"error":"no contract installed"}"#.to_vec(),
         });
         return;
     }
@@ -365,9 +334,9 @@ async fn read_request(
                 tracing::debug!(user, end = ?result.end, "read-only run ended abnormally");
             }
             for msg in result.outputs.get(&user).into_iter().flatten() {
-                let _ = tx.try_send(NodeMessage::ContractReadResponse {
+                let _ = tx.try_send(Reply::ReadResponse {
                     reply_for: id.clone(),
-                    content: output_to_json(msg),
+                    content: msg.clone(),
                 });
             }
         }

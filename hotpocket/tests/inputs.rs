@@ -30,8 +30,11 @@ async fn bad_signature_is_rejected_as_bad_sig() {
         r#"{{"input":"hi","nonce":1,"max_ledger_seq_no":{}}}"#,
         lcl + 5
     );
-    let sig = hex::encode(key(6).sign(container.as_bytes()).to_bytes());
-    let sent = user.submit_signed(container, sig).await.unwrap();
+    let sig = key(6).sign(container.as_bytes()).to_bytes().to_vec();
+    let sent = user
+        .submit_signed(container.into_bytes(), sig)
+        .await
+        .unwrap();
     assert_eq!(
         user.wait_status(&sent.input_hash).await.unwrap(),
         rejected("bad_sig")
@@ -112,8 +115,8 @@ async fn expired_and_too_far_max_ledger_are_rejected() {
         user.wait_status(&zero.input_hash).await.unwrap(),
         rejected("bad_msg_format")
     );
-    let garbage = "not json".to_owned();
-    let sig = hex::encode(key(5).sign(garbage.as_bytes()).to_bytes());
+    let garbage = b"not json".to_vec();
+    let sig = key(5).sign(&garbage).to_bytes().to_vec();
     let bad = user.submit_signed(garbage, sig).await.unwrap();
     assert_eq!(
         user.wait_status(&bad.input_hash).await.unwrap(),
@@ -135,8 +138,12 @@ async fn malformed_and_unknown_messages_get_reject_reasons() {
     let reasons: Vec<String> = user
         .take_unmatched()
         .into_iter()
-        .filter_map(|m| serde_json::to_value(m).ok())
-        .filter_map(|v| v["reason"].as_str().map(str::to_owned))
+        .filter_map(|m| match m {
+            berth_hotpocket::protocol::user::Reply::InputStatus {
+                reason: Some(r), ..
+            } => Some(r.as_str().to_owned()),
+            _ => None,
+        })
         .collect();
     assert_eq!(
         reasons,

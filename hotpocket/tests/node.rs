@@ -99,3 +99,37 @@ async fn one_connection_per_user_key() {
     // Another key still connects.
     let _other = node.connect(&key(3)).await;
 }
+
+#[tokio::test]
+async fn bson_protocol_carries_binary_inputs_outputs_and_uploads() {
+    use berth_hotpocket::client::{Client, ConnectOptions};
+    use berth_hotpocket::protocol::user::Protocol;
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let node = Node::create(dir.path(), &owner, 200);
+    let opts = ConnectOptions {
+        protocol: Protocol::Bson,
+        ..Default::default()
+    };
+    let client = Client::connect(&node.addr, owner.clone(), opts.clone())
+        .await
+        .unwrap();
+    // The upload goes as a BSON document with binary content (the stock Evernode form).
+    let reply = client
+        .upload_bundle(&bundle("echo-contract", basic_config()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    let binary = vec![0u8, 159, 146, 150, 255, b'{'];
+    let out = client.submit_and_wait(&binary).await.unwrap();
+    assert_eq!(out.outputs, vec![binary.clone()]);
+    assert_eq!(client.read(&binary).await.unwrap(), binary);
+    let stat = client.stat().await.unwrap();
+    assert!(stat.contract_execution_enabled);
+    assert_eq!(stat.current_unl.len(), 1);
+    let (seq, hash) = client.lcl().await.unwrap();
+    assert!(seq >= out.ledger_seq_no && hash.len() == 64);
+    // A JSON user of the same node sees the same ledger chain.
+    let json_user = node.connect(&key(2)).await;
+    assert!(json_user.lcl().await.unwrap().0 >= seq);
+}
