@@ -15,7 +15,7 @@ TAG="${IMAGE_TAG:-berth-hotpocket:latest}"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
 
 echo "==> static hotpocket and example contracts ($TARGET_DIR)"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p berth-hotpocket \
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build --release -p berth-hotpocket \
     --bin hotpocket --example echo-contract --example counter-contract \
     --target "$TRIPLE" --target-dir "$TARGET_DIR"
 OUT="$TARGET_DIR/$TRIPLE/release"

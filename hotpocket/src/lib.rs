@@ -2,7 +2,8 @@
 //!
 //! - [`protocol`]: wire formats (user messages, contract args, bundle `contract.config`).
 //! - [`config`]: the node's `hp.cfg` in its state directory.
-//! - [`node`]: start-up, the round loop and ledgers; [`server`]: the user port.
+//! - [`node`]: start-up, the round loop and ledgers; [`server`]: the user port;
+//!   [`consensus`]: proposals and the agreement rule.
 //! - [`exec`]: running a contract; [`bootstrap`]: installing an owner's bundle.
 //! - [`ledger`] and [`store`]: hash formulas and the SQLite record.
 //! - [`client`]: the user-side library (used by tests and the tenant CLI).
@@ -12,6 +13,7 @@
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod consensus;
 pub mod exec;
 mod fsutil;
 pub mod image;

@@ -207,7 +207,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 let running = node::start(cfg, StartOptions { state_dir, wrapper }).await?;
                 println!("hotpocket user port listening on {}", running.user_addr);
                 tracing::info!(version = env!("CARGO_PKG_VERSION"), "hotpocket running");
-                running.run_until(shutdown).await;
+                running.run_until(shutdown).await?;
                 anyhow::Ok(())
             })
         }

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bootstrap::{self, BootstrapInput, BootstrapReply, ContractFs};
 use crate::config::{NodeConfig, DEFAULT_EXEC_TIMEOUT_MS, DEFAULT_ROUND_INPUT_BYTES};
+use crate::consensus::{self, Proposal};
 use crate::exec::{self, ContractCommand, RunContext, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
 use crate::protocol::bundle::ContractConfig;
@@ -44,6 +45,11 @@ pub enum NodeError {
     },
 }
 
+/// The node stopped on its own (the reason is logged too).
+#[derive(Debug, thiserror::Error)]
+#[error("node failed: {0}")]
+pub struct NodeFailure(pub String);
+
 /// A message for one connected user (encoded by its session in the user's protocol).
 pub type Outbound = Reply;
 
@@ -68,6 +74,8 @@ pub struct Shared {
     pub wrapper: PathBuf,
     pub fs: ContractFs,
     pub read_slots: tokio::sync::Semaphore,
+    /// Why the node stopped on its own, if it did.
+    pub failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -196,10 +204,24 @@ impl RunningNode {
         self.tracker.wait().await;
     }
 
-    /// Waits until `shutdown` fires, then shuts down.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
-        shutdown.await;
+    /// Runs until `shutdown` fires or the node fails, then shuts down; returns the failure.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeFailure> {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.cancel.cancelled() => {}
+        }
+        let failure = match self.shared.failure.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
         self.shutdown().await;
+        match failure {
+            Some(reason) => Err(NodeFailure(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -255,6 +277,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         wrapper: opts.wrapper.clone(),
         fs,
         read_slots: tokio::sync::Semaphore::new(4),
+        failure: Mutex::new(None),
     });
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -272,6 +295,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         nonces: HashMap::new(),
         hasher: StateHasher::default(),
         applied_patch: None,
+        warned_alone: false,
     };
     tracker.spawn(round.run(cancel.clone()));
     tracker.spawn(crate::server::accept_loop(
@@ -307,6 +331,7 @@ struct RoundLoop {
     nonces: HashMap<String, u64>,
     hasher: StateHasher,
     applied_patch: Option<Hash>,
+    warned_alone: bool,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -349,6 +374,12 @@ impl RoundLoop {
             }
             if let Err(e) = self.close_round(boundary).await {
                 tracing::error!(error = %e, "closing the round failed; node stops");
+                if let Ok(mut g) = self.shared.failure.lock() {
+                    *g = Some(format!(
+                        "closing round {}: {e}",
+                        self.shared.lcl().seq_no + 1
+                    ));
+                }
                 cancel.cancel();
                 return;
             }
@@ -696,13 +727,43 @@ impl RoundLoop {
             .collect();
         let hashes: Vec<Hash> = user_hashes.iter().map(|(_, h)| *h).collect();
         let output_hash = ledger::output_root(&hashes);
-        let round = RoundOutcome {
+        let own = Proposal {
+            node: self.shared.node_pubkey.clone(),
+            stage: 3,
             time,
+            lcl,
+            users,
+            input_hashes,
+            output_hash,
             state_hash,
             patch_hash: self.patch_hash(),
-            users: &users,
-            input_hashes: &input_hashes,
-            output_hash,
+        };
+        let contract = self.shared.contract();
+        let proposals = [own];
+        let agreed = match consensus::agreed(
+            &contract.unl,
+            lcl,
+            &proposals,
+            contract.consensus.threshold,
+        ) {
+            Some(p) => p,
+            None => {
+                // Peer consensus is a later step: with other nodes in the UNL this node
+                // cannot reach the threshold alone, so it closes on its own proposal.
+                if !self.warned_alone {
+                    tracing::warn!(unl = contract.unl.len(), "UNL names other nodes but peer consensus is not built yet; closing rounds alone");
+                    self.warned_alone = true;
+                }
+                &proposals[0]
+            }
+        };
+        let round = RoundOutcome {
+            time: agreed.time,
+            state_hash: agreed.state_hash,
+            patch_hash: agreed.patch_hash,
+            users: &agreed.users,
+            input_hashes: &agreed.input_hashes,
+            output_hash: agreed.output_hash,
         };
         let closed = ledger::close_ledger(lcl, &round);
         let stored_inputs: Vec<StoredInput> = inputs
