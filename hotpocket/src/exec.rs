@@ -308,7 +308,8 @@ fn kill_group(pid: Option<u32>) {
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
 }
 
-async fn read_outputs(mut stream: tokio::net::UnixStream, cap: u64) -> (Vec<Vec<u8>>, bool) {
+async fn read_outputs(stream: tokio::net::UnixStream, cap: u64) -> (Vec<Vec<u8>>, bool) {
+    let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     let mut msgs = Vec::new();
     let mut total = 0u64;
     let mut cut = false;

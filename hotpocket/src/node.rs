@@ -296,6 +296,8 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         hasher: StateHasher::default(),
         applied_patch: None,
         warned_alone: false,
+        input_offset: 10,
+        input_limit: DEFAULT_ROUND_INPUT_BYTES,
     };
     tracker.spawn(round.run(cancel.clone()));
     tracker.spawn(crate::server::accept_loop(
@@ -332,6 +334,9 @@ struct RoundLoop {
     hasher: StateHasher,
     applied_patch: Option<Hash>,
     warned_alone: bool,
+    /// `max_input_ledger_offset` and the per-user input byte limit of the current round.
+    input_offset: u64,
+    input_limit: u64,
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -354,7 +359,13 @@ fn reject(reason: RejectReason, hash: &Hash) -> Reply {
 impl RoundLoop {
     async fn run(mut self, cancel: CancellationToken) {
         loop {
-            let roundtime = self.shared.contract().consensus.roundtime.max(1);
+            let contract = self.shared.contract();
+            let roundtime = contract.consensus.roundtime.max(1);
+            self.input_offset = contract.max_input_ledger_offset;
+            self.input_limit = match contract.round_limits.user_input_bytes {
+                0 => DEFAULT_ROUND_INPUT_BYTES,
+                n => n,
+            };
             let now = now_ms();
             let boundary = (now / roundtime + 1) * roundtime;
             let sleep = tokio::time::sleep(Duration::from_millis(boundary - now));
@@ -417,7 +428,7 @@ impl RoundLoop {
         if input.max_ledger_seq_no <= lcl.seq_no {
             return Err(RejectReason::MaxLedgerExpired);
         }
-        let offset = self.shared.contract().max_input_ledger_offset;
+        let offset = self.input_offset;
         if input.max_ledger_seq_no > lcl.seq_no + offset {
             return Err(RejectReason::MaxLedgerOffsetExceeded);
         }
@@ -432,10 +443,7 @@ impl RoundLoop {
         if input.nonce <= last {
             return Err(RejectReason::NonceExpired);
         }
-        let limit = match self.shared.contract().round_limits.user_input_bytes {
-            0 => DEFAULT_ROUND_INPUT_BYTES,
-            n => n,
-        };
+        let limit = self.input_limit;
         let used = self.pending_bytes.get(&input.user).copied().unwrap_or(0);
         if used + input.input.len() as u64 > limit {
             return Err(RejectReason::RoundInputsOverflow);

@@ -217,8 +217,16 @@ impl Store {
                     input.blob
                 ])
                 .map_err(err("insert input"))?;
+            }
+            let mut highest: std::collections::HashMap<&str, u64> =
+                std::collections::HashMap::new();
+            for input in inputs {
+                let entry = highest.entry(input.pubkey.as_str()).or_default();
+                *entry = (*entry).max(input.nonce);
+            }
+            for (pubkey, last) in highest {
                 nonce
-                    .execute(params![input.pubkey, input.nonce])
+                    .execute(params![pubkey, last])
                     .map_err(err("update nonce"))?;
             }
             let mut out = tx

@@ -635,17 +635,19 @@ impl Request {
     pub fn decode(protocol: Protocol, bytes: &[u8]) -> Result<Request, RejectReason> {
         match protocol {
             Protocol::Json => {
-                let value: serde_json::Value =
-                    serde_json::from_slice(bytes).map_err(|_| RejectReason::BadMsgFormat)?;
-                let kind = value
-                    .get("type")
-                    .and_then(|t| t.as_str())
-                    .ok_or(RejectReason::BadMsgFormat)?;
-                if !KNOWN_REQUESTS.contains(&kind) {
-                    return Err(RejectReason::InvalidMsgType);
-                }
-                let request: UserRequest =
-                    serde_json::from_value(value).map_err(|_| RejectReason::BadMsgFormat)?;
+                let request: UserRequest = match serde_json::from_slice(bytes) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Tell an unknown type from a malformed message.
+                        let value: serde_json::Value = serde_json::from_slice(bytes)
+                            .map_err(|_| RejectReason::BadMsgFormat)?;
+                        let kind = value.get("type").and_then(|t| t.as_str());
+                        return Err(match kind {
+                            Some(k) if !KNOWN_REQUESTS.contains(&k) => RejectReason::InvalidMsgType,
+                            _ => RejectReason::BadMsgFormat,
+                        });
+                    }
+                };
                 Ok(match request {
                     UserRequest::ContractInput {
                         input_container,
