@@ -123,3 +123,15 @@ pub fn write_output(out: &mut impl Write, msg: &[u8]) -> std::io::Result<()> {
     out.write_all(msg)?;
     out.flush()
 }
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

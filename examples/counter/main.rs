@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("counter contract: {e}");
+            eprintln!("counter contract: {}", sdk::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

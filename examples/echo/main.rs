@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("echo contract: {e}");
+            eprintln!("echo contract: {}", sdk::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("probe contract: {e}");
+            eprintln!("probe contract: {}", sdk::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

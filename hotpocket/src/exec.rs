@@ -215,8 +215,8 @@ pub async fn run_contract(
             RunEnd::TimedOut
         }
     };
-    // Descendants that kept the output sockets open are killed too.
-    kill_group(pid);
+    // No group kill after a normal exit: once the leader is reaped its id may be reused.
+    // Descendants that keep output sockets open are cut off by the reader timeout below.
     drop(control_parent);
     drop(npl);
 
@@ -414,6 +414,5 @@ pub async fn run_script(
             None
         }
     };
-    kill_group(pid);
     Ok(result)
 }
