@@ -1,8 +1,11 @@
 //! One node, 100 users, the echo contract: inputs/s and input-to-output latency (p50, p95)
 //! at roundtimes 1000, 200 and 50 ms. Runs the real `hotpocket` binary over TLS WebSocket.
 //!
-//! `cargo bench -p berth-hotpocket --bench roundtrip` (env BENCH_RATE = offered inputs/s,
-//! default 6000; BENCH_SECS = measuring seconds per roundtime, default 8; BENCH_ROUNDTIMES =
+//! Each roundtime runs twice: a latency run at a moderate offered load (BENCH_LATENCY_RATE,
+//! default 1000 inputs/s) and a throughput run at a high one (BENCH_RATE, default 6000 inputs/s,
+//! where latency includes queueing once the node saturates).
+//!
+//! `cargo bench -p berth-hotpocket --bench roundtrip` (env BENCH_RATE, BENCH_LATENCY_RATE; BENCH_SECS = measuring seconds per roundtime, default 8; BENCH_ROUNDTIMES =
 //! comma-separated list; BENCH_NODE_LOG = the node's RUST_LOG).
 
 use std::collections::HashMap;
@@ -20,6 +23,10 @@ use ed25519_dalek::SigningKey;
 const USERS: usize = 100;
 
 fn main() -> anyhow::Result<()> {
+    let latency_rate: f64 = std::env::var("BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000.0);
     let rate: f64 = std::env::var("BENCH_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -31,10 +38,13 @@ fn main() -> anyhow::Result<()> {
     let hotpocket = PathBuf::from(env!("CARGO_BIN_EXE_hotpocket"));
     let echo = echo_contract(&hotpocket)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    println!("hotpocket roundtrip bench: {USERS} users, echo contract, offered {rate} inputs/s, {secs} s per roundtime");
     println!(
-        "{:>10} {:>12} {:>10} {:>10} {:>10} {:>9}",
-        "roundtime", "inputs/s", "p50 ms", "p95 ms", "p50/rt", "lost"
+        "hotpocket roundtrip bench: {USERS} users, echo contract, {secs} s per run; \
+         latency run offers {latency_rate} inputs/s, throughput run {rate} inputs/s"
+    );
+    println!(
+        "{:>10} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>10} {:>7}",
+        "roundtime", "lat p50", "lat p95", "p50/rt", "inputs/s", "sat p50", "sat p95", "lost"
     );
     let roundtimes: Vec<u64> = match std::env::var("BENCH_ROUNDTIMES") {
         Ok(list) => list
@@ -44,15 +54,18 @@ fn main() -> anyhow::Result<()> {
         Err(_) => vec![1000, 200, 50],
     };
     for roundtime in roundtimes {
-        let r = runtime.block_on(run(&hotpocket, &echo, roundtime, rate, secs))?;
+        let lat = runtime.block_on(run(&hotpocket, &echo, roundtime, latency_rate, secs))?;
+        let thr = runtime.block_on(run(&hotpocket, &echo, roundtime, rate, secs))?;
         println!(
-            "{:>8}ms {:>12.0} {:>10.1} {:>10.1} {:>10.2} {:>9}",
+            "{:>8}ms | {:>8.1}ms {:>8.1}ms {:>8.2} | {:>10.0} {:>8.1}ms {:>8.1}ms {:>7}",
             roundtime,
-            r.throughput,
-            r.p50,
-            r.p95,
-            r.p50 / roundtime as f64,
-            r.lost
+            lat.p50,
+            lat.p95,
+            lat.p50 / roundtime as f64,
+            thr.throughput,
+            thr.p50,
+            thr.p95,
+            thr.lost + lat.lost
         );
     }
     Ok(())
