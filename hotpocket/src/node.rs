@@ -383,7 +383,7 @@ impl RoundLoop {
                     },
                 }
             }
-            if let Err(e) = self.close_round(boundary).await {
+            if let Err(e) = self.close_round(boundary, &cancel).await {
                 tracing::error!(error = %e, "closing the round failed; node stops");
                 if let Ok(mut g) = self.shared.failure.lock() {
                     *g = Some(format!(
@@ -451,7 +451,11 @@ impl RoundLoop {
         Ok(())
     }
 
-    async fn close_round(&mut self, time: u64) -> Result<(), NodeError> {
+    async fn close_round(
+        &mut self,
+        time: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), NodeError> {
         let started = std::time::Instant::now();
         let lcl = self.shared.lcl();
         let mut inputs: Vec<SignedInput> = std::mem::take(&mut self.pending)
@@ -515,7 +519,16 @@ impl RoundLoop {
             }
             let cmd = self.shared.contract_command(&contract);
             let ctx = self.shared.run_context(false, time, Some(lcl));
-            match exec::run_contract(&cmd, &ctx, &contract_users).await {
+            // A shutdown while the contract runs abandons the round: its inputs were never
+            // acknowledged (users resubmit) and the killed run closes no ledger.
+            let run = tokio::select! {
+                run = exec::run_contract(&cmd, &ctx, &contract_users) => run,
+                _ = cancel.cancelled() => {
+                    tracing::info!(seq = lcl.seq_no + 1, "round abandoned for shutdown");
+                    return Ok(());
+                }
+            };
+            match run {
                 Ok(result) => {
                     match result.end {
                         RunEnd::Exited(0) => {}
