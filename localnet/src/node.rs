@@ -172,6 +172,21 @@ fn tx_leaf(r: &TxRecord) -> Key {
     sha512_half(&[&buf])
 }
 
+impl SubmitResult {
+    /// A transaction that changed nothing, with its result.
+    fn not_applied(ter: Ter, hash: Key, tx: StObject) -> SubmitResult {
+        SubmitResult {
+            ter,
+            hash,
+            tx,
+            applied: false,
+            held: false,
+            account_sequence_next: None,
+            account_sequence_available: None,
+        }
+    }
+}
+
 impl Node {
     /// A new chain: resumed from the store when it holds one, else from genesis.
     pub fn open(store: Option<Store>, fees: Fees) -> Result<Node, NodeError> {
@@ -404,15 +419,7 @@ impl Node {
         let account = tx.account("Account").unwrap_or([0; 20]);
         let mut g = self.lock();
         let mut result = if g.txs.contains_key(&hash) || g.held.values().any(|h| h.hash == hash) {
-            SubmitResult {
-                ter: Ter::tefALREADY,
-                hash,
-                tx,
-                applied: false,
-                held: false,
-                account_sequence_next: None,
-                account_sequence_available: None,
-            }
+            SubmitResult::not_applied(Ter::tefALREADY, hash, tx)
         } else {
             let r = self.apply_locked(&mut g, blob.clone(), tx.clone(), hash);
             if r.ter == Ter::terPRE_SEQ {
@@ -461,15 +468,7 @@ impl Node {
         };
         let index = g.open_txs.len() as u32;
         match engine::apply(&g.open, &env, &tx, &hash, index) {
-            Outcome::Rejected(ter) => SubmitResult {
-                ter,
-                hash,
-                tx,
-                applied: false,
-                held: false,
-                account_sequence_next: None,
-                account_sequence_available: None,
-            },
+            Outcome::Rejected(ter) => SubmitResult::not_applied(ter, hash, tx),
             Outcome::Included(a) => {
                 let Applied {
                     ter,
@@ -501,13 +500,8 @@ impl Node {
                 g.txs.insert(hash, std::sync::Arc::new(rec));
                 g.open_txs.push(hash);
                 SubmitResult {
-                    ter,
-                    hash,
-                    tx,
                     applied: true,
-                    held: false,
-                    account_sequence_next: None,
-                    account_sequence_available: None,
+                    ..SubmitResult::not_applied(ter, hash, tx)
                 }
             }
         }
