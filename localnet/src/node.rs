@@ -129,6 +129,8 @@ struct Inner {
     by_hash: HashMap<Key, u32>,
     snapshots: VecDeque<(u32, State)>,
     txs: HashMap<Key, std::sync::Arc<TxRecord>>,
+    /// Transaction hashes of each closed ledger, in order.
+    ledger_txs: HashMap<u32, Vec<Key>>,
     account_txs: HashMap<[u8; 20], Vec<(u32, u32, Key)>>,
     held: BTreeMap<([u8; 20], u32), Held>,
     dirty: BTreeMap<Key, Option<StObject>>,
@@ -141,6 +143,7 @@ pub struct Node {
     events: broadcast::Sender<Event>,
     fees: Fees,
     genesis: KeyPair,
+    started: std::time::Instant,
 }
 
 /// Why the chain could not start or persist.
@@ -201,6 +204,7 @@ impl Node {
             by_hash: HashMap::new(),
             snapshots: VecDeque::new(),
             txs: HashMap::new(),
+            ledger_txs: HashMap::new(),
             account_txs: HashMap::new(),
             held: BTreeMap::new(),
             dirty: BTreeMap::new(),
@@ -228,6 +232,11 @@ impl Node {
                             r.hash,
                         ));
                     }
+                    inner
+                        .ledger_txs
+                        .entry(r.ledger_seq)
+                        .or_default()
+                        .push(r.hash);
                     inner.txs.insert(r.hash, std::sync::Arc::new(r));
                 }
                 for v in inner.account_txs.values_mut() {
@@ -278,6 +287,7 @@ impl Node {
             events,
             fees,
             genesis,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -285,6 +295,11 @@ impl Node {
         // A panic while holding the lock cannot leave the chain half-changed: every
         // change is computed first and then stored in one step.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seconds since this node started.
+    pub fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     pub fn fees(&self) -> Fees {
@@ -381,14 +396,10 @@ impl Node {
                 .filter_map(|h| g.txs.get(h).cloned())
                 .collect();
         }
-        let mut v: Vec<_> = g
-            .txs
-            .values()
-            .filter(|r| r.ledger_seq == seq)
-            .cloned()
-            .collect();
-        v.sort_by_key(|r| r.index);
-        v
+        g.ledger_txs
+            .get(&seq)
+            .map(|hs| hs.iter().filter_map(|h| g.txs.get(h).cloned()).collect())
+            .unwrap_or_default()
     }
 
     /// Validated transactions of an account within `[min, max]`, in ledger order.
@@ -588,8 +599,9 @@ impl Node {
         while g.snapshots.len() > SNAPSHOTS {
             g.snapshots.pop_front();
         }
+        let closed_txs = std::mem::take(&mut g.open_txs);
+        g.ledger_txs.insert(h.seq, closed_txs);
         g.open_seq += 1;
-        g.open_txs.clear();
         // Held transactions past their last ledger are dropped; the rest retried.
         let open_seq = g.open_seq;
         g.held
