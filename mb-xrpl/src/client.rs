@@ -281,9 +281,16 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let client = Client::start(config)?;
         let mut rx = client.shared.connected.clone();
-        let wait = rx.wait_for(Option::is_some);
-        let connected = tokio::time::timeout(client.shared.config.request_timeout, wait).await;
-        if !matches!(connected, Ok(Ok(_))) {
+        // The watch guard must not live across an await: the future stays Send.
+        let connected = matches!(
+            tokio::time::timeout(
+                client.shared.config.request_timeout,
+                rx.wait_for(Option::is_some)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !connected {
             let last_error = lock(&client.shared.last_error).clone();
             let urls = client.shared.config.urls.clone();
             client.shutdown().await;

@@ -334,3 +334,13 @@ async fn wss_through_a_tls_terminator_with_a_private_ca() {
     proxy.abort();
     net.shutdown().await;
 }
+
+/// `Client::connect` can be spawned on a multi-threaded runtime (its future is Send).
+#[test]
+fn connect_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let fut = berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new(vec![
+        "ws://127.0.0.1:9/".to_string(),
+    ]));
+    assert_send(&fut);
+}
