@@ -22,6 +22,8 @@ pub enum InstanceError {
     Unreachable { addr: String, source: ClientError },
     #[error("instance {addr}: {source}")]
     Request { addr: String, source: ClientError },
+    #[error("instance {addr} sent no bootstrap answer to the upload: a contract is installed and only its owner's uploads reach the bootstrap; deploy with the owner's keys")]
+    NoBootstrapAnswer { addr: String },
     #[error("bad bundle {path}: {problem}")]
     BadBundle { path: PathBuf, problem: String },
     #[error("{step} {path}: {source}")]
@@ -95,7 +97,12 @@ impl Instance {
     }
 
     pub async fn upload(&self, zip: &[u8]) -> Result<BootstrapReply, InstanceError> {
-        self.client.upload_bundle(zip).await.map_err(self.request())
+        match self.client.upload_bundle(zip).await {
+            Err(ClientError::NoBootstrapReply) => Err(InstanceError::NoBootstrapAnswer {
+                addr: self.addr.clone(),
+            }),
+            other => other.map_err(self.request()),
+        }
     }
 
     pub async fn input(&self, data: &[u8]) -> Result<LedgerOutputs, InstanceError> {

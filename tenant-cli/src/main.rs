@@ -91,12 +91,8 @@ enum KeysCommand {
         /// Replace existing keys.
         #[arg(long)]
         force: bool,
-        /// Also set the account's MessageKey on the ledger (the account must be funded).
-        #[arg(long, requires = "ledger")]
-        set_message_key: bool,
-        /// XRPL server (ws:// or wss://) for --set-message-key.
-        #[arg(long, env = "BERTH_LEDGER")]
-        ledger: Option<String>,
+        #[command(flatten)]
+        message_key: MessageKeyArgs,
         /// Print the seed and the HotPocket secret.
         #[arg(long)]
         show_secrets: bool,
@@ -117,9 +113,22 @@ enum KeysCommand {
         /// Replace existing keys.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        message_key: MessageKeyArgs,
+        /// Print the seed and the HotPocket secret.
         #[arg(long)]
         show_secrets: bool,
     },
+}
+
+#[derive(Args)]
+struct MessageKeyArgs {
+    /// Also set the account's MessageKey on the ledger (the account must be funded).
+    #[arg(long, requires = "ledger")]
+    set_message_key: bool,
+    /// XRPL server (ws:// or wss://) for --set-message-key.
+    #[arg(long, env = "BERTH_LEDGER")]
+    ledger: Option<String>,
 }
 
 #[derive(Args)]
@@ -301,47 +310,26 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
         KeysCommand::New {
             key_type,
             force,
-            set_message_key,
-            ledger,
+            message_key,
             show_secrets,
         } => {
             let keys = Keys::generate(key_type);
             let path = keys.save(home, force)?;
             eprintln!("keys written to {}", path.display());
-            if set_message_key {
-                let url = ledger.context("--set-message-key needs --ledger <url>")?;
-                let client =
-                    berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new([url.clone()]))
-                        .await
-                        .with_context(|| format!("connecting to the ledger at {url}"))?;
-                let result = keys::set_message_key(&client, &keys).await;
-                client.shutdown().await;
-                let validated = result.with_context(|| {
-                    format!(
-                        "fund {} first (it needs the reserve plus a fee), then run `berth keys new --force --set-message-key` again or set it later",
-                        keys.wallet.address()
-                    )
-                })?;
-                if !validated.is_success() {
-                    bail!(
-                        "setting the MessageKey failed on the ledger with {}; fund {} and try again",
-                        validated.result,
-                        keys.wallet.address()
-                    );
-                }
-                eprintln!("MessageKey set in ledger {}", validated.ledger_index);
-            }
+            set_message_key_if_asked(&keys, message_key).await?;
             (keys, show_secrets)
         }
         KeysCommand::Import {
             seed,
             hotpocket_secret,
             force,
+            message_key,
             show_secrets,
         } => {
             let keys = Keys::import(&seed, hotpocket_secret.as_deref())?;
             let path = keys.save(home, force)?;
             eprintln!("keys written to {}", path.display());
+            set_message_key_if_asked(&keys, message_key).await?;
             (keys, show_secrets)
         }
     };
@@ -359,6 +347,32 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
     if let Some(secret) = &view.hotpocket_secret {
         println!("hotpocket secret     {secret}");
     }
+    Ok(())
+}
+
+async fn set_message_key_if_asked(keys: &Keys, args: MessageKeyArgs) -> anyhow::Result<()> {
+    if !args.set_message_key {
+        return Ok(());
+    }
+    let url = args
+        .ledger
+        .context("--set-message-key needs --ledger <url>")?;
+    let client = berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new([url.clone()]))
+        .await
+        .with_context(|| format!("connecting to the ledger at {url}"))?;
+    let result = keys::set_message_key(&client, keys).await;
+    client.shutdown().await;
+    let address = keys.wallet.address();
+    let validated = result.with_context(|| {
+        format!("the keys are saved; fund {address} (reserve plus fee) and run `berth keys import --force --set-message-key` with its seed")
+    })?;
+    if !validated.is_success() {
+        bail!(
+            "setting the MessageKey failed on the ledger with {}; fund {address} and try again",
+            validated.result
+        );
+    }
+    eprintln!("MessageKey set in ledger {}", validated.ledger_index);
     Ok(())
 }
 
