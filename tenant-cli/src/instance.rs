@@ -19,9 +19,15 @@ pub enum InstanceError {
     #[error("bad instance address `{0}`: expected host:port or wss://host:port")]
     BadAddress(String),
     #[error("instance {addr} is unreachable: {source}")]
-    Unreachable { addr: String, source: ClientError },
+    Unreachable {
+        addr: String,
+        source: Box<ClientError>,
+    },
     #[error("instance {addr}: {source}")]
-    Request { addr: String, source: ClientError },
+    Request {
+        addr: String,
+        source: Box<ClientError>,
+    },
     #[error("instance {addr} sent no bootstrap answer to the upload: a contract is installed and only its owner's uploads reach the bootstrap; deploy with the owner's keys")]
     NoBootstrapAnswer { addr: String },
     #[error("bad bundle {path}: {problem}")]
@@ -75,7 +81,7 @@ impl Instance {
             .await
             .map_err(|source| InstanceError::Unreachable {
                 addr: addr.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Instance { addr, client })
     }
@@ -83,7 +89,7 @@ impl Instance {
     fn request(&self) -> impl FnOnce(ClientError) -> InstanceError + '_ {
         |source| InstanceError::Request {
             addr: self.addr.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
