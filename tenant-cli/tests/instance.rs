@@ -81,6 +81,25 @@ fn deploy_echo_then_input_read_and_status_and_a_stranger_is_refused() {
         "{text}"
     );
 
+    // A zip made by `hotpocket bundle` replaces the contract.
+    let (hotpocket, echo) = hotpocket_artifacts();
+    let zip = tmp.path().join("echo.zip");
+    let status = std::process::Command::new(hotpocket)
+        .args(["bundle", "--bin"])
+        .arg(echo)
+        .arg("--out")
+        .arg(&zip)
+        .args(["--version", "2.0"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reply = json(berth(
+        &owner,
+        &["deploy", &url, zip.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(ok(berth(&owner, &["input", &url, "again"])).trim(), "again");
+
     // After the install a stranger's upload goes to the contract, not the bootstrap.
     let err = fails(berth(&stranger, &["deploy", &url, dir.to_str().unwrap()]));
     assert!(
