@@ -248,3 +248,101 @@ async fn live_offers(client: &Client, host: &str) -> Result<Vec<Offer>, HostsErr
     }
     Ok(offers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(price: u64, memory_mb: u32) -> Offer {
+        Offer {
+            token_id: format!("T{price}-{memory_mb}"),
+            offer_id: "O".into(),
+            amount_drops: price,
+            slot: 0,
+            cpu_millicores: 1000,
+            memory_mb,
+            disk_mb: 1000,
+            moment_secs: 60,
+        }
+    }
+
+    fn host(last_seen: Option<u64>, offers: Vec<Offer>) -> HostView {
+        HostView {
+            address: "rHost".into(),
+            domain: "h.example".into(),
+            country: "DE".into(),
+            version: "0.1.0".into(),
+            slots: 2,
+            moment_secs: 60,
+            price_drops: 10,
+            cpu_millicores: 2000,
+            memory_mb: 2048,
+            disk_mb: 2000,
+            registered_unix: last_seen,
+            last_seen_unix: last_seen,
+            announced_free_slots: None,
+            offers,
+        }
+    }
+
+    #[test]
+    fn filters_drop_offers_then_hosts() {
+        let now = 1_000;
+        let h = || host(Some(900), vec![offer(10, 512), offer(50, 4096)]);
+        let f = |f: Filter| f.apply(h()).map(|h| h.offers.len());
+        let base = Filter {
+            now_unix: now,
+            ..Filter::default()
+        };
+        assert_eq!(f(base.clone()), Some(2));
+        assert_eq!(
+            f(Filter {
+                max_price_drops: Some(10),
+                ..base.clone()
+            }),
+            Some(1)
+        );
+        assert_eq!(
+            f(Filter {
+                max_price_drops: Some(9),
+                ..base.clone()
+            }),
+            None
+        );
+        assert_eq!(
+            f(Filter {
+                min_memory_mb: Some(1024),
+                ..base.clone()
+            }),
+            Some(1)
+        );
+        assert_eq!(
+            f(Filter {
+                min_free: Some(3),
+                ..base.clone()
+            }),
+            None
+        );
+        assert_eq!(
+            f(Filter {
+                seen_within_secs: Some(100),
+                ..base.clone()
+            }),
+            Some(2)
+        );
+        assert_eq!(
+            f(Filter {
+                seen_within_secs: Some(99),
+                ..base.clone()
+            }),
+            None
+        );
+        // No offer at all: not listed; never seen: not listed when recency is asked.
+        assert!(base.apply(host(Some(900), vec![])).is_none());
+        let recent = Filter {
+            seen_within_secs: Some(10_000),
+            ..base
+        };
+        assert!(recent.apply(host(None, vec![offer(1, 1)])).is_none());
+    }
+}

@@ -104,7 +104,7 @@ enum KeysCommand {
     },
     /// Import an XRPL wallet from its seed (and optionally a HotPocket user secret).
     Import {
-        /// The XRPL family seed (s…).
+        /// The XRPL family seed (s…); `-` reads it from stdin.
         #[arg(long, env = "BERTH_SEED", hide_env_values = true)]
         seed: String,
         /// The HotPocket user secret key, 64 hex chars; a new one is made when absent.
@@ -326,6 +326,15 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
             message_key,
             show_secrets,
         } => {
+            let seed = if seed == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the seed from stdin")?;
+                line
+            } else {
+                seed
+            };
             let keys = Keys::import(&seed, hotpocket_secret.as_deref())?;
             let path = keys.save(home, force)?;
             eprintln!("keys written to {}", path.display());

@@ -121,6 +121,23 @@ fn keys_new_show_import_round_trip_with_mode_0600() {
         & 0o777;
     assert_eq!(mode, 0o600);
 
+    // The seed from stdin.
+    let third = tmp.path().join("third");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["keys", "import", "--seed", "-", "--json"])
+        .env("BERTH_HOME", &third)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{seed}").unwrap();
+    }
+    let from_stdin = json(child.wait_with_output().unwrap());
+    assert_eq!(from_stdin["address"], public["address"]);
+
     // secp256k1 wallets.
     let k = json(berth(
         &home,
