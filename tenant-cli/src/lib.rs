@@ -1,2 +1,8 @@
-//! The Berth tenant CLI (`berth`): keys, host discovery, leases and deployment.
+//! The Berth tenant CLI (`berth`): keys, host discovery and talking to an instance.
+//!
+//! The binary (`src/main.rs`) is a thin layer over these modules.
 #![forbid(unsafe_code)]
+
+pub mod hosts;
+pub mod instance;
+pub mod keys;

@@ -1,0 +1,195 @@
+//! `berth deploy|input|read|status` against a real `hotpocket` node process over TLS.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{berth, fails, hotpocket_artifacts, json, ok, Node};
+
+/// A contract directory holding the echo example as `contract`.
+fn echo_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("echo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, echo) = hotpocket_artifacts();
+    std::fs::copy(echo, dir.join("contract")).unwrap();
+    std::fs::set_permissions(dir.join("contract"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.join("contract.config"),
+        r#"{"bin_path": "contract", "version": "1.0"}"#,
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn deploy_echo_then_input_read_and_status_and_a_stranger_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = tmp.path().join("owner");
+    let stranger = tmp.path().join("stranger");
+    ok(berth(&owner, &["keys", "new"]));
+    ok(berth(&stranger, &["keys", "new"]));
+    let owner_key = json(berth(&owner, &["keys", "show", "--json"]))["hotpocket_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node = Node::create(&tmp.path().join("node"), &owner_key);
+    let url = format!("wss://{}", node.addr);
+    let dir = echo_dir(tmp.path());
+
+    // Before anything is installed, a stranger's upload reaches the bootstrap: refused.
+    let err = fails(berth(&stranger, &["deploy", &url, dir.to_str().unwrap()]));
+    assert!(
+        err.contains("UserNotAllowed") && err.contains("owner"),
+        "{err}"
+    );
+
+    let out = ok(berth(
+        &owner,
+        &[
+            "deploy",
+            &url,
+            dir.to_str().unwrap(),
+            "--contract-id",
+            common::CONTRACT_ID,
+        ],
+    ));
+    assert!(out.contains("bootstrap: ok"), "{out}");
+
+    let out = ok(berth(&owner, &["input", &url, "hello berth"]));
+    assert_eq!(out.trim(), "hello berth");
+
+    let file = tmp.path().join("input.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let v = json(berth(
+        &owner,
+        &["input", &url, &format!("@{}", file.display()), "--json"],
+    ));
+    assert_eq!(v["outputs"], serde_json::json!(["from a file"]));
+    assert!(v["ledger_seq_no"].as_u64().unwrap() > 0);
+
+    let out = ok(berth(&owner, &["read", &url, "a read"]));
+    assert_eq!(out.trim(), "a read");
+
+    let status = json(berth(&owner, &["status", &url, "--json"]));
+    assert_eq!(status["contract_id"], common::CONTRACT_ID);
+    assert!(status["lcl_seq_no"].as_u64().unwrap() > 0);
+    assert_eq!(status["lcl_hash"].as_str().unwrap().len(), 64);
+    let text = ok(berth(&owner, &["status", &url]));
+    assert!(
+        text.contains("lcl") && text.contains(common::CONTRACT_ID),
+        "{text}"
+    );
+
+    // A zip made by `hotpocket bundle` replaces the contract.
+    let (hotpocket, echo) = hotpocket_artifacts();
+    let zip = tmp.path().join("echo.zip");
+    let status = std::process::Command::new(hotpocket)
+        .args(["bundle", "--bin"])
+        .arg(echo)
+        .arg("--out")
+        .arg(&zip)
+        .args(["--version", "2.0"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reply = json(berth(
+        &owner,
+        &["deploy", &url, zip.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(ok(berth(&owner, &["input", &url, "again"])).trim(), "again");
+
+    // After the install a stranger's upload goes to the contract, not the bootstrap.
+    let err = fails(berth(&stranger, &["deploy", &url, dir.to_str().unwrap()]));
+    assert!(
+        err.contains("no bootstrap answer") && err.contains("owner's keys"),
+        "{err}"
+    );
+
+    // The wrong contract id is named.
+    let err = fails(berth(
+        &owner,
+        &[
+            "deploy",
+            &url,
+            dir.to_str().unwrap(),
+            "--contract-id",
+            "other-contract",
+        ],
+    ));
+    assert!(
+        err.contains("other-contract") && err.contains(common::CONTRACT_ID),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_bundles_are_named_before_connecting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    ok(berth(&home, &["keys", "new"]));
+    // Port 9 is never a HotPocket node: the bundle check comes first.
+    let url = "127.0.0.1:9";
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = fails(berth(&home, &["deploy", url, empty.to_str().unwrap()]));
+    assert!(
+        err.contains("no contract.config") && err.contains("bin_path"),
+        "{err}"
+    );
+
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("contract.config"), "{not json").unwrap();
+    let err = fails(berth(&home, &["deploy", url, broken.to_str().unwrap()]));
+    assert!(err.contains("contract.config is not valid"), "{err}");
+
+    let nobin = tmp.path().join("nobin");
+    std::fs::create_dir_all(&nobin).unwrap();
+    std::fs::write(nobin.join("contract.config"), r#"{"bin_path":"missing"}"#).unwrap();
+    let err = fails(berth(&home, &["deploy", url, nobin.to_str().unwrap()]));
+    assert!(err.contains("bin_path `missing`"), "{err}");
+
+    let notzip = tmp.path().join("bundle.zip");
+    std::fs::write(&notzip, "plain text").unwrap();
+    let err = fails(berth(&home, &["deploy", url, notzip.to_str().unwrap()]));
+    assert!(err.contains("not a zip file"), "{err}");
+}
+
+#[test]
+fn unreachable_instances_and_missing_keys_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let err = fails(berth(&home, &["status", "127.0.0.1:9"]));
+    assert!(
+        err.contains("no keys") && err.contains("berth keys new"),
+        "{err}"
+    );
+
+    ok(berth(&home, &["keys", "new"]));
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = fails(berth(&home, &["input", &format!("127.0.0.1:{port}"), "x"]));
+    assert!(
+        err.contains("unreachable") && err.contains("is the instance running"),
+        "{err}"
+    );
+
+    let err = fails(berth(&home, &["status", "not-an-address"]));
+    assert!(
+        err.contains("bad instance address `not-an-address`"),
+        "{err}"
+    );
+
+    // Usage errors exit 2.
+    let o = berth(&home, &["deploy"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = berth(&home, &["deploy", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+}
