@@ -12,5 +12,5 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import xrpl, cryptography
 fi
 export BERTH_PYTHON="$PWD/.venv/bin/python"
 
-echo "==> cargo test --workspace"
-cargo test --workspace --all-targets "$@"
+echo "==> cargo test --workspace (benchmarks are built by clippy, run with cargo bench)"
+cargo test --workspace "$@"
