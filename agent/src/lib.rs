@@ -14,6 +14,7 @@ pub mod run;
 pub mod setup;
 pub mod status;
 pub mod store;
+pub mod xrpl;
 
 /// The agent's database file: `<data_dir>/agent.db`.
 pub fn database_path(config: &berth_schemas::config::HostConfig) -> std::path::PathBuf {

@@ -712,6 +712,11 @@ impl Machine {
             if previous.is_some_and(|c| c.ledger >= ledger) {
                 return Ok(Vec::new());
             }
+            // The close of `ledger` may come before its transactions: only the ledger before
+            // it is known to be fully handled.
+            let handled_through = ledger
+                .saturating_sub(1)
+                .max(previous.map_or(0, |c| c.ledger));
             let resumed_at = match previous {
                 Some(c) if close_time.saturating_sub(c.close_time) <= stall => c.resumed_at,
                 _ => close_time,
@@ -729,13 +734,20 @@ impl Machine {
                 }
             }
             tx.set_cursor(Cursor {
-                ledger,
+                ledger: handled_through,
                 close_time,
                 resumed_at,
             })?;
             Ok(ending)
         })?;
         Ok(ending)
+    }
+
+    /// Records that every transaction up to `ledger` (closed at `close_time`) was handled:
+    /// the end of a catch-up from history.
+    pub fn caught_up(&self, ledger: u32, close_time: u64) -> Result<Vec<Job>, MachineError> {
+        let jobs = self.ledger_closed(ledger.saturating_add(1), close_time)?;
+        Ok(jobs)
     }
 
     /// Runs a job to its end; safe to run again after a crash.

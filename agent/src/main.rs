@@ -172,7 +172,7 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Run => {
             let config = load_config(&cli.config).context("cannot load the config")?;
             let keys = setup::load_keys(&config.key_file()).context("cannot load the host key")?;
-            berth_agent::run::main(config, keys)
+            run(config, keys)
         }
         Command::Status { json } => {
             let (_, store) = open_read_only(&cli.config)?;
@@ -207,6 +207,65 @@ fn run_command(cli: Cli) -> Result<()> {
                 println!("draining: {n} offers being cancelled; current leases are served");
             }
             Ok(())
+        }
+    }
+}
+
+/// Tracing to stderr: `RUST_LOG` (default `info`), JSON when `BERTH_LOG_JSON=1`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BERTH_LOG_JSON").as_deref() == Ok("1") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let provisioner = berth_provisioner::DockerProvisioner::connect(
+            berth_agent::run::provisioner_config(&config),
+        )
+        .await
+        .context("cannot connect to the Docker engine")?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        berth_agent::run::run(
+            config,
+            keys,
+            std::sync::Arc::new(provisioner),
+            berth_agent::run::RunSettings::default(),
+            shutdown,
+        )
+        .await
+        .context("agent stopped on an error")
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -51,6 +51,7 @@ pub enum SetupError {
 pub struct HostKeys {
     pub account: KeyPair,
     pub message: SigningKey,
+    seed: String,
 }
 
 impl std::fmt::Debug for HostKeys {
@@ -79,7 +80,13 @@ impl HostKeys {
         Some(Self {
             account,
             message: SigningKey::from_bytes(&secret),
+            seed: seed.to_owned(),
         })
+    }
+
+    /// A fresh copy of the account key pair (for the submitter).
+    pub fn account_key(&self) -> KeyPair {
+        KeyPair::from_seed(&self.seed).unwrap_or_else(|_| KeyPair::generate(KeyType::Ed25519))
     }
 
     pub fn address(&self) -> String {
