@@ -43,7 +43,13 @@ impl XrplLedger {
                 json!({"account": self.account(), "ledger_index": "validated"}),
             )
             .await
-            .map_err(connection)?;
+            .map_err(|e| match e.rpc_error() {
+                Some("actNotFound") => LedgerError::Protocol(format!(
+                    "host account {} does not exist on the ledger: fund it first",
+                    self.account()
+                )),
+                _ => connection(e),
+            })?;
         let data = &info["account_data"];
         let balance_drops = number(&data["Balance"])
             .ok_or_else(|| LedgerError::Protocol("account_info without Balance".into()))?;
