@@ -7,6 +7,7 @@
 //! - [`setup`]: `init`, the config file and the host key; [`status`]: `status` and `leases`.
 #![forbid(unsafe_code)]
 
+pub mod failpoint;
 pub mod ledger;
 pub mod machine;
 pub mod outbox;

@@ -403,6 +403,7 @@ impl Machine {
             Ok(Some(id))
         })?;
         info!(purchase = tx_hash, slot, instance = %lease.instance, "lease recorded");
+        crate::failpoint::hit("acquire-recorded");
         Ok(id.map(Job::Provision).into_iter().collect())
     }
 
@@ -662,6 +663,7 @@ impl Machine {
             Ok(())
         })?;
         info!(request = tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
+        crate::failpoint::hit("extend-recorded");
         Ok(Vec::new())
     }
 
@@ -806,6 +808,7 @@ impl Machine {
         }
         match self.create_and_start(&lease).await {
             Ok(()) => {
+                crate::failpoint::hit("acquire-started");
                 let answer = self.acquire_ok(&lease)?;
                 self.store().transaction(|tx| {
                     tx.set_lease_state(id, LeaseState::Active)?;
@@ -891,6 +894,7 @@ impl Machine {
         if lease.state != LeaseState::Ending {
             return Ok(());
         }
+        crate::failpoint::hit("end-begun");
         self.provisioner
             .destroy(&lease.instance)
             .await
@@ -898,6 +902,7 @@ impl Machine {
                 instance: lease.instance.clone(),
                 source,
             })?;
+        crate::failpoint::hit("end-destroyed");
         self.store().transaction(|tx| {
             tx.set_lease_state(id, LeaseState::Ended)?;
             if let Some(request) = &lease.end_request {

@@ -232,11 +232,13 @@ fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let provisioner = berth_provisioner::DockerProvisioner::connect(
-            berth_agent::run::provisioner_config(&config),
-        )
-        .await
-        .context("cannot connect to the Docker engine")?;
+        let mut provisioner_config = berth_agent::run::provisioner_config(&config);
+        if let Ok(namespace) = std::env::var("BERTH_DOCKER_NAMESPACE") {
+            provisioner_config.namespace = namespace;
+        }
+        let provisioner = berth_provisioner::DockerProvisioner::connect(provisioner_config)
+            .await
+            .context("cannot connect to the Docker engine")?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {

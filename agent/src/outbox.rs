@@ -28,6 +28,9 @@ impl Machine {
                         )
                     })?;
                     debug!(key = %row.key, hash = %prepared.hash, "outbox row signed");
+                    if row.key.starts_with("answer:") {
+                        crate::failpoint::hit("answer-prepared");
+                    }
                 }
                 Err(LedgerError::Refused { action, result }) => {
                     warn!(key = %row.key, %result, "outbox row refused for good");
