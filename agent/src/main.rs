@@ -232,6 +232,15 @@ fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Signals first: a SIGTERM during start-up stops the agent once start-up is done.
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        let (installed, ready) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            wait_for_signal(installed).await;
+            signals.cancel();
+        });
+        let _ = ready.await;
         let mut provisioner_config = berth_agent::run::provisioner_config(&config);
         if let Ok(namespace) = std::env::var("BERTH_DOCKER_NAMESPACE") {
             provisioner_config.namespace = namespace;
@@ -239,12 +248,6 @@ fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
         let provisioner = berth_provisioner::DockerProvisioner::connect(provisioner_config)
             .await
             .context("cannot connect to the Docker engine")?;
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            signals.cancel();
-        });
         berth_agent::run::run(
             config,
             keys,
@@ -257,9 +260,11 @@ fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(installed: tokio::sync::oneshot::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
+    let term = signal(SignalKind::terminate());
+    let _ = installed.send(());
+    match term {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}

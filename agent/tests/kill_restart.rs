@@ -89,6 +89,24 @@ async fn acquire_and_extend_survive_sigkill_at_each_step() {
         .find(|l| &l.token_id == token)
         .unwrap();
     assert_eq!(lease_row.moments, 3, "each extension counted once");
+
+    // status and leases read the database while run runs.
+    w.spawn_binary(None);
+    let status: serde_json::Value =
+        serde_json::from_slice(&w.command(&["status", "--json"])).unwrap();
+    assert_eq!(status["host_address"], w.host.as_str());
+    assert_eq!(status["slots"]["leased"], 3, "{status}");
+    assert_eq!(status["leases"].as_array().unwrap().len(), 3, "{status}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&w.command(&["leases", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert!(
+        listed[0].get("node_secret").is_none(),
+        "secrets are not listed"
+    );
+    let text = String::from_utf8(w.command(&["status"])).unwrap();
+    assert!(text.contains("3 leased"), "{text}");
+    w.terminate_binary();
     w.stop().await;
 }
 
@@ -146,5 +164,21 @@ async fn expiry_survives_sigkill_at_each_step() {
         );
         w.terminate_binary();
     }
+    // drain while running: the live offers are cancelled, the slots held.
+    w.spawn_binary(None);
+    w.command(&["drain"]);
+    let mut held = false;
+    for _ in 0..200 {
+        let slots = w.store().unwrap().read().slots().unwrap();
+        held = slots
+            .iter()
+            .all(|s| s.state == berth_agent::store::SlotState::Held);
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held, "drain left offers live");
+    w.terminate_binary();
     w.stop().await;
 }

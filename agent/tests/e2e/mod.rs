@@ -465,6 +465,25 @@ impl World {
         );
     }
 
+    /// Runs a `berth-agent` command on this world's config; returns its stdout.
+    pub fn command(&self, args: &[&str]) -> Vec<u8> {
+        let Agent::Binary { config_path, .. } = &self.agent else {
+            panic!("not a binary world");
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+            .arg("--config")
+            .arg(config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate_binary(&mut self) {
         let Agent::Binary { child, log, .. } = &mut self.agent else {
