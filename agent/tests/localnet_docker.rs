@@ -11,6 +11,8 @@ use berth_schemas::key::PublicKey;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Acquire, AcquireRequest, Extend, ReasonCode, Sealed, Terminate};
 use e2e::*;
+use std::time::Duration;
+
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
@@ -181,5 +183,85 @@ async fn bad_requests_are_refunded_with_reasons_on_localnet() {
         "tenant lost {} drops",
         before - after
     );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_buyers_racing_for_one_offer_get_one_lease() {
+    let Some(w) = World::start("race", 1, 27500).await else {
+        return;
+    };
+    let (token, offer) = w.offered(0, 0).await;
+    let (a, b) = (
+        fund(&w.client, 100 * XRP).await,
+        fund(&w.client, 100 * XRP).await,
+    );
+    let (ka, kb) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let accept = |key: &SigningKey| {
+        json!({"TransactionType": "NFTokenAcceptOffer", "NFTokenSellOffer": offer,
+               "Memos": w.acquire_memo(key)})
+    };
+    let ((ha, ra), (hb, rb)) = tokio::join!(
+        w.submit_result(&a, accept(&ka)),
+        w.submit_result(&b, accept(&kb))
+    );
+    let results = [ra.as_str(), rb.as_str()];
+    assert_eq!(
+        results.iter().filter(|r| **r == "tesSUCCESS").count(),
+        1,
+        "{results:?}"
+    );
+    let (winner, winner_key, purchase) = if ra == "tesSUCCESS" {
+        (&a, &ka, ha)
+    } else {
+        (&b, &kb, hb)
+    };
+    let answers = w.answers(&winner.address(), &purchase).await;
+    assert_eq!(answers.len(), 1);
+    let Message::AcquireOk(ok) = &answers[0].1 else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(ok.sealed.open(winner_key).unwrap().lease.to_string(), token);
+    let instances = w.provisioner.list().await.unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_connection_dropped_mid_purchase_still_gets_one_answer() {
+    let Some(mut w) = World::start("drop", 1, 27600).await else {
+        return;
+    };
+    let (token, offer) = w.offered(0, 0).await;
+    let Buyer {
+        account: tenant,
+        key: tenant_key,
+        purchase,
+    } = w.buy(&offer, 5).await;
+    // The purchase is validated; the answer is on its way when the server goes away.
+    w.drop_ledger(Duration::from_secs(2)).await;
+    let answers = w.answers(&tenant.address(), &purchase).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let Message::AcquireOk(ok) = &answers[0].1 else {
+        panic!("{answers:?}")
+    };
+    assert_eq!(
+        ok.sealed.open(&tenant_key).unwrap().lease.to_string(),
+        token
+    );
+    // And the agent follows the ledger after the reconnect: an extension is answered.
+    let lease: NfTokenId = token.parse().unwrap();
+    let extend = w
+        .submit(
+            &tenant,
+            json!({"TransactionType": "Payment", "Destination": w.host, "Amount": PRICE.to_string(),
+                   "Memos": memo_json(&Message::Extend(Extend { lease }))}),
+        )
+        .await;
+    let answers = w.answers(&tenant.address(), &extend).await;
+    assert!(matches!(answers[0].1, Message::ExtendOk(_)), "{answers:?}");
     w.stop().await;
 }

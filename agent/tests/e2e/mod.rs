@@ -34,7 +34,8 @@ pub const PRICE: u64 = XRP;
 pub const CONTRACT: &str = "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10";
 
 pub struct World {
-    pub net: Localnet,
+    pub net: Option<Localnet>,
+    ledger_dir: tempfile::TempDir,
     pub client: Client,
     pub dir: tempfile::TempDir,
     pub config: HostConfig,
@@ -152,10 +153,11 @@ impl World {
             )
             .with_test_writer()
             .try_init();
+        let ledger_dir = tempfile::tempdir().unwrap();
         let net = Localnet::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             close_interval: Duration::from_millis(300),
-            data_dir: None,
+            data_dir: Some(ledger_dir.path().to_owned()),
             ..Config::default()
         })
         .await
@@ -249,7 +251,8 @@ schedule = "*/2 * * * * *"
             }))
         };
         Some(World {
-            net,
+            net: Some(net),
+            ledger_dir,
             client,
             dir,
             config,
@@ -369,7 +372,9 @@ schedule = "*/2 * * * * *"
         }
         self.provisioner.reconcile(&[]).await.unwrap();
         self.client.shutdown().await;
-        self.net.shutdown().await;
+        if let Some(net) = self.net.take() {
+            net.shutdown().await;
+        }
         drop(self.dir);
     }
 }
@@ -463,6 +468,38 @@ impl World {
             "agent never reached its failpoint; log: {}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
+    }
+
+    /// Stops the ledger server for `down`, then starts it again on the same address with the
+    /// same chain: every WebSocket connection drops and must reconnect.
+    pub async fn drop_ledger(&mut self, down: Duration) {
+        let net = self.net.take().unwrap();
+        let addr = net.addr();
+        net.shutdown().await;
+        tokio::time::sleep(down).await;
+        self.net = Some(
+            Localnet::start(Config {
+                listen: addr,
+                close_interval: Duration::from_millis(300),
+                data_dir: Some(self.ledger_dir.path().to_owned()),
+                ..Config::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+
+    /// Submits and waits for validation; returns hash and result (which may be a `tec`).
+    pub async fn submit_result(&self, key: &KeyPair, tx: Value) -> (String, String) {
+        let submitter = Submitter::new(
+            self.client.clone(),
+            KeyPair::from_seed(&key.seed().unwrap()).unwrap(),
+            SubmitConfig::default(),
+        )
+        .unwrap();
+        let signed = submitter.prepare(tx).await.unwrap();
+        let validated = submitter.submit_and_wait(&signed).await.unwrap();
+        (signed.hash, validated.result)
     }
 
     /// Runs a `berth-agent` command on this world's config; returns its stdout.
