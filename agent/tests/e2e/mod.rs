@@ -293,21 +293,9 @@ schedule = "*/2 * * * * *"
     }
 
     pub async fn submit(&self, key: &KeyPair, tx: Value) -> String {
-        let submitter = Submitter::new(
-            self.client.clone(),
-            KeyPair::from_seed(&key.seed().unwrap()).unwrap(),
-            SubmitConfig::default(),
-        )
-        .unwrap();
-        let signed = submitter.prepare(tx).await.unwrap();
-        let validated = submitter.submit_and_wait(&signed).await.unwrap();
-        assert_eq!(
-            validated.result,
-            "tesSUCCESS",
-            "{tx_hash}",
-            tx_hash = signed.hash
-        );
-        signed.hash
+        let (hash, result) = self.submit_result(key, tx).await;
+        assert_eq!(result, "tesSUCCESS", "{hash}");
+        hash
     }
 
     /// The answers the host sent to `tenant` for `request`, waiting for at least one.
