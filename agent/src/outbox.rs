@@ -13,8 +13,32 @@ use crate::machine::{Machine, MachineError};
 use crate::store::{OutboxRow, OutboxState};
 
 impl Machine {
-    /// One pass over the outbox. Returns how many rows reached an outcome.
+    /// One pass over the outbox: signs pending rows, then submits every prepared row and
+    /// waits for all of them. Returns how many rows reached an outcome.
     pub async fn flush_outbox(&self) -> Result<usize, MachineError> {
+        self.prepare_pending().await?;
+        let prepared = self.store().read().outbox(&[OutboxState::Prepared])?;
+        let results = join_all(prepared.iter().map(|row| self.submit_row(row))).await;
+        let mut done = 0;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    self.record_error("outbox", &e);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// Signs every pending row in order, persisting each blob before anything is submitted.
+    /// Returns the rows now prepared (including those prepared before).
+    pub async fn prepare_pending(&self) -> Result<Vec<OutboxRow>, MachineError> {
         let pending = self.store().read().outbox(&[OutboxState::Pending])?;
         for row in &pending {
             match self.ledger().prepare(&row.action).await {
@@ -45,26 +69,11 @@ impl Machine {
                 Err(e) => return Err(e.into()),
             }
         }
-        let prepared = self.store().read().outbox(&[OutboxState::Prepared])?;
-        let results = join_all(prepared.iter().map(|row| self.submit_row(row))).await;
-        let mut done = 0;
-        let mut first_error = None;
-        for result in results {
-            match result {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    self.record_error("outbox", &e);
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) if done == 0 => Err(e),
-            _ => Ok(done),
-        }
+        Ok(self.store().read().outbox(&[OutboxState::Prepared])?)
     }
 
-    async fn submit_row(&self, row: &OutboxRow) -> Result<(), MachineError> {
+    /// Submits one prepared row and applies its outcome.
+    pub async fn submit_row(&self, row: &OutboxRow) -> Result<(), MachineError> {
         let (Some(hash), Some(blob), Some(last_ledger)) =
             (row.tx_hash.clone(), row.blob.clone(), row.last_ledger)
         else {

@@ -199,22 +199,48 @@ pub async fn run(
 
     check_funds_and_mint(&machine, &xrpl).await?;
 
-    // The outbox worker.
+    // The outbox worker: signs in order, then submits each prepared row on its own task, so
+    // an answer never waits for the validation of another.
     {
         let machine = machine.clone();
         let token = shutdown.clone();
         let idle = settings.outbox_idle;
+        let tasks = tracker.clone();
         tracker.spawn(async move {
+            let in_flight = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
             while !token.is_cancelled() {
-                let done = tokio::select! {
+                let prepared = tokio::select! {
                     _ = token.cancelled() => break,
-                    result = machine.flush_outbox() => result,
+                    result = machine.prepare_pending() => result,
                 };
-                match done {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        debug!(rows = n, "outbox rows settled");
-                        continue;
+                match prepared {
+                    Ok(rows) => {
+                        for row in rows {
+                            let fresh = in_flight
+                                .lock()
+                                .map(|mut set| set.insert(row.key.clone()))
+                                .unwrap_or(false);
+                            if !fresh {
+                                continue;
+                            }
+                            let (machine, in_flight, token) =
+                                (machine.clone(), in_flight.clone(), token.clone());
+                            tasks.spawn(async move {
+                                tokio::select! {
+                                    _ = token.cancelled() => {}
+                                    result = machine.submit_row(&row) => {
+                                        if let Err(e) = result {
+                                            machine.record_error("outbox", &e);
+                                            // Not again at once: the ledger may be away.
+                                            tokio::time::sleep(Duration::from_secs(1)).await;
+                                        }
+                                    }
+                                }
+                                if let Ok(mut set) = in_flight.lock() {
+                                    set.remove(&row.key);
+                                }
+                            });
+                        }
                     }
                     Err(e) => machine.record_error("outbox", &e),
                 }

@@ -119,6 +119,7 @@ async fn expiry_survives_sigkill_at_each_step() {
         // here: each 300 ms close advances the close time by at least one second.
         moment_secs: 30,
         grace_secs: 1,
+        ..Options::default()
     };
     let Some(mut w) = World::start_with("kill-exp", 2, 27400, options).await else {
         return;

@@ -35,6 +35,7 @@ pub const CONTRACT: &str = "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10";
 
 pub struct World {
     pub net: Option<Localnet>,
+    close_interval: Duration,
     ledger_dir: tempfile::TempDir,
     pub client: Client,
     pub dir: tempfile::TempDir,
@@ -64,6 +65,8 @@ pub struct Options {
     pub grace_secs: u32,
     /// Run the real `berth-agent` binary (started with [`World::spawn_binary`]).
     pub binary: bool,
+    /// Time between ledger closes.
+    pub close_interval: Duration,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
             moment_secs: 3600,
             grace_secs: 5,
             binary: false,
+            close_interval: Duration::from_millis(300),
         }
     }
 }
@@ -156,7 +160,7 @@ impl World {
         let ledger_dir = tempfile::tempdir().unwrap();
         let net = Localnet::start(Config {
             listen: "127.0.0.1:0".parse().unwrap(),
-            close_interval: Duration::from_millis(300),
+            close_interval: options.close_interval,
             data_dir: Some(ledger_dir.path().to_owned()),
             ..Config::default()
         })
@@ -200,9 +204,9 @@ schedule = "*/2 * * * * *"
             cpu = 500 * slots,
             memory = 64 * slots,
             u0 = base_port,
-            u1 = base_port + 19,
-            p0 = base_port + 50,
-            p1 = base_port + 69,
+            u1 = base_port + slots as u16 + 19,
+            p0 = base_port + 5000,
+            p1 = base_port + 5000 + slots as u16 + 19,
         ))
         .unwrap();
         let mut config = config;
@@ -251,6 +255,7 @@ schedule = "*/2 * * * * *"
             }))
         };
         Some(World {
+            close_interval: options.close_interval,
             net: Some(net),
             ledger_dir,
             client,
@@ -468,7 +473,7 @@ impl World {
         self.net = Some(
             Localnet::start(Config {
                 listen: addr,
-                close_interval: Duration::from_millis(300),
+                close_interval: self.close_interval,
                 data_dir: Some(self.ledger_dir.path().to_owned()),
                 ..Config::default()
             })
@@ -507,6 +512,14 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// The running binary's process id.
+    pub fn binary_pid(&self) -> Option<u32> {
+        match &self.agent {
+            Agent::Binary { child, .. } => child.as_ref().map(std::process::Child::id),
+            Agent::InProcess(_) => None,
+        }
     }
 
     /// SIGTERM, then wait for a clean exit.
