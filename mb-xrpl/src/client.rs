@@ -25,6 +25,7 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -50,6 +51,9 @@ pub struct ClientConfig {
     /// Capacity of the [`StreamEvent`] broadcast channel; a receiver that falls further
     /// behind gets `Lagged` and should catch up through account history.
     pub event_capacity: usize,
+    /// For `wss://`: trust only these CA certificates (DER) instead of the public web PKI
+    /// roots, e.g. a private network's CA. `None`: the public roots.
+    pub tls_root_certs_der: Option<Vec<Vec<u8>>>,
 }
 
 impl ClientConfig {
@@ -62,6 +66,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             event_capacity: 1024,
+            tls_root_certs_der: None,
         }
     }
 
@@ -99,7 +104,35 @@ impl ClientConfig {
         if self.event_capacity == 0 {
             return bad("event_capacity", "must be greater than zero".into());
         }
+        self.tls_connector()?;
         Ok(())
+    }
+
+    /// The rustls connector for `wss://` when private roots are configured.
+    fn tls_connector(&self) -> Result<Option<Connector>, ClientError> {
+        let Some(certs) = &self.tls_root_certs_der else {
+            return Ok(None);
+        };
+        let bad = |message: String| ClientError::Config {
+            key: "tls_root_certs_der",
+            message,
+        };
+        if certs.is_empty() {
+            return Err(bad("an empty list would trust no server".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, der) in certs.iter().enumerate() {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                .map_err(|e| bad(format!("certificate #{i}: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(Connector::Rustls(Arc::new(tls))))
     }
 }
 
@@ -249,10 +282,8 @@ impl Client {
         let client = Client::start(config)?;
         let mut rx = client.shared.connected.clone();
         let wait = rx.wait_for(Option::is_some);
-        if tokio::time::timeout(client.shared.config.request_timeout, wait)
-            .await
-            .is_err()
-        {
+        let connected = tokio::time::timeout(client.shared.config.request_timeout, wait).await;
+        if !matches!(connected, Ok(Ok(_))) {
             let last_error = lock(&client.shared.last_error).clone();
             let urls = client.shared.config.urls.clone();
             client.shutdown().await;
@@ -265,6 +296,7 @@ impl Client {
     /// their timeout).
     pub fn start(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
+        let tls = config.tls_connector()?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(config.event_capacity);
         let (connected_tx, connected) = watch::channel(None);
@@ -274,6 +306,7 @@ impl Client {
         let tracker = TaskTracker::new();
         let conn = Connection {
             config: config.clone(),
+            tls,
             commands: rx,
             events: events.clone(),
             subs: subs.clone(),
@@ -371,12 +404,35 @@ impl Client {
 
     /// Subscribes to the validated transactions of `accounts` (kept across reconnects).
     pub async fn subscribe_accounts(&self, accounts: &[String]) -> Result<(), ClientError> {
+        // One bad address would make every later resubscription fail: refuse it here.
+        if let Some(bad) = accounts
+            .iter()
+            .find(|a| !berth_xrpl_core::address::is_valid_address(a))
         {
-            let mut subs = lock(&self.shared.subs);
-            subs.accounts.extend(accounts.iter().cloned());
+            return Err(ClientError::BadRequest {
+                method: "subscribe".into(),
+                detail: format!("{bad:?} is not a classic account address"),
+            });
         }
-        self.send_subscription(json!({ "accounts": accounts }))
-            .await
+        let added: Vec<String> = {
+            let mut subs = lock(&self.shared.subs);
+            accounts
+                .iter()
+                .filter(|a| subs.accounts.insert((*a).clone()))
+                .cloned()
+                .collect()
+        };
+        let result = self
+            .send_subscription(json!({ "accounts": accounts }))
+            .await;
+        if result.is_err() {
+            // Refused (e.g. a malformed address): do not renew it on reconnects either.
+            let mut subs = lock(&self.shared.subs);
+            for a in &added {
+                subs.accounts.remove(a);
+            }
+        }
+        result
     }
 
     /// Stops the account subscriptions of `accounts`.
@@ -395,9 +451,17 @@ impl Client {
     /// Subscribes to the `ledger` stream ([`StreamEvent::LedgerClosed`]), kept across
     /// reconnects.
     pub async fn subscribe_ledger(&self) -> Result<(), ClientError> {
-        lock(&self.shared.subs).streams.insert("ledger".into());
-        self.send_subscription(json!({ "streams": ["ledger"] }))
-            .await
+        if !lock(&self.shared.subs).streams.insert("ledger".into()) {
+            // Already subscribed; the connection task renews it on every reconnect.
+            return Ok(());
+        }
+        let result = self
+            .send_subscription(json!({ "streams": ["ledger"] }))
+            .await;
+        if result.is_err() {
+            lock(&self.shared.subs).streams.remove("ledger");
+        }
+        result
     }
 
     async fn send_subscription(&self, params: Value) -> Result<(), ClientError> {
@@ -462,6 +526,7 @@ type Socket =
 /// The task that owns the socket.
 struct Connection {
     config: ClientConfig,
+    tls: Option<Connector>,
     commands: mpsc::UnboundedReceiver<Command>,
     events: broadcast::Sender<StreamEvent>,
     subs: Arc<Mutex<Subscriptions>>,
@@ -498,7 +563,12 @@ impl Connection {
             let url = self.config.urls[attempt % n].clone();
             let connect = tokio::time::timeout(
                 self.config.connect_timeout,
-                tokio_tungstenite::connect_async(url.clone()),
+                tokio_tungstenite::connect_async_tls_with_config(
+                    url.clone(),
+                    None,
+                    true,
+                    self.tls.clone(),
+                ),
             );
             let socket = match self.serve_while(connect).await {
                 Wake::Stop => break,
@@ -649,7 +719,7 @@ impl Connection {
             .map(|(id, p)| (*id, p.body.clone()))
             .collect();
         // The resubscription (highest ids) goes first.
-        unsent.sort_by(|a, b| b.0.cmp(&a.0));
+        unsent.sort_by_key(|u| std::cmp::Reverse(u.0));
         for (id, body) in unsent {
             if let Err(e) = sink.send(Message::Text(body)).await {
                 warn!(%url, error = %e, "send failed");

@@ -92,6 +92,10 @@ pub struct SignedTx {
     pub last_ledger_sequence: u32,
     /// The signed transaction's fields.
     pub tx_json: Value,
+    /// Hashes of earlier versions of this transaction (same sequence, lower fee) replaced by
+    /// a fee raise. At most one version can be validated; [`Submitter::status_of`] checks all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// A transaction in a validated ledger: its outcome is final.
@@ -300,18 +304,24 @@ impl Submitter {
         let fee_drops = match fields.get("Fee").and_then(json_drops) {
             Some(f) => f,
             None => {
-                let open = fee_info
-                    .pointer("/drops/open_ledger_fee")
-                    .and_then(json_drops)
-                    .ok_or_else(|| self.client.bad_response("fee", "no drops.open_ledger_fee"))?;
-                if open > self.config.max_fee_drops {
+                let drops = |key: &str| {
+                    fee_info
+                        .pointer(&format!("/drops/{key}"))
+                        .and_then(json_drops)
+                        .ok_or_else(|| self.client.bad_response("fee", format!("no drops.{key}")))
+                };
+                let open = drops("open_ledger_fee")?;
+                let minimum = drops("minimum_fee").or_else(|_| drops("base_fee"))?;
+                // Below the minimum a transaction can never get in; between the minimum and
+                // the open ledger fee rippled queues it (terQUEUED), so sign at the cap.
+                if minimum > self.config.max_fee_drops {
                     return Err(SubmitError::FeeAboveCap {
                         account: self.account.clone(),
-                        fee_drops: open,
+                        fee_drops: minimum,
                         cap: self.config.max_fee_drops,
                     });
                 }
-                open.max(min_fee)
+                open.max(min_fee).min(self.config.max_fee_drops)
             }
         };
         if fee_drops > self.config.max_fee_drops {
@@ -369,6 +379,7 @@ impl Submitter {
             fee_drops,
             last_ledger_sequence,
             tx_json,
+            replaces: Vec::new(),
         })
     }
 
@@ -404,6 +415,23 @@ impl Submitter {
         tx_status(&self.client, hash).await
     }
 
+    /// Where `signed` is, counting the earlier versions it replaces: validated if any
+    /// version is, pending if any is known, else not found. What a caller that crashed asks
+    /// about the transactions of its outbox.
+    pub async fn status_of(&self, signed: &SignedTx) -> Result<TxStatus, ClientError> {
+        let mut status = tx_status(&self.client, &signed.hash).await?;
+        for hash in &signed.replaces {
+            match tx_status(&self.client, hash).await? {
+                v @ TxStatus::Validated(_) => return Ok(v),
+                p @ TxStatus::Pending { .. } if matches!(status, TxStatus::NotFound { .. }) => {
+                    status = p
+                }
+                _ => {}
+            }
+        }
+        Ok(status)
+    }
+
     /// Submits `signed` and waits for its final outcome. A `tel` result is retried with a
     /// raised fee; the re-signed versions are not handed to the caller (see
     /// [`Submitter::submit_and_wait_with`] to persist them).
@@ -429,14 +457,21 @@ impl Submitter {
         let mut current = signed.clone();
         let mut last_result = String::from("(not submitted)");
         let mut submit_now = true;
+        let mut failures = 0;
         loop {
             if submit_now {
                 submit_now = false;
                 match self.submit_once(&current).await? {
+                    // tefALREADY says nothing new: keep the result that explains the wait.
+                    Step::Wait(result) if result == "tefALREADY" && current.hash == signed.hash => {
+                        if last_result.starts_with('(') {
+                            last_result = result;
+                        }
+                    }
                     Step::Wait(result) => last_result = result,
                     Step::Check(result) => {
                         last_result = result.clone();
-                        match tx_status(&self.client, &current.hash).await? {
+                        match self.status_of(&current).await? {
                             TxStatus::Validated(v) => return Ok(v),
                             TxStatus::Pending { .. } => {}
                             TxStatus::NotFound { validated_ledger } => {
@@ -456,8 +491,10 @@ impl Submitter {
                         let fee = self.raise(current.fee_drops).min(self.config.max_fee_drops);
                         let mut tx = current.tx_json.clone();
                         tx["Fee"] = json!(fee.to_string());
-                        let next =
+                        let mut next =
                             self.sign(tx, current.sequence, fee, current.last_ledger_sequence)?;
+                        next.replaces = current.replaces.clone();
+                        next.replaces.push(current.hash.clone());
                         info!(old = %current.hash, new = %next.hash, fee, %result, "raising the fee");
                         if let Err(e) = persist(&next) {
                             return Err(SubmitError::Persist {
@@ -477,14 +514,30 @@ impl Submitter {
                 }
             }
             wait_for_ledger(&mut events, self.config.poll_interval).await;
-            match tx_status(&self.client, &current.hash).await? {
+            let status = match self.status_of(&current).await {
+                Ok(status) => {
+                    failures = 0;
+                    status
+                }
+                // A dropped connection or a slow answer says nothing about the transaction:
+                // keep waiting (the client reconnects), within a bound.
+                Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }))
+                    if failures < MAX_LOOKUP_FAILURES =>
+                {
+                    failures += 1;
+                    warn!(hash = %current.hash, error = %e, failures, "cannot look the transaction up, waiting");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match status {
                 TxStatus::Validated(v) => return Ok(v),
                 TxStatus::Pending { validated_ledger }
                 | TxStatus::NotFound { validated_ledger }
                     if validated_ledger >= current.last_ledger_sequence =>
                 {
                     // One last look: it may have been validated in that very ledger.
-                    if let TxStatus::Validated(v) = tx_status(&self.client, &current.hash).await? {
+                    if let TxStatus::Validated(v) = self.status_of(&current).await? {
                         return Ok(v);
                     }
                     self.reset_sequence().await;
@@ -531,6 +584,13 @@ impl Submitter {
             Err(ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }) => {
                 return Ok(Step::Wait("(connection lost during submit)".into()))
             }
+            // The server cannot take transactions right now: try again on the next poll.
+            Err(ClientError::Rpc { error, .. })
+                if TRANSIENT_RPC_ERRORS.contains(&error.as_str()) =>
+            {
+                warn!(hash = %tx.hash, %error, "server busy, will resubmit");
+                return Ok(Step::Wait(error));
+            }
             Err(ClientError::Rpc { error, message, .. }) => {
                 return Ok(Step::Fail(SubmitError::Rejected {
                     hash: tx.hash.clone(),
@@ -554,6 +614,13 @@ impl Submitter {
         Ok(classify(&tx.hash, result, message))
     }
 }
+
+/// rippled's submit errors that say "not now" rather than "never".
+const TRANSIENT_RPC_ERRORS: &[&str] =
+    &["tooBusy", "slowDown", "noNetwork", "noCurrent", "noClosed"];
+
+/// Consecutive failed lookups (connection lost, timeout) tolerated while waiting.
+const MAX_LOOKUP_FAILURES: u32 = 10;
 
 enum Step {
     /// Accepted, queued, held or already known: wait for validation.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_mb_xrpl::{Client, ClientError, StreamEvent};
 use berth_xrpl_core::KeyType;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 
 #[tokio::test]
@@ -52,26 +52,33 @@ async fn requests_return_results_and_errors_carry_tokens() {
 
 #[tokio::test]
 async fn config_errors_name_the_key() {
-    let err = Client::start(config(&[])).unwrap_err();
-    assert!(
-        matches!(err, ClientError::Config { key: "urls", .. }),
-        "{err}"
-    );
-    let err = Client::start(config(&["http://127.0.0.1:1/".into()])).unwrap_err();
-    assert!(err.to_string().contains("http://127.0.0.1:1/"), "{err}");
-    let mut cfg = config(&["ws://127.0.0.1:1/".into()]);
-    cfg.backoff_max = Duration::from_millis(1);
-    let err = Client::start(cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Config {
-                key: "backoff_max",
-                ..
-            }
+    let ws = || config(&["wss://127.0.0.1:1/".into()]);
+    let mut slow_backoff = ws();
+    slow_backoff.backoff_max = Duration::from_millis(1);
+    let mut bad_root = ws();
+    bad_root.tls_root_certs_der = Some(vec![b"not a certificate".to_vec()]);
+    let mut no_roots = ws();
+    no_roots.tls_root_certs_der = Some(Vec::new());
+    let cases = [
+        (config(&[]), "urls", "at least one"),
+        (
+            config(&["http://127.0.0.1:1/".into()]),
+            "urls",
+            "http://127.0.0.1:1/",
         ),
-        "{err}"
-    );
+        (slow_backoff, "backoff_max", "backoff_initial"),
+        (bad_root, "tls_root_certs_der", "certificate #0"),
+        (no_roots, "tls_root_certs_der", "trust no server"),
+    ];
+    for (cfg, key, text) in cases {
+        match Client::start(cfg).unwrap_err() {
+            ClientError::Config { key: k, message } => {
+                assert_eq!(k, key);
+                assert!(message.contains(text), "{message} lacks {text}");
+            }
+            other => panic!("expected a config error for {key}, got {other}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -82,6 +89,12 @@ async fn subscriptions_deliver_ledgers_and_account_transactions() {
     let mut rx = c.events();
     c.subscribe_ledger().await.unwrap();
     c.subscribe_accounts(&[key.address()]).await.unwrap();
+    let err = c
+        .subscribe_accounts(&["not-an-address".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::BadRequest { .. }), "{err}");
+    assert!(err.to_string().contains("not-an-address"), "{err}");
     let fund = c
         .request(
             "wallet_fund",
@@ -180,7 +193,7 @@ async fn a_dead_primary_falls_back_to_the_second_server() {
     c.request("ping", json!({})).await.unwrap();
     c.shutdown().await;
 
-    let mut cfg = config(&[dead.clone()]);
+    let mut cfg = config(std::slice::from_ref(&dead));
     cfg.request_timeout = Duration::from_millis(800);
     let err = Client::connect(cfg).await.unwrap_err();
     assert!(matches!(err, ClientError::ConnectFailed { .. }), "{err}");
@@ -221,5 +234,103 @@ async fn in_flight_submit_fails_and_in_flight_read_is_retried_with_a_scripted_se
     assert_eq!(c.connected_url().as_deref(), Some(net.url().as_str()));
     server.await.unwrap();
     c.shutdown().await;
+    net.shutdown().await;
+}
+
+/// A scripted WebSocket server (not rippled) that accepts and then stays silent: requests
+/// time out naming server and method, and the silent connection is replaced by a fallback.
+#[tokio::test]
+async fn a_silent_server_times_out_requests_and_is_replaced_with_a_scripted_server() {
+    let net = localnet().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Never read (so pings go unanswered), hold the socket for a while.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(ws);
+    });
+    let mut cfg = config(&[silent.clone(), net.url()]);
+    cfg.ping_interval = Duration::from_millis(300);
+    let c = Client::connect(cfg).await.unwrap();
+    assert_eq!(c.connected_url().as_deref(), Some(silent.as_str()));
+    let err = c
+        .request_with_timeout("server_info", json!({}), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&silent) && text.contains("server_info"),
+        "{text}"
+    );
+    // After two ping intervals of silence the client moves to the next server.
+    let mut rx = c.events();
+    let e = next_event(&mut rx, |e| matches!(e, StreamEvent::Reconnected { .. })).await;
+    assert_eq!(e, StreamEvent::Reconnected { url: net.url() });
+    c.request("ping", json!({})).await.unwrap();
+    server.abort();
+    c.shutdown().await;
+    net.shutdown().await;
+}
+
+/// `wss://` for real: a rustls TLS terminator (test-made, with a private CA) in front of the
+/// localnet. Without that CA the handshake fails; trusting it, requests and streams work.
+#[tokio::test]
+async fn wss_through_a_tls_terminator_with_a_private_ca() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::Arc;
+
+    let net = localnet().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_der = certified.cert.der().to_vec();
+    let key_der = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert_der.clone())],
+            PrivateKeyDer::Pkcs8(key_der),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = net.addr();
+    let proxy = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let url = format!("wss://localhost:{port}/");
+
+    let mut cfg = config(std::slice::from_ref(&url));
+    cfg.request_timeout = Duration::from_secs(1);
+    let err = Client::connect(cfg).await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectFailed { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    let mut cfg = config(std::slice::from_ref(&url));
+    cfg.tls_root_certs_der = Some(vec![cert_der]);
+    let c = Client::connect(cfg).await.unwrap();
+    assert_eq!(c.connected_url().as_deref(), Some(url.as_str()));
+    let mut rx = c.events();
+    c.subscribe_ledger().await.unwrap();
+    let closed = accept(&c).await;
+    let e = next_event(&mut rx, |e| matches!(e, StreamEvent::LedgerClosed { .. })).await;
+    assert!(matches!(e, StreamEvent::LedgerClosed { index, .. } if index == closed));
+    c.shutdown().await;
+    proxy.abort();
     net.shutdown().await;
 }

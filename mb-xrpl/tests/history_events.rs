@@ -15,6 +15,9 @@ use common::*;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+/// Checks the problem a purchase reports.
+type ProblemCheck = fn(&Problem) -> bool;
+
 const README: &str = include_str!("../../schemas/README.md");
 
 /// The README's example payload of `memo_type`.
@@ -84,6 +87,11 @@ async fn lease_offer(host: &Submitter, price: u64) -> (String, String) {
     (token, offer.meta["offer_id"].as_str().unwrap().to_owned())
 }
 
+/// A submitter for a new funded account.
+async fn submitter(c: &Client, key_type: KeyType, drops: u64) -> Submitter {
+    Submitter::new(c.clone(), funded(c, key_type, drops).await, cfg()).unwrap()
+}
+
 fn cfg() -> SubmitConfig {
     SubmitConfig {
         poll_interval: Duration::from_millis(100),
@@ -95,18 +103,8 @@ fn cfg() -> SubmitConfig {
 async fn every_marketplace_event_decodes_and_malformed_memos_carry_reasons() {
     let net = localnet().await;
     let c = client(&net).await;
-    let host = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Ed25519, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
-    let tenant = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Secp256k1, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
+    let host = submitter(&c, KeyType::Ed25519, 1000 * XRP).await;
+    let tenant = submitter(&c, KeyType::Secp256k1, 1000 * XRP).await;
     let registry = funded(&c, KeyType::Ed25519, 20 * XRP).await.address();
     let (h, t) = (host.account().to_owned(), tenant.account().to_owned());
     let stop = closer(&c);
@@ -151,7 +149,7 @@ async fn every_marketplace_event_decodes_and_malformed_memos_carry_reasons() {
     assert_eq!(events::decode(&tx, &t), None);
 
     // Purchases without a memo, with a malformed one, and with the wrong kind.
-    let cases: [(Option<Value>, fn(&Problem) -> bool); 3] = [
+    let cases: [(Option<Value>, ProblemCheck); 3] = [
         (None, |p| *p == Problem::MissingMemo),
         (Some(memo("berth/acquire", "{\"v\":1}")), |p| {
             matches!(p, Problem::Malformed(_))
@@ -357,12 +355,7 @@ async fn history_catches_up_across_pages_from_a_cursor_in_ledger_order() {
     let net = localnet().await;
     let c = client(&net).await;
     let host = funded(&c, KeyType::Ed25519, 1000 * XRP).await.address();
-    let tenant = Submitter::new(
-        c.clone(),
-        funded(&c, KeyType::Ed25519, 1000 * XRP).await,
-        cfg(),
-    )
-    .unwrap();
+    let tenant = submitter(&c, KeyType::Ed25519, 1000 * XRP).await;
     // Ledger 1: 3 payments; then 4 more ledgers of 2 payments each.
     let mut sent = Vec::new();
     let mut cursor = 0;
@@ -437,4 +430,88 @@ fn the_readme_examples_are_berth_messages() {
         };
         assert_eq!(Message::from_memo(&m).unwrap().kind(), *kind);
     }
+}
+
+/// A plain TCP forwarder to `backend` on `listen`; aborting the task cuts every connection.
+async fn forwarder(
+    listen: std::net::SocketAddr,
+    backend: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            conns.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The pattern the agent follows: the stream misses what happens while the connection is
+/// down; after `Reconnected`, history from the cursor recovers it.
+#[tokio::test]
+async fn transactions_missed_while_disconnected_are_recovered_from_history() {
+    let net = localnet().await;
+    let direct = client(&net).await;
+    let watched = funded(&direct, KeyType::Ed25519, 100 * XRP).await.address();
+    let payer = submitter(&direct, KeyType::Ed25519, 100 * XRP).await;
+    let (addr, cut) = forwarder("127.0.0.1:0".parse().unwrap(), net.addr()).await;
+    let c = Client::connect(config(&[format!("ws://{addr}/")]))
+        .await
+        .unwrap();
+    let mut rx = c.events();
+    c.subscribe_accounts(std::slice::from_ref(&watched))
+        .await
+        .unwrap();
+    let cursor = c.validated_ledger_index().await.unwrap() + 1;
+
+    cut.abort();
+    let _ = cut.await;
+    let mut missed = Vec::new();
+    for drops in [1000, 2000] {
+        let s = payer.prepare(pay(&watched, drops, None)).await.unwrap();
+        direct
+            .request("submit", json!({"tx_blob": s.blob}))
+            .await
+            .unwrap();
+        missed.push(s.hash);
+    }
+    accept(&direct).await;
+    let (_, restored) = forwarder(addr, net.addr()).await;
+    let mut streamed = Vec::new();
+    loop {
+        match next_event(&mut rx, |_| true).await {
+            berth_mb_xrpl::StreamEvent::Reconnected { .. } => break,
+            berth_mb_xrpl::StreamEvent::Transaction(tx) => streamed.push(tx.hash),
+            _ => {}
+        }
+    }
+    assert!(
+        streamed.iter().all(|h| !missed.contains(h)),
+        "the stream could not see them"
+    );
+    let h = account_history(&c, &watched, cursor).await.unwrap();
+    let recovered: Vec<_> = h.transactions.iter().map(|t| t.hash.clone()).collect();
+    assert_eq!(recovered, missed);
+    // And the renewed subscription delivers what comes next.
+    let s = payer.prepare(pay(&watched, 3000, None)).await.unwrap();
+    direct
+        .request("submit", json!({"tx_blob": s.blob}))
+        .await
+        .unwrap();
+    accept(&direct).await;
+    let e = next_event(&mut rx, |e| {
+        matches!(e, berth_mb_xrpl::StreamEvent::Transaction(_))
+    })
+    .await;
+    assert!(matches!(e, berth_mb_xrpl::StreamEvent::Transaction(tx) if tx.hash == s.hash));
+    restored.abort();
+    c.shutdown().await;
+    direct.shutdown().await;
+    net.shutdown().await;
 }

@@ -261,13 +261,35 @@ async fn the_fee_cap_is_respected() {
     let closer = close_ledgers(&c, Duration::from_millis(150));
     let v = s2
         .submit_and_wait_with(&signed, |t| {
-            seen.lock().unwrap().push(t.fee_drops);
+            seen.lock().unwrap().push(t.clone());
             Ok::<(), std::io::Error>(())
         })
         .await
         .unwrap();
     closer.cancel();
-    assert_eq!(*seen.lock().unwrap(), vec![60, 90, 120]);
+    let seen = seen.into_inner().unwrap();
+    let fees: Vec<u64> = seen.iter().map(|t| t.fee_drops).collect();
+    assert_eq!(fees, vec![60, 90, 120]);
+    // Each version names the ones it replaces, so a crashed caller finds whichever validated.
+    let last = seen.last().unwrap();
+    assert_eq!(last.hash, v.hash);
+    assert_eq!(
+        last.replaces,
+        vec![
+            signed.hash.clone(),
+            seen[0].hash.clone(),
+            seen[1].hash.clone()
+        ]
+    );
+    let mut first_only = seen[0].clone();
+    first_only.replaces.clear();
+    assert!(matches!(
+        s2.status_of(&first_only).await.unwrap(),
+        TxStatus::NotFound { .. }
+    ));
+    let mut newest_first = signed.clone();
+    newest_first.replaces = vec![v.hash.clone()];
+    assert!(matches!(s2.status_of(&newest_first).await.unwrap(), TxStatus::Validated(x) if x == v));
     assert!(v.is_success());
     assert_ne!(v.hash, signed.hash);
     let tx = c
@@ -312,6 +334,16 @@ async fn the_same_blob_submitted_twice_validates_once() {
     let dest = funded(&c, KeyType::Ed25519, 20 * XRP).await.address();
     let s = Submitter::new(c.clone(), key, submit_config()).unwrap();
     let signed = s.prepare(payment(&dest, 1234)).await.unwrap();
+    // Submitted by hand first: known to the server, not yet validated.
+    let r = c
+        .request("submit", json!({"tx_blob": signed.blob}))
+        .await
+        .unwrap();
+    assert_eq!(r["engine_result"], "tesSUCCESS");
+    assert!(matches!(
+        s.status(&signed.hash).await.unwrap(),
+        TxStatus::Pending { .. }
+    ));
     let closer = close_ledgers(&c, Duration::from_millis(150));
     let (a, b) = tokio::join!(s.submit_and_wait(&signed), s.submit_and_wait(&signed));
     closer.cancel();
