@@ -73,8 +73,16 @@ pub struct TxRecord {
 /// What subscribers are told.
 #[derive(Debug, Clone)]
 pub enum Event {
-    LedgerClosed(Header),
-    Transaction(std::sync::Arc<TxRecord>, Header, Vec<[u8; 20]>),
+    /// A ledger closed, with its transactions in order and the accounts each one
+    /// belongs to. One event a ledger, so a busy ledger cannot overrun subscribers.
+    LedgerClosed(Header, std::sync::Arc<Vec<ClosedTx>>),
+}
+
+/// A transaction of a closed ledger, with the accounts it belongs to.
+#[derive(Debug, Clone)]
+pub struct ClosedTx {
+    pub record: std::sync::Arc<TxRecord>,
+    pub affected: Vec<[u8; 20]>,
 }
 
 /// The answer to a submission.
@@ -169,7 +177,7 @@ impl Node {
     pub fn open(store: Option<Store>, fees: Fees) -> Result<Node, NodeError> {
         let genesis =
             KeyPair::from_seed(GENESIS_SEED).map_err(|e| NodeError::Genesis(e.to_string()))?;
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(1024);
         let mut inner = Inner {
             open: State::default(),
             open_seq: 2,
@@ -597,11 +605,16 @@ impl Node {
             self.retry_held(&mut g, &a);
         }
         drop(g);
-        let _ = self.events.send(Event::LedgerClosed(h.clone()));
-        for r in records {
-            let affected = affected_of(&r);
-            let _ = self.events.send(Event::Transaction(r, h.clone(), affected));
-        }
+        let txs: Vec<ClosedTx> = records
+            .into_iter()
+            .map(|r| ClosedTx {
+                affected: affected_of(&r),
+                record: r,
+            })
+            .collect();
+        let _ = self
+            .events
+            .send(Event::LedgerClosed(h.clone(), std::sync::Arc::new(txs)));
         Ok(h)
     }
 }

@@ -262,31 +262,35 @@ async fn connection(socket: WebSocket, peer: SocketAddr, st: AppState) {
                 _ = fc.cancelled() => break,
                 ev = events.recv() => ev,
             };
-            let msg = match ev {
-                Ok(Event::LedgerClosed(h)) => {
-                    let want = fsubs.lock().map(|s| s.ledger).unwrap_or(false);
-                    want.then(|| rpc::ledger_closed_msg(&fnode, &h))
-                }
-                Ok(Event::Transaction(r, h, affected)) => {
-                    let (want, api) = match fsubs.lock() {
-                        Ok(s) => (
-                            s.transactions || affected.iter().any(|a| s.accounts.contains(a)),
-                            s.api,
-                        ),
-                        Err(_) => (false, 1),
+            let msgs: Vec<Json> = match ev {
+                Ok(Event::LedgerClosed(h, txs)) => {
+                    let (ledger, all, accounts, api) = match fsubs.lock() {
+                        Ok(s) => (s.ledger, s.transactions, s.accounts.clone(), s.api),
+                        Err(_) => break,
                     };
-                    want.then(|| rpc::transaction_msg(&r, &h, api))
+                    let mut out = Vec::new();
+                    if ledger {
+                        out.push(rpc::ledger_closed_msg(&fnode, &h));
+                    }
+                    if all || !accounts.is_empty() {
+                        for t in txs.iter() {
+                            if all || t.affected.iter().any(|a| accounts.contains(a)) {
+                                out.push(rpc::transaction_msg(&t.record, &h, api));
+                            }
+                        }
+                    }
+                    out
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(%peer, missed = n, "subscriber too slow; closing its connection");
+                    warn!(%peer, missed_ledgers = n, "subscriber too slow; closing its connection");
                     fc.cancel();
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             };
-            if let Some(m) = msg {
+            for m in msgs {
                 if fout.send(m).await.is_err() {
-                    break;
+                    return;
                 }
             }
         }

@@ -1,0 +1,296 @@
+//! One node, 100 users, the echo contract: inputs/s and input-to-output latency (p50, p95)
+//! at roundtimes 1000, 200 and 50 ms. Runs the real `hotpocket` binary over TLS WebSocket.
+//!
+//! Each roundtime runs twice: a latency run at a moderate offered load (BENCH_LATENCY_RATE,
+//! default 1000 inputs/s) and a throughput run at a high one (BENCH_RATE, default 6000 inputs/s,
+//! where latency includes queueing once the node saturates).
+//!
+//! `cargo bench -p berth-hotpocket --bench roundtrip` (env BENCH_RATE, BENCH_LATENCY_RATE; BENCH_SECS = measuring seconds per roundtime, default 8; BENCH_ROUNDTIMES =
+//! comma-separated list; BENCH_NODE_LOG = the node's RUST_LOG).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use berth_hotpocket::client::{Client, ConnectOptions};
+use berth_hotpocket::protocol::pubkey_hex;
+use ed25519_dalek::SigningKey;
+
+const USERS: usize = 100;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo test --all-targets` runs bench targets without `--bench`: stay quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("roundtrip: benchmark skipped in test mode; run `cargo bench -p berth-hotpocket --bench roundtrip`");
+        return Ok(());
+    }
+    let latency_rate: f64 = std::env::var("BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000.0);
+    let rate: f64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6000.0);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let hotpocket = PathBuf::from(env!("CARGO_BIN_EXE_hotpocket"));
+    let echo = echo_contract(&hotpocket)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    println!(
+        "hotpocket roundtrip bench: {USERS} users, echo contract, {secs} s per run; \
+         latency run offers {latency_rate} inputs/s, throughput run {rate} inputs/s"
+    );
+    println!(
+        "{:>10} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>10} {:>7}",
+        "roundtime", "lat p50", "lat p95", "p50/rt", "inputs/s", "sat p50", "sat p95", "lost"
+    );
+    let roundtimes: Vec<u64> = match std::env::var("BENCH_ROUNDTIMES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![1000, 200, 50],
+    };
+    for roundtime in roundtimes {
+        let lat = runtime.block_on(run(&hotpocket, &echo, roundtime, latency_rate, secs))?;
+        let thr = runtime.block_on(run(&hotpocket, &echo, roundtime, rate, secs))?;
+        println!(
+            "{:>8}ms | {:>8.1}ms {:>8.1}ms {:>8.2} | {:>10.0} {:>8.1}ms {:>8.1}ms {:>7}",
+            roundtime,
+            lat.p50,
+            lat.p95,
+            lat.p50 / roundtime as f64,
+            thr.throughput,
+            thr.p50,
+            thr.p95,
+            thr.lost + lat.lost
+        );
+    }
+    Ok(())
+}
+
+/// The echo example next to the binary, built first when missing.
+fn echo_contract(hotpocket: &Path) -> anyhow::Result<PathBuf> {
+    let dir = hotpocket.parent().context("binary has no parent dir")?;
+    let path = dir.join("examples").join("echo-contract");
+    if !path.exists() {
+        let profile = if dir.ends_with("release") {
+            "release"
+        } else {
+            "dev"
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "berth-hotpocket",
+                "--example",
+                "echo-contract",
+                "--profile",
+                profile,
+            ])
+            .status()
+            .context("building the echo example")?;
+        if !status.success() || !path.exists() {
+            bail!("could not build {}", path.display());
+        }
+    }
+    Ok(path)
+}
+
+struct NodeProc(Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(
+    hotpocket: &Path,
+    dir: &Path,
+    owner: &SigningKey,
+    roundtime: u64,
+) -> anyhow::Result<(NodeProc, String)> {
+    let status = Command::new(hotpocket)
+        .arg("new")
+        .arg(dir)
+        .args(["--owner", &pubkey_hex(&owner.verifying_key())])
+        .args([
+            "--contract-id",
+            "3c349abe-4d70-4f50-9fa6-018f1f2530ab",
+            "--user-port",
+            "0",
+        ])
+        .args(["--roundtime-ms", &roundtime.to_string()])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("hotpocket new failed");
+    }
+    let mut child = Command::new(hotpocket)
+        .args(["run", "--listen", "127.0.0.1", "--state-dir"])
+        .arg(dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let node = NodeProc(child);
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if let Some(addr) = line?.strip_prefix("hotpocket user port listening on ") {
+            let addr = addr.trim().to_owned();
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((node, addr));
+        }
+    }
+    bail!("node exited before listening")
+}
+
+fn bundle(echo: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.start_file("contract.config", opts)?;
+    zip.write_all(br#"{"bin_path":"contract"}"#)?;
+    zip.start_file("contract", opts)?;
+    zip.write_all(&std::fs::read(echo)?)?;
+    zip.finish()?;
+    Ok(buf.into_inner())
+}
+
+struct Figures {
+    throughput: f64,
+    p50: f64,
+    p95: f64,
+    lost: usize,
+}
+
+async fn run(
+    hotpocket: &Path,
+    echo: &Path,
+    roundtime: u64,
+    rate: f64,
+    secs: u64,
+) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let owner = SigningKey::from_bytes(&[1; 32]);
+    let (_node, addr) = start_node(hotpocket, dir.path(), &owner, roundtime)?;
+    let opts = ConnectOptions {
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let admin = Client::connect(&addr, owner.clone(), opts.clone()).await?;
+    let reply = admin.upload_bundle(&bundle(echo)?).await?;
+    if reply.status != "ok" {
+        bail!("upload failed: {}", reply.message);
+    }
+    let mut clients = Vec::new();
+    for i in 0..USERS {
+        let key = SigningKey::from_bytes(&[(i + 10) as u8; 32]);
+        clients.push(Arc::new(Client::connect(&addr, key, opts.clone()).await?));
+    }
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let sent_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let per_user_interval = Duration::from_secs_f64(USERS as f64 / rate);
+    let warmup = Duration::from_millis(roundtime * 2);
+    let measure = Duration::from_secs(secs);
+    let start = Instant::now() + warmup;
+    let stop_sending = start + measure;
+    let mut tasks = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        let latencies = latencies.clone();
+        let sent_total = sent_total.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let mut events = client.output_events();
+            let receiver = {
+                let sent = sent.clone();
+                let latencies = latencies.clone();
+                tokio::spawn(async move {
+                    while let Ok(batch) = events.recv().await {
+                        let now = Instant::now();
+                        for out in batch.outputs {
+                            let text = String::from_utf8_lossy(&out);
+                            let Some(seq) =
+                                text.rsplit('-').next().and_then(|s| s.parse::<u64>().ok())
+                            else {
+                                continue;
+                            };
+                            let Some(at) = sent.lock().ok().and_then(|mut m| m.remove(&seq)) else {
+                                continue;
+                            };
+                            if at >= start && at < stop_sending {
+                                if let Ok(mut l) = latencies.lock() {
+                                    l.push(now.duration_since(at).as_secs_f64() * 1000.0);
+                                }
+                            }
+                        }
+                    }
+                })
+            };
+            // Spread users over the interval.
+            tokio::time::sleep(per_user_interval.mul_f64(i as f64 / USERS as f64)).await;
+            let mut tick = tokio::time::interval(per_user_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            let mut nonce = 1u64;
+            while Instant::now() < stop_sending {
+                tick.tick().await;
+                seq += 1;
+                nonce += 1;
+                let input = format!("u{i}-{seq}");
+                let max = client.known_lcl() + 8;
+                let at = Instant::now();
+                if let Ok(mut m) = sent.lock() {
+                    m.insert(seq, at);
+                }
+                if client
+                    .submit_with(input.as_bytes(), nonce, max)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if at >= start && at < stop_sending {
+                    sent_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(roundtime * 3 + 500)).await;
+            receiver.abort();
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if l.is_empty() {
+            f64::NAN
+        } else {
+            l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
+        }
+    };
+    let sent = sent_total.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Figures {
+        throughput: l.len() as f64 / measure.as_secs_f64(),
+        p50: pct(0.5),
+        p95: pct(0.95),
+        lost: sent.saturating_sub(l.len()),
+    })
+}

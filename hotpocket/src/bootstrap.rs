@@ -1,0 +1,386 @@
+//! The bootstrap: installing an owner's contract bundle (a zip with `contract.config`, an
+//! optional `hp.cfg.override` and an optional `install.sh`), with rollback on failure
+//! (evernode-bootstrap-contract semantics, done natively by the node).
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BootstrapSection, ContractSection};
+use crate::fsutil::{copy_tree, remove_tree};
+use crate::protocol::bundle::{ConfigRangeError, ContractConfig};
+
+/// Most entries a bundle may hold.
+pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
+
+/// Why a bundle was refused or its installation failed; the text goes back to the owner.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle is {size} bytes, more than the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("bundle unpacks to more than {limit} bytes")]
+    UnpackedTooLarge { limit: u64 },
+    #[error("bundle has more than {MAX_BUNDLE_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("bundle is not a valid zip: {0}")]
+    NotZip(String),
+    #[error("bundle entry `{0}` escapes the contract directory")]
+    PathEscape(String),
+    #[error("bundle entry `{0}` is a symlink; symlinks are not allowed")]
+    Symlink(String),
+    #[error("bundle has no contract.config at its root")]
+    NoConfig,
+    #[error("bundle contract.config is not valid: {0}")]
+    BadConfig(String),
+    #[error("bundle hp.cfg.override is not valid: {0}")]
+    BadOverride(String),
+    #[error(transparent)]
+    Range(#[from] ConfigRangeError),
+    #[error("contract.config bin_path `{0}` does not exist in the bundle or the image")]
+    MissingBinary(String),
+    #[error("install.sh failed with exit code {0}")]
+    InstallFailed(i32),
+    #[error("install.sh did not finish within {0} seconds")]
+    InstallTimedOut(u64),
+    #[error("installing the bundle: {step}: {source}")]
+    Io {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("installing the bundle: {0}")]
+    Exec(#[from] crate::exec::ExecError),
+}
+
+fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
+    move |source| BundleError::Io { step, source }
+}
+
+/// The bootstrap's answer (`uploadResult` / `statusResult`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootstrapReply {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub message: String,
+}
+
+impl BootstrapReply {
+    pub fn ok(kind: &str, message: impl Into<String>) -> Self {
+        BootstrapReply {
+            kind: kind.to_owned(),
+            status: "ok".to_owned(),
+            message: message.into(),
+        }
+    }
+    pub fn fail(kind: &str, message: impl Into<String>) -> Self {
+        BootstrapReply {
+            kind: kind.to_owned(),
+            status: "fail".to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A bootstrap message decoded from an input (JSON with base64 content, or BSON with binary
+/// content as the stock Evernode client sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapInput {
+    Upload { zip: Option<Vec<u8>> },
+    Status,
+}
+
+/// Parses an input as a bootstrap request if it is one.
+pub fn parse_request(input: &[u8]) -> Option<BootstrapInput> {
+    use base64::Engine;
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) {
+        return match value.get("type")?.as_str()? {
+            "status" => Some(BootstrapInput::Status),
+            "upload" => Some(BootstrapInput::Upload {
+                zip: value
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok()),
+            }),
+            _ => None,
+        };
+    }
+    let doc = crate::protocol::bson::Doc::decode(input).ok()?;
+    match doc.get("type")?.as_str()? {
+        "status" => Some(BootstrapInput::Status),
+        "upload" => Some(BootstrapInput::Upload {
+            zip: doc
+                .get("content")
+                .and_then(|c| c.as_bytes())
+                .map(<[u8]>::to_vec),
+        }),
+        _ => None,
+    }
+}
+
+/// The unpacked, validated bundle waiting in a staging directory.
+struct Staged {
+    dir: PathBuf,
+    config: ContractConfig,
+    has_install: bool,
+}
+
+/// Paths of the contract's file system: `<contract_fs>/state` is the working directory,
+/// `<contract_fs>/patch.cfg` its `../patch.cfg`.
+#[derive(Debug, Clone)]
+pub struct ContractFs {
+    pub root: PathBuf,
+}
+
+impl ContractFs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn patch_file(&self) -> PathBuf {
+        self.root.join("patch.cfg")
+    }
+    fn staging(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+    fn backup(&self) -> PathBuf {
+        self.root.join(".backup")
+    }
+}
+
+/// Validates and installs a bundle; on success `contract` holds the new contract section.
+/// On any failure the state directory is as before.
+pub async fn install_bundle(
+    zip_bytes: &[u8],
+    fs: &ContractFs,
+    limits: &BootstrapSection,
+    contract: &mut ContractSection,
+) -> Result<(), BundleError> {
+    let size = zip_bytes.len() as u64;
+    if size > limits.max_bundle_bytes {
+        return Err(BundleError::TooLarge {
+            size,
+            limit: limits.max_bundle_bytes,
+        });
+    }
+    let staged = stage(zip_bytes, fs, limits.max_unpacked_bytes)?;
+    let state = fs.state_dir();
+    remove_tree(&fs.backup()).map_err(io("clearing the backup"))?;
+    std::fs::create_dir_all(&state).map_err(io("creating the state directory"))?;
+    copy_tree(&state, &fs.backup()).map_err(io("backing up the state"))?;
+
+    let result = async {
+        copy_tree(&staged.dir, &state).map_err(io("copying the bundle"))?;
+        if staged.has_install {
+            let secs = limits.install_timeout_secs;
+            match crate::exec::run_script(&state, "install.sh", &[], Duration::from_secs(secs))
+                .await?
+            {
+                Some(0) => {}
+                Some(code) => return Err(BundleError::InstallFailed(code)),
+                None => return Err(BundleError::InstallTimedOut(secs)),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    remove_tree(&staged.dir).map_err(io("removing the staging directory"))?;
+    match result {
+        Ok(()) => {
+            remove_tree(&fs.backup()).map_err(io("removing the backup"))?;
+            contract.apply(&staged.config);
+            Ok(())
+        }
+        Err(e) => {
+            remove_tree(&state).map_err(io("rolling back the state"))?;
+            std::fs::rename(fs.backup(), &state).map_err(io("restoring the state"))?;
+            Err(e)
+        }
+    }
+}
+
+fn stage(zip_bytes: &[u8], fs: &ContractFs, max_unpacked: u64) -> Result<Staged, BundleError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes))
+        .map_err(|e| BundleError::NotZip(e.to_string()))?;
+    if archive.len() > MAX_BUNDLE_ENTRIES {
+        return Err(BundleError::TooManyEntries);
+    }
+    let dir = fs.staging();
+    remove_tree(&dir).map_err(io("clearing the staging directory"))?;
+    std::fs::create_dir_all(&dir).map_err(io("creating the staging directory"))?;
+    let outcome = unpack(&mut archive, &dir, max_unpacked).and_then(|()| read_config(&dir));
+    match outcome {
+        Ok((config, has_install)) => Ok(Staged {
+            dir,
+            config,
+            has_install,
+        }),
+        Err(e) => {
+            let _ = remove_tree(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn unpack(
+    archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    dir: &Path,
+    max_unpacked: u64,
+) -> Result<(), BundleError> {
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| BundleError::NotZip(e.to_string()))?;
+        let name = entry.name().to_owned();
+        let rel = safe_relative(&name).ok_or_else(|| BundleError::PathEscape(name.clone()))?;
+        if entry.unix_mode().is_some_and(|m| m & 0o170000 == 0o120000) {
+            return Err(BundleError::Symlink(name));
+        }
+        let target = dir.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target).map_err(io("creating a bundle directory"))?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating a bundle directory"))?;
+        }
+        let remaining = max_unpacked.saturating_sub(total);
+        let mut out = std::fs::File::create(&target).map_err(io("writing a bundle file"))?;
+        let written = std::io::copy(&mut (&mut entry).take(remaining + 1), &mut out)
+            .map_err(|e| BundleError::NotZip(format!("entry `{name}`: {e}")))?;
+        total += written;
+        if total > max_unpacked {
+            return Err(BundleError::UnpackedTooLarge {
+                limit: max_unpacked,
+            });
+        }
+        if let Some(mode) = entry.unix_mode() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = (mode & 0o755) | 0o600;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                .map_err(io("setting bundle file mode"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A zip entry name as a relative path that stays inside the directory.
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    if name.contains('\0') || name.contains('\\') {
+        return None;
+    }
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+fn read_config(dir: &Path) -> Result<(ContractConfig, bool), BundleError> {
+    let cfg_path = dir.join("contract.config");
+    let text = std::fs::read(&cfg_path).map_err(|_| BundleError::NoConfig)?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| BundleError::BadConfig(e.to_string()))?;
+    let override_path = dir.join("hp.cfg.override");
+    if override_path.exists() {
+        let text = std::fs::read(&override_path).map_err(io("reading hp.cfg.override"))?;
+        let over: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| BundleError::BadOverride(e.to_string()))?;
+        if let Some(section) = over.get("contract") {
+            let Some(fields) = section.as_object() else {
+                return Err(BundleError::BadOverride(
+                    "`contract` is not an object".into(),
+                ));
+            };
+            let Some(target) = value.as_object_mut() else {
+                return Err(BundleError::BadConfig("not a JSON object".into()));
+            };
+            for (k, v) in fields {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let config: ContractConfig =
+        serde_json::from_value(value).map_err(|e| BundleError::BadConfig(e.to_string()))?;
+    config.validate()?;
+    let bin = Path::new(&config.bin_path);
+    let exists = if bin.is_absolute() {
+        bin.exists()
+    } else {
+        safe_relative(&config.bin_path).is_some_and(|rel| dir.join(rel).is_file())
+    };
+    if !exists {
+        return Err(BundleError::MissingBinary(config.bin_path.clone()));
+    }
+    Ok((config, dir.join("install.sh").is_file()))
+}
+
+/// Builds a bundle zip: `contract.config` plus files `(name in the bundle, bytes, unix mode)`.
+pub fn build_bundle(
+    config: &ContractConfig,
+    files: &[(String, Vec<u8>, u32)],
+) -> Result<Vec<u8>, BundleError> {
+    use std::io::Write;
+    let zip_err = |e: zip::result::ZipError| BundleError::NotZip(e.to_string());
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let text =
+        serde_json::to_vec_pretty(config).map_err(|e| BundleError::BadConfig(e.to_string()))?;
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("contract.config", opts.unix_permissions(0o644))
+        .map_err(zip_err)?;
+    zip.write_all(&text).map_err(io("writing the bundle"))?;
+    for (name, bytes, mode) in files {
+        if safe_relative(name).is_none() {
+            return Err(BundleError::PathEscape(name.clone()));
+        }
+        zip.start_file(name.as_str(), opts.unix_permissions(*mode))
+            .map_err(zip_err)?;
+        zip.write_all(bytes).map_err(io("writing the bundle"))?;
+    }
+    zip.finish().map_err(zip_err)?;
+    Ok(buf.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn zip_slip_names_are_refused() {
+        assert!(safe_relative("../evil").is_none());
+        assert!(safe_relative("/etc/passwd").is_none());
+        assert!(safe_relative("a/../../b").is_none());
+        assert_eq!(safe_relative("./a/b").unwrap(), PathBuf::from("a/b"));
+    }
+
+    #[test]
+    fn bootstrap_requests_are_recognised() {
+        assert_eq!(
+            parse_request(br#"{"type":"status"}"#),
+            Some(BootstrapInput::Status)
+        );
+        assert_eq!(
+            parse_request(br#"{"type":"upload","content":"AA=="}"#),
+            Some(BootstrapInput::Upload { zip: Some(vec![0]) })
+        );
+        use crate::protocol::bson::{Bson, Doc};
+        let bson = Doc::new()
+            .with("type", Bson::String("upload".into()))
+            .with("content", Bson::Binary(vec![7]));
+        assert_eq!(
+            parse_request(&bson.encode()),
+            Some(BootstrapInput::Upload { zip: Some(vec![7]) })
+        );
+        assert_eq!(parse_request(b"hello"), None);
+        assert_eq!(parse_request(br#"{"type":"other"}"#), None);
+    }
+}

@@ -1,0 +1,408 @@
+//! The node's configuration file `hp.cfg` in the state directory, made at first start from
+//! the provisioner's environment and read on every later start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::bundle::{Consensus, ContractConfig, Npl, RoundLimits};
+use crate::protocol::{parse_pubkey_hex, pubkey_hex};
+
+/// Default message size bound for user messages (bytes).
+pub const DEFAULT_MAX_MSG_BYTES: u64 = 32 * 1024 * 1024;
+/// Default bound on one user's input bytes per round when `round_limits.user_input_bytes` is 0.
+pub const DEFAULT_ROUND_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `exec_timeout` (ms) when the contract sets none.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 300_000;
+
+/// Errors of loading or creating the configuration; each names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing config file {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// `node` section: this node's key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeSection {
+    pub public_key: String,
+    /// 32-byte ed25519 secret seed, hex.
+    pub private_key: String,
+}
+
+/// `contract` section (hp.cfg). `bin_path` is empty until a bundle is installed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContractSection {
+    pub id: String,
+    pub version: String,
+    pub unl: Vec<String>,
+    #[serde(default)]
+    pub bin_path: String,
+    #[serde(default)]
+    pub bin_args: String,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub max_input_ledger_offset: u64,
+    pub consensus: Consensus,
+    #[serde(default)]
+    pub npl: Npl,
+    #[serde(default)]
+    pub round_limits: RoundLimits,
+}
+
+impl ContractSection {
+    /// Applies a bundle's `contract.config` (or a `patch.cfg`) over this section.
+    pub fn apply(&mut self, cfg: &ContractConfig) {
+        if let Some(version) = &cfg.version {
+            self.version = version.clone();
+        }
+        if let Some(unl) = &cfg.unl {
+            if !unl.is_empty() {
+                self.unl = unl.iter().map(|k| k.to_ascii_lowercase()).collect();
+            }
+        }
+        self.bin_path = cfg.bin_path.clone();
+        self.bin_args = cfg.bin_args.clone().unwrap_or_default();
+        self.environment = cfg.environment.clone().unwrap_or_default();
+        if let Some(offset) = cfg.max_input_ledger_offset {
+            self.max_input_ledger_offset = offset;
+        }
+        if let Some(consensus) = &cfg.consensus {
+            self.consensus = consensus.clone();
+        }
+        if let Some(npl) = &cfg.npl {
+            self.npl = npl.clone();
+        }
+        if let Some(limits) = &cfg.round_limits {
+            self.round_limits = limits.clone();
+        }
+    }
+}
+
+/// `bootstrap` section: who may upload a contract.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootstrapSection {
+    pub owner_pubkey: String,
+    /// Seconds `install.sh` may run.
+    #[serde(default = "default_install_timeout")]
+    pub install_timeout_secs: u64,
+    /// Largest accepted bundle (zip bytes).
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+    /// Largest total of unpacked bundle bytes.
+    #[serde(default = "default_max_unpacked_bytes")]
+    pub max_unpacked_bytes: u64,
+}
+
+fn default_install_timeout() -> u64 {
+    120
+}
+fn default_max_bundle_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_unpacked_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+/// `user` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserSection {
+    pub port: u16,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_msg")]
+    pub max_bytes_per_msg: u64,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0".to_owned()
+}
+fn default_max_msg() -> u64 {
+    DEFAULT_MAX_MSG_BYTES
+}
+fn default_max_connections() -> usize {
+    1000
+}
+
+/// `mesh` section (peers; used by consensus among several nodes, a later step).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshSection {
+    pub port: u16,
+    #[serde(default)]
+    pub known_peers: Vec<String>,
+}
+
+/// The whole `hp.cfg`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub contract: ContractSection,
+    pub bootstrap: BootstrapSection,
+    pub user: UserSection,
+    pub mesh: MeshSection,
+}
+
+/// What a new node is made from (the provisioner's env vars or `hotpocket new` flags).
+#[derive(Debug, Clone, Default)]
+pub struct NewNode {
+    pub contract_id: String,
+    pub owner_pubkey: String,
+    pub node_secret_hex: Option<String>,
+    pub user_port: u16,
+    pub peer_port: u16,
+    pub roundtime_ms: Option<u64>,
+}
+
+/// Settings an environment may change on a later start.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub user_port: Option<u16>,
+    pub peer_port: Option<u16>,
+    pub roundtime_ms: Option<u64>,
+    pub listen: Option<String>,
+}
+
+/// File name of the config inside the state directory.
+pub const CONFIG_FILE: &str = "hp.cfg";
+
+impl NodeConfig {
+    /// Builds and validates the config of a new node (no I/O).
+    pub fn create(new: &NewNode) -> Result<NodeConfig, ConfigError> {
+        let id = uuid::Uuid::parse_str(&new.contract_id).map_err(|e| {
+            invalid(
+                "contract.id",
+                format!("`{}` is not a uuid: {e}", new.contract_id),
+            )
+        })?;
+        let owner = parse_pubkey_hex(&new.owner_pubkey)
+            .map_err(|e| invalid("bootstrap.owner_pubkey", e.to_string()))?;
+        let signing = match &new.node_secret_hex {
+            Some(hex_seed) => {
+                signing_key_from_hex(hex_seed).map_err(|p| invalid("node.private_key", p))?
+            }
+            None => SigningKey::generate(&mut rand::rngs::OsRng),
+        };
+        let node_pk = pubkey_hex(&signing.verifying_key());
+        let mut consensus = Consensus::default();
+        if let Some(ms) = new.roundtime_ms {
+            consensus.roundtime = ms;
+        }
+        let cfg = NodeConfig {
+            node: NodeSection {
+                public_key: node_pk.clone(),
+                private_key: hex::encode(signing.to_bytes()),
+            },
+            contract: ContractSection {
+                id: id.to_string(),
+                version: "1.0".to_owned(),
+                unl: vec![node_pk],
+                bin_path: String::new(),
+                bin_args: String::new(),
+                environment: BTreeMap::new(),
+                max_input_ledger_offset: 10,
+                consensus,
+                npl: Npl::default(),
+                round_limits: RoundLimits::default(),
+            },
+            bootstrap: BootstrapSection {
+                owner_pubkey: pubkey_hex(&owner),
+                install_timeout_secs: default_install_timeout(),
+                max_bundle_bytes: default_max_bundle_bytes(),
+                max_unpacked_bytes: default_max_unpacked_bytes(),
+            },
+            user: UserSection {
+                port: new.user_port,
+                listen: default_listen(),
+                max_bytes_per_msg: default_max_msg(),
+                max_connections: default_max_connections(),
+            },
+            mesh: MeshSection {
+                port: new.peer_port,
+                known_peers: Vec::new(),
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies start-time overrides.
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(p) = o.user_port {
+            self.user.port = p;
+        }
+        if let Some(p) = o.peer_port {
+            self.mesh.port = p;
+        }
+        if let Some(ms) = o.roundtime_ms {
+            self.contract.consensus.roundtime = ms;
+        }
+        if let Some(listen) = &o.listen {
+            self.user.listen = listen.clone();
+        }
+    }
+
+    /// Checks every key (no I/O).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let signing = signing_key_from_hex(&self.node.private_key)
+            .map_err(|p| invalid("node.private_key", p))?;
+        if pubkey_hex(&signing.verifying_key()) != self.node.public_key.to_ascii_lowercase() {
+            return Err(invalid(
+                "node.public_key",
+                "does not match node.private_key",
+            ));
+        }
+        uuid::Uuid::parse_str(&self.contract.id).map_err(|e| {
+            invalid(
+                "contract.id",
+                format!("`{}` is not a uuid: {e}", self.contract.id),
+            )
+        })?;
+        parse_pubkey_hex(&self.bootstrap.owner_pubkey)
+            .map_err(|e| invalid("bootstrap.owner_pubkey", e.to_string()))?;
+        if self.contract.unl.is_empty() {
+            return Err(invalid("contract.unl", "must name at least one node"));
+        }
+        for key in &self.contract.unl {
+            parse_pubkey_hex(key).map_err(|e| invalid("contract.unl", e.to_string()))?;
+        }
+        let rt = self.contract.consensus.roundtime;
+        if !(1..=3_600_000).contains(&rt) {
+            return Err(invalid(
+                "contract.consensus.roundtime",
+                format!("{rt} not in 1..=3600000"),
+            ));
+        }
+        if self.contract.max_input_ledger_offset == 0 {
+            return Err(invalid(
+                "contract.max_input_ledger_offset",
+                "must be at least 1",
+            ));
+        }
+        if self.user.max_bytes_per_msg < 1024 {
+            return Err(invalid("user.max_bytes_per_msg", "must be at least 1024"));
+        }
+        if self.user.max_connections == 0 {
+            return Err(invalid("user.max_connections", "must be at least 1"));
+        }
+        if self.user.listen.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "user.listen",
+                format!("`{}` is not an IP address", self.user.listen),
+            ));
+        }
+        if self.bootstrap.install_timeout_secs == 0 {
+            return Err(invalid(
+                "bootstrap.install_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's signing key.
+    pub fn signing_key(&self) -> Result<SigningKey, ConfigError> {
+        signing_key_from_hex(&self.node.private_key).map_err(|p| invalid("node.private_key", p))
+    }
+
+    /// Reads and validates `hp.cfg` from a state directory.
+    pub fn load(state_dir: &Path) -> Result<NodeConfig, ConfigError> {
+        let path = state_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg: NodeConfig =
+            serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Writes `hp.cfg` atomically (temp file + rename), readable only by the owner.
+    pub fn save(&self, state_dir: &Path) -> Result<(), ConfigError> {
+        let path = state_dir.join(CONFIG_FILE);
+        let text = serde_json::to_vec_pretty(self).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        crate::fsutil::write_atomic(&path, &text, 0o600)
+            .map_err(|source| ConfigError::Write { path, source })
+    }
+}
+
+fn signing_key_from_hex(text: &str) -> Result<SigningKey, String> {
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .map_err(|_| "is not 64 hex digits (an ed25519 secret seed)".to_owned())?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn owner() -> String {
+        pubkey_hex(&SigningKey::from_bytes(&[7u8; 32]).verifying_key())
+    }
+
+    #[test]
+    fn new_config_has_own_key_in_unl_and_validates() {
+        let cfg = NodeConfig::create(&NewNode {
+            contract_id: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+            owner_pubkey: owner(),
+            node_secret_hex: Some("11".repeat(32)),
+            user_port: 8081,
+            peer_port: 22861,
+            roundtime_ms: Some(200),
+        })
+        .unwrap();
+        assert_eq!(cfg.contract.unl, vec![cfg.node.public_key.clone()]);
+        assert_eq!(cfg.contract.consensus.roundtime, 200);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut new = NewNode {
+            contract_id: "not-a-uuid".into(),
+            owner_pubkey: owner(),
+            ..Default::default()
+        };
+        let err = NodeConfig::create(&new).unwrap_err().to_string();
+        assert!(err.contains("contract.id"), "{err}");
+        new.contract_id = "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into();
+        new.owner_pubkey = "ed00".into();
+        let err = NodeConfig::create(&new).unwrap_err().to_string();
+        assert!(err.contains("bootstrap.owner_pubkey"), "{err}");
+        new.owner_pubkey = owner();
+        new.node_secret_hex = Some("zz".into());
+        let err = NodeConfig::create(&new).unwrap_err().to_string();
+        assert!(err.contains("node.private_key"), "{err}");
+    }
+}

@@ -1,0 +1,241 @@
+//! Ledger records and HotPocket's hash formulas (hpcore `src/ledger/ledger.cpp`):
+//!
+//! - `user_hash  = blake3(user pubkeys, sorted, each 0xED ‖ 32 bytes)`
+//! - `input_hash = blake3(input hashes in consensus order)`, an input hash being `blake3(sig)`
+//! - `data_hash  = blake3(seq_no BE8 ‖ time BE8 ‖ state_hash ‖ patch_hash ‖ user_hash ‖
+//!   input_hash ‖ output_hash)`
+//! - `ledger_hash = blake3(prev_ledger_hash ‖ data_hash)`; genesis is seq 0, all-zero hash.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A 32-byte blake3 hash.
+pub type Hash = [u8; 32];
+
+/// The all-zero hash of genesis and of empty fields.
+pub const ZERO_HASH: Hash = [0u8; 32];
+
+/// blake3 over the concatenation of parts.
+pub fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// The id of a ledger: sequence number and hash (`"<seq>-<hex>"` in HotPocket's logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LclId {
+    pub seq_no: u64,
+    pub hash: Hash,
+}
+
+impl LclId {
+    /// The genesis ledger.
+    pub const GENESIS: LclId = LclId {
+        seq_no: 0,
+        hash: ZERO_HASH,
+    };
+}
+
+impl std::fmt::Display for LclId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.seq_no, hex::encode(self.hash))
+    }
+}
+
+/// One closed ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    pub seq_no: u64,
+    pub timestamp: u64,
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    pub data_hash: Hash,
+    pub state_hash: Hash,
+    pub config_hash: Hash,
+    pub user_hash: Hash,
+    pub input_hash: Hash,
+    pub output_hash: Hash,
+}
+
+impl Ledger {
+    /// The id of this ledger.
+    pub fn id(&self) -> LclId {
+        LclId {
+            seq_no: self.seq_no,
+            hash: self.hash,
+        }
+    }
+}
+
+/// What a round agreed on, from which the next ledger is made.
+#[derive(Debug, Clone)]
+pub struct RoundOutcome<'a> {
+    pub time: u64,
+    pub state_hash: Hash,
+    pub patch_hash: Hash,
+    /// Users with inputs or outputs this round, sorted, in 33-byte binary form.
+    pub users: &'a [[u8; 33]],
+    /// Input hashes in consensus order.
+    pub input_hashes: &'a [Hash],
+    pub output_hash: Hash,
+}
+
+/// Closes the ledger after `prev` from a round's outcome.
+pub fn close_ledger(prev: LclId, round: &RoundOutcome<'_>) -> Ledger {
+    let seq_no = prev.seq_no + 1;
+    let user_hash = hash_parts(round.users.iter().map(|u| u.as_slice()));
+    let input_hash = hash_parts(round.input_hashes.iter().map(|h| h.as_slice()));
+    let seq_bytes = seq_no.to_be_bytes();
+    let time_bytes = round.time.to_be_bytes();
+    let data_hash = hash_parts([
+        seq_bytes.as_slice(),
+        time_bytes.as_slice(),
+        round.state_hash.as_slice(),
+        round.patch_hash.as_slice(),
+        user_hash.as_slice(),
+        input_hash.as_slice(),
+        round.output_hash.as_slice(),
+    ]);
+    let hash = hash_parts([prev.hash.as_slice(), data_hash.as_slice()]);
+    Ledger {
+        seq_no,
+        timestamp: round.time,
+        hash,
+        prev_hash: prev.hash,
+        data_hash,
+        state_hash: round.state_hash,
+        config_hash: round.patch_hash,
+        user_hash,
+        input_hash,
+        output_hash: round.output_hash,
+    }
+}
+
+/// A user's output hash: `blake3(pubkey ‖ outputs…)`.
+pub fn user_output_hash(pubkey: &[u8; 33], outputs: &[Vec<u8>]) -> Hash {
+    hash_parts(std::iter::once(pubkey.as_slice()).chain(outputs.iter().map(|o| o.as_slice())))
+}
+
+/// Root over users' output hashes (sorted by user): `blake3(h1 ‖ h2 ‖ …)`, zero when none.
+pub fn output_root(user_hashes: &[Hash]) -> Hash {
+    if user_hashes.is_empty() {
+        return ZERO_HASH;
+    }
+    hash_parts(user_hashes.iter().map(|h| h.as_slice()))
+}
+
+/// Ordering key of an input: nonce big-endian ‖ blake3(sig).
+pub fn input_order_key(nonce: u64, input_hash: &Hash) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&nonce.to_be_bytes());
+    key[8..].copy_from_slice(input_hash);
+    key
+}
+
+/// Deterministic hash of a directory tree: entries sorted by path, each contributing its
+/// relative path, kind, executable bits and content hash (or link target). File content
+/// hashes are cached by (inode, size, mtime) so unchanged files are not read again.
+#[derive(Debug, Default)]
+pub struct StateHasher {
+    cache: HashMap<PathBuf, (u64, u64, i64, i64, Hash)>,
+}
+
+impl StateHasher {
+    /// Hashes the tree at `root`.
+    pub fn hash_dir(&mut self, root: &Path) -> std::io::Result<Hash> {
+        let mut entries = Vec::new();
+        collect(root, Path::new(""), &mut entries)?;
+        entries.sort();
+        let mut seen = HashMap::new();
+        let mut top = blake3::Hasher::new();
+        for rel in entries {
+            let full = root.join(&rel);
+            let meta = std::fs::symlink_metadata(&full)?;
+            let rel_bytes = rel.to_string_lossy().into_owned();
+            top.update(rel_bytes.as_bytes());
+            top.update(&[0]);
+            if meta.file_type().is_symlink() {
+                top.update(b"l");
+                top.update(std::fs::read_link(&full)?.to_string_lossy().as_bytes());
+            } else if meta.is_dir() {
+                top.update(b"d");
+            } else {
+                top.update(b"f");
+                top.update(&[u8::from(meta.permissions().mode() & 0o111 != 0)]);
+                let key = (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+                let content = match self.cache.get(&rel) {
+                    Some(&(ino, size, s, ns, h)) if (ino, size, s, ns) == key => h,
+                    _ => {
+                        let mut hasher = blake3::Hasher::new();
+                        let mut file = std::fs::File::open(&full)?;
+                        std::io::copy(&mut file, &mut hasher)?;
+                        *hasher.finalize().as_bytes()
+                    }
+                };
+                top.update(&content);
+                seen.insert(rel.clone(), (key.0, key.1, key.2, key.3, content));
+            }
+            top.update(&[0]);
+        }
+        self.cache = seen;
+        Ok(*top.finalize().as_bytes())
+    }
+}
+
+fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        let kind = entry.file_type()?;
+        out.push(child.clone());
+        if kind.is_dir() {
+            collect(root, &child, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ledger_hash_chains_over_previous() {
+        let round = RoundOutcome {
+            time: 1000,
+            state_hash: [1; 32],
+            patch_hash: ZERO_HASH,
+            users: &[],
+            input_hashes: &[],
+            output_hash: ZERO_HASH,
+        };
+        let first = close_ledger(LclId::GENESIS, &round);
+        assert_eq!(first.seq_no, 1);
+        assert_eq!(
+            first.hash,
+            hash_parts([ZERO_HASH.as_slice(), first.data_hash.as_slice()])
+        );
+        let second = close_ledger(first.id(), &round);
+        assert_eq!(second.prev_hash, first.hash);
+        assert_ne!(second.hash, first.hash);
+    }
+
+    #[test]
+    fn state_hash_follows_content_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hasher = StateHasher::default();
+        std::fs::write(dir.path().join("a"), b"one").unwrap();
+        let h1 = hasher.hash_dir(dir.path()).unwrap();
+        assert_eq!(h1, StateHasher::default().hash_dir(dir.path()).unwrap());
+        std::fs::write(dir.path().join("a"), b"two").unwrap();
+        let h2 = hasher.hash_dir(dir.path()).unwrap();
+        assert_ne!(h1, h2);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_ne!(h2, hasher.hash_dir(dir.path()).unwrap());
+    }
+}

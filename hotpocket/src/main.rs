@@ -1,0 +1,281 @@
+//! `hotpocket`: the instance runtime binary. Parses arguments, starts tracing and calls the
+//! library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use berth_hotpocket::config::{NewNode, NodeConfig, Overrides, CONFIG_FILE};
+use berth_hotpocket::exec::{exec_with_limits, ProcLimits};
+use berth_hotpocket::node::{self, StartOptions};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hotpocket",
+    version,
+    about = "HotPocket-compatible instance runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node's state directory and config.
+    New {
+        dir: PathBuf,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        contract_id: String,
+        #[arg(long, default_value_t = 8081)]
+        user_port: u16,
+        #[arg(long, default_value_t = 22861)]
+        peer_port: u16,
+        #[arg(long)]
+        roundtime_ms: Option<u64>,
+        /// 64-hex ed25519 secret seed; generated when absent.
+        #[arg(long)]
+        node_secret: Option<String>,
+    },
+    /// Run a node. Creates the config from HP_* variables on first start.
+    Run {
+        #[arg(long, env = "HP_STATE_DIR", default_value = "/state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "HP_CONTRACT_ID")]
+        contract_id: Option<String>,
+        #[arg(long, env = "HP_OWNER_PUBKEY")]
+        owner: Option<String>,
+        #[arg(long, env = "HP_NODE_SECRET", hide_env_values = true)]
+        node_secret: Option<String>,
+        #[arg(long, env = "HP_USER_PORT")]
+        user_port: Option<u16>,
+        #[arg(long, env = "HP_PEER_PORT")]
+        peer_port: Option<u16>,
+        #[arg(long, env = "HP_ROUNDTIME_MS")]
+        roundtime_ms: Option<u64>,
+        /// Address to listen on (default 0.0.0.0).
+        #[arg(long, env = "HP_LISTEN")]
+        listen: Option<String>,
+    },
+    /// Make a contract bundle zip from one executable (as `contract`) and optional files.
+    Bundle {
+        /// The contract executable.
+        #[arg(long)]
+        bin: PathBuf,
+        /// The zip to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Contract version for contract.config.
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        /// Extra files to put beside it (e.g. install.sh).
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+    },
+    /// Write the instance image's docker build context into a directory.
+    ImageContext {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Static hotpocket binary (default: located as the library does).
+        #[arg(long)]
+        hotpocket: Option<PathBuf>,
+        /// Static busybox.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
+    /// Internal: apply round limits to this process and exec the contract.
+    #[command(hide = true)]
+    ExecContract {
+        #[arg(long, default_value_t = 0)]
+        cpu_seconds: u64,
+        #[arg(long, default_value_t = 0)]
+        mem_bytes: u64,
+        #[arg(long, default_value_t = 0)]
+        open_files: u64,
+        program: String,
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::ExecContract {
+        cpu_seconds,
+        mem_bytes,
+        open_files,
+        program,
+        args,
+    } = cli.command
+    {
+        let limits = ProcLimits {
+            cpu_seconds,
+            mem_bytes,
+            open_files,
+        };
+        let err = exec_with_limits(limits, &program, &args);
+        eprintln!("hotpocket: starting contract `{program}`: {err}");
+        return ExitCode::from(127);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match real_main(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotpocket: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::New {
+            dir,
+            owner,
+            contract_id,
+            user_port,
+            peer_port,
+            roundtime_ms,
+            node_secret,
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if dir.join(CONFIG_FILE).exists() {
+                bail!("{} already holds a node config", dir.display());
+            }
+            let cfg = NodeConfig::create(&NewNode {
+                contract_id,
+                owner_pubkey: owner,
+                node_secret_hex: node_secret,
+                user_port,
+                peer_port,
+                roundtime_ms,
+            })?;
+            cfg.save(&dir)?;
+            println!("created node {} in {}", cfg.node.public_key, dir.display());
+            Ok(())
+        }
+        Command::Run {
+            state_dir,
+            contract_id,
+            owner,
+            node_secret,
+            user_port,
+            peer_port,
+            roundtime_ms,
+            listen,
+        } => {
+            let mut cfg = if state_dir.join(CONFIG_FILE).exists() {
+                NodeConfig::load(&state_dir)?
+            } else {
+                let (Some(contract_id), Some(owner)) = (contract_id, owner) else {
+                    bail!("{} has no {CONFIG_FILE}; set HP_CONTRACT_ID and HP_OWNER_PUBKEY to create one", state_dir.display());
+                };
+                std::fs::create_dir_all(&state_dir)
+                    .with_context(|| format!("creating {}", state_dir.display()))?;
+                let cfg = NodeConfig::create(&NewNode {
+                    contract_id,
+                    owner_pubkey: owner,
+                    node_secret_hex: node_secret,
+                    user_port: user_port.unwrap_or(8081),
+                    peer_port: peer_port.unwrap_or(22861),
+                    roundtime_ms,
+                })?;
+                cfg.save(&state_dir)?;
+                tracing::info!(node = %cfg.node.public_key, "created node config");
+                cfg
+            };
+            cfg.apply_overrides(&Overrides {
+                user_port,
+                peer_port,
+                roundtime_ms,
+                listen,
+            });
+            cfg.validate()?;
+            let wrapper = std::env::current_exe().context("locating the hotpocket executable")?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let shutdown = shutdown_signal()?;
+                let running = node::start(cfg, StartOptions { state_dir, wrapper }).await?;
+                println!("hotpocket user port listening on {}", running.user_addr);
+                tracing::info!(version = env!("CARGO_PKG_VERSION"), "hotpocket running");
+                running.run_until(shutdown).await?;
+                anyhow::Ok(())
+            })
+        }
+        Command::Bundle {
+            bin,
+            out,
+            version,
+            files,
+        } => {
+            let mut entries = vec![(
+                "contract".to_owned(),
+                std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?,
+                0o755,
+            )];
+            for file in files {
+                let name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .with_context(|| format!("{} has no usable file name", file.display()))?
+                    .to_owned();
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                entries.push((name, bytes, 0o755));
+            }
+            let config: berth_hotpocket::protocol::bundle::ContractConfig = serde_json::from_value(
+                serde_json::json!({"bin_path": "contract", "version": version}),
+            )
+            .context("building contract.config")?;
+            let zip = berth_hotpocket::bootstrap::build_bundle(&config, &entries)?;
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(&out, &zip).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), zip.len());
+            Ok(())
+        }
+        Command::ImageContext {
+            dir,
+            hotpocket,
+            busybox,
+        } => {
+            let sources = match hotpocket {
+                Some(hotpocket) => berth_hotpocket::image::ImageSources { hotpocket, busybox },
+                None => berth_hotpocket::image::ImageSources {
+                    busybox,
+                    ..berth_hotpocket::image::ImageSources::locate()?
+                },
+            };
+            let dir = berth_hotpocket::image::prepare_context_from(&dir, &sources)?;
+            println!("image context in {}", dir.display());
+            Ok(())
+        }
+        Command::ExecContract { .. } => bail!("exec-contract is handled before start-up"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called, so call it
+/// before announcing that the node is up.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
+}

@@ -1,0 +1,221 @@
+//! The contract section of HotPocket's config, as a bundle's `contract.config` carries it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `consensus` of the contract section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Consensus {
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Round time in ms, 1..=3_600_000.
+    #[serde(default = "default_roundtime")]
+    pub roundtime: u64,
+    /// Percent of the round each of stages 1–3 takes, 1..=33.
+    #[serde(default = "default_stage_slice")]
+    pub stage_slice: u32,
+    /// Percent of the UNL that must agree, 1..=100.
+    #[serde(default = "default_threshold")]
+    pub threshold: u32,
+}
+
+impl Default for Consensus {
+    fn default() -> Self {
+        Consensus {
+            mode: default_mode(),
+            roundtime: default_roundtime(),
+            stage_slice: default_stage_slice(),
+            threshold: default_threshold(),
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "public".to_owned()
+}
+fn default_roundtime() -> u64 {
+    1000
+}
+fn default_stage_slice() -> u32 {
+    25
+}
+fn default_threshold() -> u32 {
+    80
+}
+
+/// `npl` of the contract section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Npl {
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+impl Default for Npl {
+    fn default() -> Self {
+        Npl {
+            mode: default_mode(),
+        }
+    }
+}
+
+/// `round_limits`; 0 means "no limit" as in HotPocket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoundLimits {
+    #[serde(default)]
+    pub user_input_bytes: u64,
+    #[serde(default)]
+    pub user_output_bytes: u64,
+    #[serde(default)]
+    pub npl_output_bytes: u64,
+    #[serde(default)]
+    pub proc_cpu_seconds: u64,
+    #[serde(default)]
+    pub proc_mem_bytes: u64,
+    #[serde(default)]
+    pub proc_ofd_count: u64,
+    /// Milliseconds a run may take before it is killed; 0 means the node default.
+    #[serde(default)]
+    pub exec_timeout: u64,
+}
+
+/// A bundle's `contract.config` (every field but `bin_path` optional).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unl: Option<Vec<String>>,
+    pub bin_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_args: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_ledger_offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<Consensus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npl: Option<Npl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_limits: Option<RoundLimits>,
+}
+
+/// A `contract.config` value out of range; names the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("contract.config key `{key}`: {problem}")]
+pub struct ConfigRangeError {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+fn range_err(key: &'static str, problem: impl Into<String>) -> ConfigRangeError {
+    ConfigRangeError {
+        key,
+        problem: problem.into(),
+    }
+}
+
+impl ContractConfig {
+    /// Checks fields and ranges (hpcore `conf.cpp` limits).
+    pub fn validate(&self) -> Result<(), ConfigRangeError> {
+        if self.bin_path.trim().is_empty() {
+            return Err(range_err("bin_path", "must not be empty"));
+        }
+        if self.bin_path.contains('\0') {
+            return Err(range_err("bin_path", "contains a NUL byte"));
+        }
+        if let Some(unl) = &self.unl {
+            for key in unl {
+                if super::parse_pubkey_hex(key).is_err() {
+                    return Err(range_err(
+                        "unl",
+                        format!("`{key}` is not a 66-char `ed` key"),
+                    ));
+                }
+            }
+        }
+        if let Some(env) = &self.environment {
+            for name in env.keys() {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(range_err(
+                        "environment",
+                        format!("bad variable name `{name}`"),
+                    ));
+                }
+            }
+        }
+        if let Some(offset) = self.max_input_ledger_offset {
+            if offset == 0 || offset > 1_000_000 {
+                return Err(range_err(
+                    "max_input_ledger_offset",
+                    format!("{offset} not in 1..=1000000"),
+                ));
+            }
+        }
+        if let Some(c) = &self.consensus {
+            if !(1..=3_600_000).contains(&c.roundtime) {
+                return Err(range_err(
+                    "consensus.roundtime",
+                    format!("{} not in 1..=3600000", c.roundtime),
+                ));
+            }
+            if !(1..=33).contains(&c.stage_slice) {
+                return Err(range_err(
+                    "consensus.stage_slice",
+                    format!("{} not in 1..=33", c.stage_slice),
+                ));
+            }
+            if !(1..=100).contains(&c.threshold) {
+                return Err(range_err(
+                    "consensus.threshold",
+                    format!("{} not in 1..=100", c.threshold),
+                ));
+            }
+            if c.mode != "public" && c.mode != "private" {
+                return Err(range_err(
+                    "consensus.mode",
+                    format!("`{}` is not public or private", c.mode),
+                ));
+            }
+        }
+        if let Some(npl) = &self.npl {
+            if npl.mode != "public" && npl.mode != "private" {
+                return Err(range_err(
+                    "npl.mode",
+                    format!("`{}` is not public or private", npl.mode),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn minimal_config_needs_only_bin_path() {
+        let cfg: ContractConfig = serde_json::from_str(r#"{"bin_path":"echo"}"#).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cfg: ContractConfig =
+            serde_json::from_str(r#"{"bin_path":"x","consensus":{"roundtime":0}}"#).unwrap();
+        assert_eq!(cfg.validate().unwrap_err().key, "consensus.roundtime");
+        let cfg: ContractConfig =
+            serde_json::from_str(r#"{"bin_path":"x","unl":["abc"]}"#).unwrap();
+        assert_eq!(cfg.validate().unwrap_err().key, "unl");
+        assert!(serde_json::from_str::<ContractConfig>(r#"{"bin_path":"x","bogus":1}"#).is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The user port: TLS, WebSocket, the challenge handshake and one session per user key.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Signer, Verifier};
+use futures_util::{SinkExt, StreamExt};
+use rand::RngCore;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::exec::{self, RunEnd};
+use crate::ledger::hash_parts;
+use crate::node::{RoundMsg, SessionHandle, Shared, SignedInput};
+use crate::protocol::user::{
+    InputStatus, ParsedContainer, Protocol, RejectReason, Reply, Request, ServerChallengeResponse,
+    UserChallenge, UserChallengeResponse,
+};
+use crate::protocol::{parse_pubkey_hex, pubkey_hex, HP_VERSION};
+
+/// How long TLS, the WebSocket upgrade and the challenge answer may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("challenge response refused: {0}")]
+    Challenge(&'static str),
+    #[error("user {0} already has a connection (or the node is full)")]
+    Duplicate(String),
+}
+
+/// Accepts user connections until cancelled.
+pub async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    round_tx: mpsc::Sender<RoundMsg>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a user connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, shared, round_tx, cancel, inner) = (
+            acceptor.clone(),
+            shared.clone(),
+            round_tx.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        );
+        tracker.spawn(async move {
+            if let Err(e) = session(stream, acceptor, shared, round_tx, cancel, inner).await {
+                tracing::debug!(%peer, error = %e, "user session ended");
+            }
+        });
+    }
+}
+
+async fn session(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    round_tx: mpsc::Sender<RoundMsg>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), SessionError> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| SessionError::Timeout)?
+        .map_err(SessionError::Tls)?;
+    let ws_config = WebSocketConfig {
+        max_message_size: Some(shared.max_msg_bytes),
+        max_frame_size: Some(shared.max_msg_bytes),
+        ..Default::default()
+    };
+    let ws = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout)??;
+    let (mut sink, mut source) = ws.split();
+
+    let mut challenge_bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut challenge_bytes);
+    let challenge = hex::encode(challenge_bytes);
+    let contract = shared.contract();
+    let hello = UserChallenge {
+        hp_version: HP_VERSION.to_owned(),
+        kind: "user_challenge".to_owned(),
+        contract_id: shared.contract_id.clone(),
+        contract_version: contract.version.clone(),
+        challenge: challenge.clone(),
+    };
+    sink.send(Message::binary(json_bytes(&hello))).await?;
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_payload(&mut source))
+        .await
+        .map_err(|_| SessionError::Timeout)??
+        .ok_or(SessionError::Challenge("connection closed"))?;
+    let response: UserChallengeResponse = serde_json::from_slice(&answer)
+        .map_err(|_| SessionError::Challenge("not a challenge response"))?;
+    if response.kind != "user_challenge_response" {
+        return Err(SessionError::Challenge("wrong message type"));
+    }
+    let protocol = Protocol::parse(&response.protocol)
+        .ok_or(SessionError::Challenge("protocol must be json or bson"))?;
+    let key =
+        parse_pubkey_hex(&response.pubkey).map_err(|_| SessionError::Challenge("bad pubkey"))?;
+    let sig = decode_sig(&response.sig).ok_or(SessionError::Challenge("bad signature encoding"))?;
+    key.verify(challenge.as_bytes(), &sig)
+        .map_err(|_| SessionError::Challenge("bad signature"))?;
+    let user = pubkey_hex(&key);
+    if let Some(server_challenge) = &response.server_challenge {
+        if server_challenge.is_empty() || server_challenge.len() > 32 {
+            return Err(SessionError::Challenge("bad server_challenge"));
+        }
+        let content = format!(
+            "{server_challenge}{}{}",
+            shared.contract_id, contract.version
+        );
+        let reply = ServerChallengeResponse {
+            kind: "server_challenge_response".to_owned(),
+            sig: hex::encode(shared.signing_key.sign(content.as_bytes()).to_bytes()),
+            pubkey: shared.node_pubkey.clone(),
+            unl: contract.unl.clone(),
+        };
+        sink.send(Message::binary(json_bytes(&reply))).await?;
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Reply>(4096);
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    if !shared.register(&user, SessionHandle { id, tx: tx.clone() }) {
+        let _ = sink.close().await;
+        return Err(SessionError::Duplicate(user));
+    }
+    tracing::debug!(user, "user connected");
+    let result = async {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                out = rx.recv() => match out {
+                    Some(msg) => {
+                        // Queue everything waiting, then flush once.
+                        sink.feed(Message::binary(msg.encode(protocol))).await?;
+                        let mut queued = 1;
+                        while queued < 256 {
+                            let Ok(more) = rx.try_recv() else { break };
+                            sink.feed(Message::binary(more.encode(protocol))).await?;
+                            queued += 1;
+                        }
+                        sink.flush().await?;
+                    }
+                    None => break,
+                },
+                incoming = next_payload(&mut source) => match incoming? {
+                    Some(payload) => handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await,
+                    None => break,
+                },
+            }
+        }
+        Ok::<(), SessionError>(())
+    }
+    .await;
+    shared.unregister(&user, id);
+    let _ = sink.close().await;
+    tracing::debug!(user, "user disconnected");
+    result
+}
+
+fn json_bytes<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+fn decode_sig(text: &str) -> Option<Signature> {
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(Signature::from_bytes(&bytes))
+}
+
+/// The next data payload (binary or text frame); None when the connection closed.
+async fn next_payload<S>(source: &mut S) -> Result<Option<Vec<u8>>, SessionError>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(msg) = source.next().await {
+        match msg? {
+            Message::Binary(b) => return Ok(Some(b.to_vec())),
+            Message::Text(t) => return Ok(Some(t.as_bytes().to_vec())),
+            Message::Close(_) => return Ok(None),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+fn rejected(reason: RejectReason, input_hash: Vec<u8>) -> Reply {
+    Reply::InputStatus {
+        status: InputStatus::Rejected,
+        reason: Some(reason),
+        input_hash,
+        ledger: None,
+    }
+}
+
+async fn handle(
+    payload: &[u8],
+    protocol: Protocol,
+    user: &str,
+    shared: &Arc<Shared>,
+    round_tx: &mpsc::Sender<RoundMsg>,
+    tx: &mpsc::Sender<Reply>,
+    tracker: &TaskTracker,
+) {
+    let request = match Request::decode(protocol, payload) {
+        Ok(r) => r,
+        Err(reason) => {
+            let _ = tx.try_send(rejected(reason, Vec::new()));
+            return;
+        }
+    };
+    match request {
+        Request::Input { container, sig } => {
+            let hash = hash_parts([sig.as_slice()]);
+            let Some(parsed) = ParsedContainer::decode(protocol, &container) else {
+                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash.to_vec()));
+                return;
+            };
+            if parsed.nonce == 0 {
+                let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash.to_vec()));
+                return;
+            }
+            let signature = <[u8; 64]>::try_from(sig.as_slice())
+                .ok()
+                .map(|b| Signature::from_bytes(&b));
+            let valid = parse_pubkey_hex(user)
+                .ok()
+                .zip(signature)
+                .is_some_and(|(key, sig)| key.verify(&container, &sig).is_ok());
+            if !valid {
+                let _ = tx.try_send(rejected(RejectReason::BadSig, hash.to_vec()));
+                return;
+            }
+            let input = SignedInput {
+                user: user.to_owned(),
+                nonce: parsed.nonce,
+                max_ledger_seq_no: parsed.max_ledger_seq_no,
+                input: parsed.input,
+                hash,
+            };
+            if round_tx.send(RoundMsg::Input(input)).await.is_err() {
+                tracing::warn!("round loop gone; input dropped");
+            }
+        }
+        Request::Read { id, content } => {
+            let (shared, tx, user) = (shared.clone(), tx.clone(), user.to_owned());
+            tracker.spawn(async move { read_request(shared, tx, user, id, content).await });
+        }
+        Request::Stat => {
+            let lcl = shared.lcl();
+            let contract = shared.contract();
+            let _ = tx.try_send(Reply::Stat {
+                ledger_seq_no: lcl.seq_no,
+                ledger_hash: lcl.hash.to_vec(),
+                roundtime: contract.consensus.roundtime,
+                contract_execution_enabled: !contract.bin_path.is_empty(),
+                unl: contract
+                    .unl
+                    .iter()
+                    .filter_map(|k| crate::protocol::pubkey_bytes_from_hex(k).map(|b| b.to_vec()))
+                    .collect(),
+            });
+        }
+        Request::Lcl => {
+            let lcl = shared.lcl();
+            let _ = tx.try_send(Reply::Lcl {
+                ledger_seq_no: lcl.seq_no,
+                ledger_hash: lcl.hash.to_vec(),
+            });
+        }
+        Request::Subscription => {}
+    }
+}
+
+async fn read_request(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Reply>,
+    user: String,
+    id: Option<String>,
+    content: Vec<u8>,
+) {
+    let contract = shared.contract();
+    if contract.bin_path.is_empty() {
+        let _ = tx.try_send(Reply::ReadResponse {
+            reply_for: id,
+            content: br#"{"error":"no contract installed"}"#.to_vec(),
+        });
+        return;
+    }
+    let Ok(_slot) = shared.read_slots.acquire().await else {
+        return;
+    };
+    let cmd = shared.contract_command(&contract);
+    let ctx = shared.run_context(true, crate::node::now_ms(), None);
+    let mut users = BTreeMap::new();
+    users.insert(user.clone(), vec![content]);
+    match exec::run_contract(&cmd, &ctx, &users).await {
+        Ok(result) => {
+            if result.end != RunEnd::Exited(0) {
+                tracing::debug!(user, end = ?result.end, "read-only run ended abnormally");
+            }
+            for msg in result.outputs.get(&user).into_iter().flatten() {
+                let _ = tx.try_send(Reply::ReadResponse {
+                    reply_for: id.clone(),
+                    content: msg.clone(),
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "read-only run failed"),
+    }
+}

@@ -1,0 +1,281 @@
+//! The node's SQLite store: ledgers, their inputs and outputs, and each user's last nonce.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::ledger::{Hash, LclId, Ledger, ZERO_HASH};
+
+/// Store errors naming the database and operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ledger database {path}: {op}")]
+    Sqlite {
+        path: PathBuf,
+        op: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("ledger database {path}: corrupt {what}")]
+    Corrupt { path: PathBuf, what: &'static str },
+}
+
+/// An input as recorded in a ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInput {
+    pub pubkey: String,
+    pub nonce: u64,
+    pub hash: Hash,
+    pub blob: Vec<u8>,
+}
+
+/// Outputs of one user in one ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutputs {
+    pub pubkey: String,
+    pub outputs: Vec<Vec<u8>>,
+}
+
+/// The SQLite store (WAL).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ledgers (
+    seq_no INTEGER PRIMARY KEY, time INTEGER NOT NULL, hash BLOB NOT NULL, prev_hash BLOB NOT NULL,
+    data_hash BLOB NOT NULL, state_hash BLOB NOT NULL, config_hash BLOB NOT NULL,
+    user_hash BLOB NOT NULL, input_hash BLOB NOT NULL, output_hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS inputs (
+    ledger_seq INTEGER NOT NULL, ord INTEGER NOT NULL, pubkey TEXT NOT NULL, nonce INTEGER NOT NULL,
+    hash BLOB NOT NULL UNIQUE, blob BLOB NOT NULL, PRIMARY KEY (ledger_seq, ord));
+CREATE TABLE IF NOT EXISTS outputs (
+    ledger_seq INTEGER NOT NULL, pubkey TEXT NOT NULL, ord INTEGER NOT NULL, blob BLOB NOT NULL,
+    PRIMARY KEY (ledger_seq, pubkey, ord));
+CREATE TABLE IF NOT EXISTS users (pubkey TEXT PRIMARY KEY, last_nonce INTEGER NOT NULL);
+";
+
+fn to_hash(bytes: Vec<u8>) -> Option<Hash> {
+    bytes.try_into().ok()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |op| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let conn = Connection::open(path).map_err(err("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("set WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err("set synchronous"))?;
+        conn.execute_batch(SCHEMA).map_err(err("create schema"))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// The last closed ledger (genesis when none).
+    pub fn lcl(&self) -> Result<LclId, StoreError> {
+        let row: Option<(u64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT seq_no, hash FROM ledgers ORDER BY seq_no DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err("read lcl"))?;
+        match row {
+            None => Ok(LclId::GENESIS),
+            Some((seq_no, hash)) => {
+                let hash = to_hash(hash).ok_or(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: "ledger hash",
+                })?;
+                Ok(LclId { seq_no, hash })
+            }
+        }
+    }
+
+    /// The ledger with a sequence number.
+    pub fn ledger(&self, seq_no: u64) -> Result<Option<Ledger>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT seq_no, time, hash, prev_hash, data_hash, state_hash, config_hash, user_hash,
+                 input_hash, output_hash FROM ledgers WHERE seq_no = ?1",
+                [seq_no],
+                |r| {
+                    let h = |i: usize| -> rusqlite::Result<Hash> {
+                        Ok(to_hash(r.get::<_, Vec<u8>>(i)?).unwrap_or(ZERO_HASH))
+                    };
+                    Ok(Ledger {
+                        seq_no: r.get(0)?,
+                        timestamp: r.get(1)?,
+                        hash: h(2)?,
+                        prev_hash: h(3)?,
+                        data_hash: h(4)?,
+                        state_hash: h(5)?,
+                        config_hash: h(6)?,
+                        user_hash: h(7)?,
+                        input_hash: h(8)?,
+                        output_hash: h(9)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err("read ledger"))?;
+        Ok(row)
+    }
+
+    /// The last nonce the user had accepted in a ledger (0 when none).
+    pub fn last_nonce(&self, pubkey: &str) -> Result<u64, StoreError> {
+        let nonce: Option<u64> = self
+            .conn
+            .query_row(
+                "SELECT last_nonce FROM users WHERE pubkey = ?1",
+                [pubkey],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("read nonce"))?;
+        Ok(nonce.unwrap_or(0))
+    }
+
+    /// Whether an input with this hash is in a ledger already.
+    pub fn input_recorded(&self, hash: &Hash) -> Result<bool, StoreError> {
+        let found: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM inputs WHERE hash = ?1",
+                [hash.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("look up input"))?;
+        Ok(found.is_some())
+    }
+
+    /// Records a closed ledger with its inputs and outputs in one transaction.
+    pub fn commit(
+        &mut self,
+        ledger: &Ledger,
+        inputs: &[StoredInput],
+        outputs: &[StoredOutputs],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        tx.execute(
+            "INSERT INTO ledgers VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                ledger.seq_no,
+                ledger.timestamp,
+                ledger.hash.as_slice(),
+                ledger.prev_hash.as_slice(),
+                ledger.data_hash.as_slice(),
+                ledger.state_hash.as_slice(),
+                ledger.config_hash.as_slice(),
+                ledger.user_hash.as_slice(),
+                ledger.input_hash.as_slice(),
+                ledger.output_hash.as_slice()
+            ],
+        )
+        .map_err(err("insert ledger"))?;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT INTO inputs VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .map_err(err("prepare input insert"))?;
+            let mut nonce = tx
+                .prepare_cached(
+                    "INSERT INTO users VALUES (?1, ?2) ON CONFLICT(pubkey)
+                     DO UPDATE SET last_nonce = max(last_nonce, excluded.last_nonce)",
+                )
+                .map_err(err("prepare nonce update"))?;
+            for (i, input) in inputs.iter().enumerate() {
+                ins.execute(params![
+                    ledger.seq_no,
+                    i as i64,
+                    input.pubkey,
+                    input.nonce,
+                    input.hash.as_slice(),
+                    input.blob
+                ])
+                .map_err(err("insert input"))?;
+            }
+            let mut highest: std::collections::HashMap<&str, u64> =
+                std::collections::HashMap::new();
+            for input in inputs {
+                let entry = highest.entry(input.pubkey.as_str()).or_default();
+                *entry = (*entry).max(input.nonce);
+            }
+            for (pubkey, last) in highest {
+                nonce
+                    .execute(params![pubkey, last])
+                    .map_err(err("update nonce"))?;
+            }
+            let mut out = tx
+                .prepare_cached("INSERT INTO outputs VALUES (?1, ?2, ?3, ?4)")
+                .map_err(err("prepare output insert"))?;
+            for user in outputs {
+                for (i, blob) in user.outputs.iter().enumerate() {
+                    out.execute(params![ledger.seq_no, user.pubkey, i as i64, blob])
+                        .map_err(err("insert output"))?;
+                }
+            }
+        }
+        tx.commit().map_err(err("commit"))
+    }
+
+    /// Inputs of a ledger in consensus order.
+    pub fn inputs_of(&self, seq_no: u64) -> Result<Vec<StoredInput>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT pubkey, nonce, hash, blob FROM inputs WHERE ledger_seq = ?1 ORDER BY ord",
+            )
+            .map_err(self.err("prepare inputs query"))?;
+        let rows = stmt
+            .query_map([seq_no], |r| {
+                Ok(StoredInput {
+                    pubkey: r.get(0)?,
+                    nonce: r.get(1)?,
+                    hash: to_hash(r.get::<_, Vec<u8>>(2)?).unwrap_or(ZERO_HASH),
+                    blob: r.get(3)?,
+                })
+            })
+            .map_err(self.err("query inputs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read inputs"))
+    }
+
+    /// Every output ever recorded for a user, in ledger order.
+    pub fn outputs_for_user(&self, pubkey: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT ledger_seq, blob FROM outputs WHERE pubkey = ?1 ORDER BY ledger_seq, ord",
+            )
+            .map_err(self.err("prepare outputs query"))?;
+        let rows = stmt
+            .query_map([pubkey], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err("query outputs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read outputs"))
+    }
+}

@@ -1,0 +1,185 @@
+//! TLS for the user port: a self-signed certificate made at first start, the server config,
+//! and a client config that accepts a node's self-signed certificate (as HotPocket clients do;
+//! the user authenticates the node through the server challenge instead).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// TLS set-up errors naming the file or step.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("generating the self-signed certificate")]
+    Generate(#[from] rcgen::Error),
+    #[error("tls file {path}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tls file {path} holds no usable {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("building the tls config")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads `tls/cert.pem` and `tls/key.pem` from the state dir, creating them on first use.
+pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let dir = state_dir.join("tls");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(&dir).map_err(|source| TlsError::File {
+            path: dir.clone(),
+            source,
+        })?;
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "hotpocket".to_owned(),
+        ])?;
+        crate::fsutil::write_atomic(&cert_path, cert.cert.pem().as_bytes(), 0o644).map_err(
+            |source| TlsError::File {
+                path: cert_path.clone(),
+                source,
+            },
+        )?;
+        crate::fsutil::write_atomic(&key_path, cert.key_pair.serialize_pem().as_bytes(), 0o600)
+            .map_err(|source| TlsError::File {
+                path: key_path.clone(),
+                source,
+            })?;
+    }
+    let cert_pem = std::fs::read(&cert_path).map_err(|source| TlsError::File {
+        path: cert_path.clone(),
+        source,
+    })?;
+    let key_pem = std::fs::read(&key_path).map_err(|source| TlsError::File {
+        path: key_path.clone(),
+        source,
+    })?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile_certs(&cert_pem);
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: cert_path,
+            what: "certificate",
+        });
+    }
+    let key = pem_private_key(&key_pem).ok_or(TlsError::Empty {
+        path: key_path,
+        what: "private key",
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem);
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find(&begin) {
+        let after = &rest[start + begin.len()..];
+        let Some(stop) = after.find(&end) else { break };
+        let body: String = after[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) {
+            out.push(der);
+        }
+        rest = &after[stop + end.len()..];
+    }
+    out
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+    pem_blocks(pem, "CERTIFICATE")
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect()
+}
+
+fn pem_private_key(pem: &[u8]) -> Option<PrivateKeyDer<'static>> {
+    pem_blocks(pem, "PRIVATE KEY")
+        .into_iter()
+        .next()
+        .map(|der| PrivateKeyDer::Pkcs8(der.into()))
+}
+
+/// A client config that accepts any server certificate but still checks the handshake
+/// signatures (the node's identity is proved by the server challenge, not by a CA).
+pub fn client_config_accepting_self_signed() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(AcceptSelfSigned {
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AcceptSelfSigned {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptSelfSigned {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

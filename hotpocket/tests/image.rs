@@ -1,0 +1,152 @@
+//! The instance image under real Docker: read-only root, uid 10001, all capabilities dropped,
+//! /state on a volume; the owner uploads the static echo bundle and talks to it over TLS.
+//! Builds the image (hotpocket/image/build.sh) when it is missing. Fails instead of skipping
+//! when BERTH_REQUIRE_DOCKER=1.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use berth_hotpocket::client::{Client, ConnectOptions};
+use berth_hotpocket::image::IMAGE_TAG;
+use berth_hotpocket::protocol::pubkey_hex;
+use common::*;
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds the image and bundles when missing.
+fn ensure_image() -> PathBuf {
+    let bundle = workspace().join("examples/bundles/echo.zip");
+    if docker(&["image", "inspect", IMAGE_TAG]).is_err() || !bundle.exists() {
+        let status = Command::new(workspace().join("hotpocket/image/build.sh"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "hotpocket/image/build.sh failed");
+    }
+    bundle
+}
+
+struct Cleanup(Vec<Vec<String>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for args in &self.0 {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let _ = docker(&args);
+        }
+    }
+}
+
+#[tokio::test]
+async fn hardened_container_serves_an_uploaded_bundle() {
+    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
+        assert!(
+            std::env::var("BERTH_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "docker required: {e}"
+        );
+        eprintln!("skipping: docker unavailable ({e})");
+        return;
+    }
+    let bundle = ensure_image();
+    let owner = key(1);
+    let name = format!("berth-hp-test-{}", std::process::id());
+    let _cleanup = Cleanup(vec![
+        vec!["rm".into(), "-f".into(), name.clone()],
+        vec!["volume".into(), "rm".into(), "-f".into(), name.clone()],
+    ]);
+    docker(&["volume", "create", &name]).unwrap();
+    let owner_env = format!("HP_OWNER_PUBKEY={}", pubkey_hex(&owner.verifying_key()));
+    let volume = format!("{name}:/state");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--read-only",
+        "--tmpfs",
+        "/tmp:size=16m",
+        "--user",
+        "10001:10001",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-v",
+        &volume,
+        "-p",
+        "127.0.0.1::8081",
+        "-e",
+        &format!("HP_CONTRACT_ID={CONTRACT_ID}"),
+        "-e",
+        &owner_env,
+        "-e",
+        "HP_USER_PORT=8081",
+        "-e",
+        "HP_PEER_PORT=22861",
+        "-e",
+        "HP_ROUNDTIME_MS=200",
+        IMAGE_TAG,
+        "run",
+        "--state-dir",
+        "/state",
+    ])
+    .unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        let logs = docker(&["logs", &name]).unwrap_or_default();
+        if logs.contains("hotpocket user port listening on") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready,
+        "container logs: {}",
+        docker(&["logs", &name]).unwrap_or_default()
+    );
+    let port = docker(&["port", &name, "8081/tcp"]).unwrap();
+    let addr = port.lines().next().unwrap().trim().to_owned();
+    let client = Client::connect(&addr, owner.clone(), ConnectOptions::default())
+        .await
+        .unwrap();
+    let reply = client
+        .upload_bundle(&std::fs::read(bundle).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    let out = client.submit_and_wait(b"hello from docker").await.unwrap();
+    assert_eq!(out.outputs, vec![b"hello from docker".to_vec()]);
+    let inspect = docker(&[
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+        &name,
+    ])
+    .unwrap();
+    assert_eq!(inspect, "10001:10001 true");
+}
