@@ -140,7 +140,10 @@ pub async fn run(
     let host = keys.address();
     info!(version = env!("CARGO_PKG_VERSION"), host = %host, servers = ?config.ledger.servers, "berth-agent starting");
 
-    let client = Client::connect(ClientConfig::new(config.ledger.servers.clone())).await?;
+    // `Client::start` and a first request rather than `Client::connect`, whose future is not
+    // `Send` in this version of berth-mb-xrpl (it holds a watch guard across an await).
+    let client = Client::start(ClientConfig::new(config.ledger.servers.clone()))?;
+    client.validated_ledger_index().await?;
     let mut events = client.events();
     client
         .subscribe_accounts(std::slice::from_ref(&host))
