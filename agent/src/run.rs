@@ -258,7 +258,7 @@ pub async fn run(
     for job in machine.resume()? {
         spawn_job(&tracker, &machine, job);
     }
-    catch_up(&machine, &xrpl, &tracker).await?;
+    let catch_up_done = catch_up(&machine, &xrpl, &tracker).await?;
     info!(host = %host, "caught up; following the ledger");
     notify(&settings, &[sd_notify::NotifyState::Ready]);
 
@@ -272,6 +272,9 @@ pub async fn run(
     let heartbeat_every = Duration::from_secs(u64::from(config.lease.moment_secs.get()));
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut draining = machine.store().read().draining()?;
+    // True while some request could not be handled: ledger closes then catch up from the
+    // cursor instead of moving it.
+    let mut stale = !catch_up_done;
 
     loop {
         let next_housekeeping = schedule
@@ -295,13 +298,22 @@ pub async fn run(
             event = events.recv() => match event {
                 Ok(StreamEvent::Transaction(tx)) => {
                     if let Some(event) = event_of(&tx, &host) {
-                        handle(&machine, &tracker, &event).await;
+                        // A failed request keeps the cursor where it is until a catch-up
+                        // handles it: nothing is skipped.
+                        stale |= !handle(&machine, &tracker, &event).await;
                     }
                 }
                 Ok(StreamEvent::LedgerClosed { index, time, .. }) => {
                     set(&machine, keys::LEDGER_TIP, &index.to_string())?;
-                    let event = crate::ledger::LedgerEvent::LedgerClosed { ledger: index, close_time: time };
-                    handle(&machine, &tracker, &event).await;
+                    if stale {
+                        match catch_up(&machine, &xrpl, &tracker).await {
+                            Ok(done) => stale = !done,
+                            Err(e) => machine.record_error("catch-up", &e),
+                        }
+                    } else {
+                        let event = crate::ledger::LedgerEvent::LedgerClosed { ledger: index, close_time: time };
+                        handle(&machine, &tracker, &event).await;
+                    }
                     let now_draining = machine.store().read().draining()?;
                     if now_draining && !draining {
                         info!("drain requested: offers are being cancelled");
@@ -310,14 +322,22 @@ pub async fn run(
                 }
                 Ok(StreamEvent::Reconnected { url }) => {
                     info!(%url, "reconnected; catching up from the cursor");
-                    if let Err(e) = catch_up(&machine, &xrpl, &tracker).await {
-                        machine.record_error("catch-up", &e);
+                    match catch_up(&machine, &xrpl, &tracker).await {
+                        Ok(done) => stale = !done,
+                        Err(e) => {
+                            stale = true;
+                            machine.record_error("catch-up", &e);
+                        }
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
                     warn!(missed, "event stream lagged; catching up from the cursor");
-                    if let Err(e) = catch_up(&machine, &xrpl, &tracker).await {
-                        machine.record_error("catch-up", &e);
+                    match catch_up(&machine, &xrpl, &tracker).await {
+                        Ok(done) => stale = !done,
+                        Err(e) => {
+                            stale = true;
+                            machine.record_error("catch-up", &e);
+                        }
                     }
                 }
                 Err(RecvError::Closed) => break,
@@ -429,38 +449,55 @@ fn spawn_job(tracker: &TaskTracker, machine: &Arc<Machine>, job: Job) {
     });
 }
 
-async fn handle(machine: &Arc<Machine>, tracker: &TaskTracker, event: &crate::ledger::LedgerEvent) {
-    // A failed event is not marked handled: the next catch-up (reconnect, housekeeping or
-    // restart) replays it from the cursor.
+/// Handles one event and spawns its jobs; false when it failed (it is then not recorded,
+/// and a catch-up from the cursor replays it).
+async fn handle(
+    machine: &Arc<Machine>,
+    tracker: &TaskTracker,
+    event: &crate::ledger::LedgerEvent,
+) -> bool {
     match machine.handle(event).await {
         Ok(jobs) => {
             for job in jobs {
                 spawn_job(tracker, machine, job);
             }
+            true
         }
-        Err(e) => machine.record_error("event", &e),
+        Err(e) => {
+            machine.record_error("event", &e);
+            false
+        }
     }
 }
 
-/// Handles the account's history from the cursor to the validated ledger.
+/// Handles the account's history from the cursor to the validated ledger. Moves the cursor
+/// only when every request was handled; returns whether it did.
 async fn catch_up(
     machine: &Arc<Machine>,
     xrpl: &XrplLedger,
     tracker: &TaskTracker,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     let cursor = machine.store().read().cursor()?;
     let (validated, close_time) = xrpl.validated_ledger().await?;
     let Some(cursor) = cursor else {
         // First start: nothing of this host can be in the history before now.
         machine.caught_up(validated, close_time)?;
-        return Ok(());
+        return Ok(true);
     };
     let history = account_history(xrpl.client(), xrpl.account(), cursor.ledger + 1).await?;
     let count = history.transactions.len();
+    let mut all_handled = true;
     for tx in &history.transactions {
         if let Some(event) = event_of(tx, xrpl.account()) {
-            handle(machine, tracker, &event).await;
+            all_handled &= handle(machine, tracker, &event).await;
         }
+    }
+    if !all_handled {
+        warn!(
+            from = cursor.ledger + 1,
+            "a request failed; the cursor stays for the next catch-up"
+        );
+        return Ok(false);
     }
     for job in machine.caught_up(history.validated_ledger, close_time)? {
         spawn_job(tracker, machine, job);
@@ -471,7 +508,7 @@ async fn catch_up(
         transactions = count,
         "caught up"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// `result` of a failed outbox row whose work housekeeping queued again.
