@@ -84,6 +84,9 @@ pub struct Machine {
     host_address: String,
     message_key: SigningKey,
     settings: MachineSettings,
+    /// Jobs hold it shared; housekeeping's reconcile holds it alone, so it never sees (and
+    /// removes or recreates) an instance a job is creating or destroying.
+    jobs_gate: tokio::sync::RwLock<()>,
 }
 
 /// Outbox key of the one answer to a request.
@@ -126,7 +129,13 @@ impl Machine {
             host_address,
             message_key,
             settings,
+            jobs_gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Waits until no job runs and holds off new ones while the guard lives.
+    pub async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.jobs_gate.write().await
     }
 
     /// The store, locked; never held across an await.
@@ -754,6 +763,7 @@ impl Machine {
 
     /// Runs a job to its end; safe to run again after a crash.
     pub async fn run_job(&self, job: Job) -> Result<(), MachineError> {
+        let _gate = self.jobs_gate.read().await;
         match job {
             Job::Provision(id) => self.provision(id).await,
             Job::End(id) => self.end(id).await,

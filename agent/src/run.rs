@@ -524,9 +524,12 @@ async fn housekeeping(
     let facts = xrpl.account_facts().await?;
     set(machine, keys::BALANCE, &facts.balance_drops.to_string())?;
     set(machine, keys::RESERVE, &facts.reserve_drops.to_string())?;
-    // Docker: exactly the instances of live leases.
+    // Docker: exactly the instances of live leases (no job runs meanwhile).
+    let gate = machine.exclusive().await;
     let expected = machine.expected_instances()?;
-    match provisioner.reconcile(&expected).await {
+    let reconciled = provisioner.reconcile(&expected).await;
+    drop(gate);
+    match reconciled {
         Ok(actions) => {
             for action in actions {
                 match action {
