@@ -1006,6 +1006,9 @@ impl Machine {
                     "answer",
                     &format!("payment {} to {destination} ended with {result}", row.key),
                 )?,
+                LedgerAction::Payment { .. } if row.key.starts_with("host-reg:") => {
+                    tx.set_setting(crate::status::keys::REGISTERED, "true")?
+                }
                 LedgerAction::Payment { .. } | LedgerAction::SetMessageKey { .. } => {}
             }
             Ok(())

@@ -95,6 +95,7 @@ async fn acquire_and_extend_survive_sigkill_at_each_step() {
     let status: serde_json::Value =
         serde_json::from_slice(&w.command(&["status", "--json"])).unwrap();
     assert_eq!(status["host_address"], w.host.as_str());
+    assert_eq!(status["registered"], true, "{status}");
     assert_eq!(status["slots"]["leased"], 3, "{status}");
     assert_eq!(status["leases"].as_array().unwrap().len(), 3, "{status}");
     let listed: serde_json::Value =
