@@ -265,3 +265,41 @@ async fn a_ledger_connection_dropped_mid_purchase_still_gets_one_answer() {
     assert!(matches!(answers[0].1, Message::ExtendOk(_)), "{answers:?}");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_runs_the_hotpocket_image_on_localnet() {
+    let options = Options {
+        hotpocket: true,
+        ..Options::default()
+    };
+    let Some(w) = World::start_with("hotpocket", 1, 27700, options).await else {
+        return;
+    };
+    let (token, offer) = w.offered(0, 0).await;
+    let Buyer {
+        account: tenant,
+        key: tenant_key,
+        purchase,
+    } = w.buy(&offer, 11).await;
+    let answers = w.answers(&tenant.address(), &purchase).await;
+    let Message::AcquireOk(ok) = &answers[0].1 else {
+        panic!("{answers:?}")
+    };
+    let details = ok.sealed.open(&tenant_key).unwrap();
+    assert_eq!(details.lease.to_string(), token);
+    let mut health = None;
+    for _ in 0..100 {
+        health = Some(w.provisioner.health(details.name.as_str()).await.unwrap());
+        if health == Some(berth_provisioner::Health::Answering) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        health,
+        Some(berth_provisioner::Health::Answering),
+        "hotpocket never answered on user port {}",
+        details.user_port
+    );
+    w.stop().await;
+}
