@@ -558,6 +558,42 @@ async fn housekeeping(
             &health,
         )?;
     }
+    // Ledger: an offer the ledger no longer has (cancelled or expired behind our back) is
+    // made again.
+    let offered: Vec<_> = machine
+        .store()
+        .read()
+        .slots()?
+        .into_iter()
+        .filter(|s| s.state == SlotState::Offered)
+        .collect();
+    for slot in offered {
+        let (Some(token), Some(offer)) = (&slot.token_id, &slot.offer_id) else {
+            continue;
+        };
+        if xrpl.sell_offers(token).await?.contains(offer) {
+            continue;
+        }
+        warn!(slot = slot.slot, %offer, "sell offer lost; offering again");
+        let price = machine.config().lease.price_drops.get();
+        let now = crate::store::now_secs();
+        machine.store().transaction(|tx| {
+            // Only if nothing changed meanwhile (a purchase also removes the offer).
+            if tx.slot(slot.slot)?.as_ref() != Some(&slot) {
+                return Ok(());
+            }
+            tx.set_slot(slot.slot, SlotState::Offering, Some(token), None)?;
+            tx.enqueue(
+                &format!("offer:{token}:{now}"),
+                &LedgerAction::Offer {
+                    slot: slot.slot,
+                    token_id: token.clone(),
+                    amount_drops: price,
+                },
+            )
+            .map(drop)
+        })?;
+    }
     // Ledger: slots whose mint or offer failed get them queued again.
     let failed: Vec<_> = machine
         .store()

@@ -87,6 +87,30 @@ impl XrplLedger {
         }
     }
 
+    /// Ids of the live sell offers of a token (none when it has none or no longer exists).
+    pub async fn sell_offers(&self, token_id: &str) -> Result<Vec<String>, LedgerError> {
+        match self
+            .client
+            .request(
+                "nft_sell_offers",
+                json!({"nft_id": token_id, "ledger_index": "validated"}),
+            )
+            .await
+        {
+            Ok(result) => Ok(result["offers"]
+                .as_array()
+                .map(|offers| {
+                    offers
+                        .iter()
+                        .filter_map(|o| o["nft_offer_index"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            Err(e) if e.rpc_error() == Some("objectNotFound") => Ok(Vec::new()),
+            Err(e) => Err(connection(e)),
+        }
+    }
+
     /// Index and close time (Unix seconds) of the latest validated ledger.
     pub async fn validated_ledger(&self) -> Result<(u32, u64), LedgerError> {
         let result = self

@@ -303,3 +303,37 @@ async fn a_purchase_runs_the_hotpocket_image_on_localnet() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_offer_is_made_again_by_housekeeping() {
+    let Some(w) = World::start("lost", 1, 27800).await else {
+        return;
+    };
+    let (token, offer) = w.offered(0, 0).await;
+    // The offer disappears behind the agent's back (and the host's sequence moves on).
+    w.submit(
+        &w.host_key,
+        json!({"TransactionType": "NFTokenCancelOffer", "NFTokenOffers": [offer]}),
+    )
+    .await;
+    let mut again = None;
+    for _ in 0..300 {
+        let slot = w.store().unwrap().read().slot(0).unwrap().unwrap();
+        if let (berth_agent::store::SlotState::Offered, Some(new)) = (slot.state, slot.offer_id) {
+            if new != offer {
+                again = Some((slot.token_id.unwrap(), new));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (same_token, new_offer) = again.expect("the lost offer was never made again");
+    assert_eq!(same_token, token);
+    let offers = w
+        .client
+        .request("nft_sell_offers", json!({"nft_id": token}))
+        .await
+        .unwrap();
+    assert!(offers.to_string().contains(&new_offer), "{offers}");
+    w.stop().await;
+}

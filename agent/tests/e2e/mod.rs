@@ -42,6 +42,8 @@ pub struct World {
     pub config: HostConfig,
     pub host: String,
     pub host_message_key: PublicKey,
+    /// The host account's key, for tests that act behind the agent's back.
+    pub host_key: KeyPair,
     pub provisioner: Arc<DockerProvisioner>,
     shutdown: CancellationToken,
     pub agent: Agent,
@@ -284,6 +286,7 @@ schedule = "*/2 * * * * *"
             config,
             host,
             host_message_key,
+            host_key: KeyPair::from_seed(&seed).unwrap(),
             provisioner,
             shutdown,
             agent,
