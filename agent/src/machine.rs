@@ -64,6 +64,8 @@ pub struct MachineSettings {
     pub stall_secs: u64,
     /// Changes every instance spec before it is created (the tests run the probe image).
     pub customize: fn(InstanceSpec) -> InstanceSpec,
+    /// Jobs (creating or destroying an instance) run at most this many at once.
+    pub parallel_jobs: usize,
 }
 
 impl Default for MachineSettings {
@@ -71,6 +73,7 @@ impl Default for MachineSettings {
         Self {
             stall_secs: 60,
             customize: |spec| spec,
+            parallel_jobs: 64,
         }
     }
 }
@@ -87,6 +90,7 @@ pub struct Machine {
     /// Jobs hold it shared; housekeeping's reconcile holds it alone, so it never sees (and
     /// removes or recreates) an instance a job is creating or destroying.
     jobs_gate: tokio::sync::RwLock<()>,
+    job_permits: tokio::sync::Semaphore,
 }
 
 /// Outbox key of the one answer to a request.
@@ -128,8 +132,9 @@ impl Machine {
             config,
             host_address,
             message_key,
-            settings,
             jobs_gate: tokio::sync::RwLock::new(()),
+            job_permits: tokio::sync::Semaphore::new(settings.parallel_jobs.max(1)),
+            settings,
         }
     }
 
@@ -763,6 +768,7 @@ impl Machine {
 
     /// Runs a job to its end; safe to run again after a crash.
     pub async fn run_job(&self, job: Job) -> Result<(), MachineError> {
+        let _permit = self.job_permits.acquire().await;
         let _gate = self.jobs_gate.read().await;
         match job {
             Job::Provision(id) => self.provision(id).await,

@@ -524,10 +524,15 @@ async fn housekeeping(
     let facts = xrpl.account_facts().await?;
     set(machine, keys::BALANCE, &facts.balance_drops.to_string())?;
     set(machine, keys::RESERVE, &facts.reserve_drops.to_string())?;
-    // Docker: exactly the instances of live leases (no job runs meanwhile).
+    // Docker: exactly the instances of live leases. Not while a lease is being provisioned
+    // or ended (its job owns its instance), and no job starts meanwhile.
     let gate = machine.exclusive().await;
-    let expected = machine.expected_instances()?;
-    let reconciled = provisioner.reconcile(&expected).await;
+    let busy = !machine.resume()?.is_empty();
+    let reconciled = if busy {
+        Ok(Vec::new())
+    } else {
+        provisioner.reconcile(&machine.expected_instances()?).await
+    };
     drop(gate);
     match reconciled {
         Ok(actions) => {

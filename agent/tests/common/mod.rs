@@ -218,6 +218,7 @@ impl Harness {
             MachineSettings {
                 stall_secs: 60,
                 customize: |spec| spec,
+                parallel_jobs: 8,
             },
         ));
         Self {

@@ -267,6 +267,7 @@ schedule = "*/2 * * * * *"
                         machine: MachineSettings {
                             stall_secs: 60,
                             customize,
+                            parallel_jobs: 64,
                         },
                         notify: false,
                         outbox_idle: Duration::from_millis(50),
