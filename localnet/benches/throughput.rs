@@ -73,6 +73,15 @@ async fn call(url: &str, req: Value) -> Value {
     }
 }
 
+async fn sequence(url: &str, key: &KeyPair) -> u32 {
+    let r = call(
+        url,
+        json!({"command": "account_info", "account": key.address()}),
+    )
+    .await;
+    r["result"]["account_data"]["Sequence"].as_u64().unwrap() as u32
+}
+
 fn sign(key: &KeyPair, txj: Value) -> String {
     tx::sign_json(&txj, key).unwrap().blob_hex()
 }
@@ -140,13 +149,7 @@ async fn run() {
     let per_sender = payments.div_ceil(senders.len());
     let mut lanes: Vec<Vec<String>> = vec![Vec::new(); conns];
     for (i, s) in senders.iter().enumerate() {
-        let seq0 = call(
-            &url,
-            json!({"command": "account_info", "account": s.address()}),
-        )
-        .await["result"]["account_data"]["Sequence"]
-            .as_u64()
-            .unwrap() as u32;
+        let seq0 = sequence(&url, s).await;
         for j in 0..per_sender {
             lanes[i % conns].push(sign(
                 s,
@@ -177,20 +180,8 @@ async fn run() {
     fund(&url, &genesis, &mut gseq, &buyers, 1_000_000_000).await;
     let mut lanes: Vec<Vec<String>> = vec![Vec::new(); conns];
     for (p, (s, b)) in sellers.iter().zip(&buyers).enumerate() {
-        let s0 = call(
-            &url,
-            json!({"command": "account_info", "account": s.address()}),
-        )
-        .await["result"]["account_data"]["Sequence"]
-            .as_u64()
-            .unwrap() as u32;
-        let b0 = call(
-            &url,
-            json!({"command": "account_info", "account": b.address()}),
-        )
-        .await["result"]["account_data"]["Sequence"]
-            .as_u64()
-            .unwrap() as u32;
+        let s0 = sequence(&url, s).await;
+        let b0 = sequence(&url, b).await;
         for i in 0..per_pair as u32 {
             let token = index::nftoken_id(9, 0, &s.account_id(), 0, s0 + i);
             let offer_seq = s0 + 2 * i + 1;

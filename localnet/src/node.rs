@@ -129,6 +129,8 @@ struct Inner {
     by_hash: HashMap<Key, u32>,
     snapshots: VecDeque<(u32, State)>,
     txs: HashMap<Key, std::sync::Arc<TxRecord>>,
+    /// Transaction hashes of each closed ledger, in order.
+    ledger_txs: HashMap<u32, Vec<Key>>,
     account_txs: HashMap<[u8; 20], Vec<(u32, u32, Key)>>,
     held: BTreeMap<([u8; 20], u32), Held>,
     dirty: BTreeMap<Key, Option<StObject>>,
@@ -141,6 +143,7 @@ pub struct Node {
     events: broadcast::Sender<Event>,
     fees: Fees,
     genesis: KeyPair,
+    started: std::time::Instant,
 }
 
 /// Why the chain could not start or persist.
@@ -172,6 +175,21 @@ fn tx_leaf(r: &TxRecord) -> Key {
     sha512_half(&[&buf])
 }
 
+impl SubmitResult {
+    /// A transaction that changed nothing, with its result.
+    fn not_applied(ter: Ter, hash: Key, tx: StObject) -> SubmitResult {
+        SubmitResult {
+            ter,
+            hash,
+            tx,
+            applied: false,
+            held: false,
+            account_sequence_next: None,
+            account_sequence_available: None,
+        }
+    }
+}
+
 impl Node {
     /// A new chain: resumed from the store when it holds one, else from genesis.
     pub fn open(store: Option<Store>, fees: Fees) -> Result<Node, NodeError> {
@@ -186,6 +204,7 @@ impl Node {
             by_hash: HashMap::new(),
             snapshots: VecDeque::new(),
             txs: HashMap::new(),
+            ledger_txs: HashMap::new(),
             account_txs: HashMap::new(),
             held: BTreeMap::new(),
             dirty: BTreeMap::new(),
@@ -213,6 +232,11 @@ impl Node {
                             r.hash,
                         ));
                     }
+                    inner
+                        .ledger_txs
+                        .entry(r.ledger_seq)
+                        .or_default()
+                        .push(r.hash);
                     inner.txs.insert(r.hash, std::sync::Arc::new(r));
                 }
                 for v in inner.account_txs.values_mut() {
@@ -263,6 +287,7 @@ impl Node {
             events,
             fees,
             genesis,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -270,6 +295,11 @@ impl Node {
         // A panic while holding the lock cannot leave the chain half-changed: every
         // change is computed first and then stored in one step.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seconds since this node started.
+    pub fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     pub fn fees(&self) -> Fees {
@@ -366,14 +396,10 @@ impl Node {
                 .filter_map(|h| g.txs.get(h).cloned())
                 .collect();
         }
-        let mut v: Vec<_> = g
-            .txs
-            .values()
-            .filter(|r| r.ledger_seq == seq)
-            .cloned()
-            .collect();
-        v.sort_by_key(|r| r.index);
-        v
+        g.ledger_txs
+            .get(&seq)
+            .map(|hs| hs.iter().filter_map(|h| g.txs.get(h).cloned()).collect())
+            .unwrap_or_default()
     }
 
     /// Validated transactions of an account within `[min, max]`, in ledger order.
@@ -404,15 +430,7 @@ impl Node {
         let account = tx.account("Account").unwrap_or([0; 20]);
         let mut g = self.lock();
         let mut result = if g.txs.contains_key(&hash) || g.held.values().any(|h| h.hash == hash) {
-            SubmitResult {
-                ter: Ter::tefALREADY,
-                hash,
-                tx,
-                applied: false,
-                held: false,
-                account_sequence_next: None,
-                account_sequence_available: None,
-            }
+            SubmitResult::not_applied(Ter::tefALREADY, hash, tx)
         } else {
             let r = self.apply_locked(&mut g, blob.clone(), tx.clone(), hash);
             if r.ter == Ter::terPRE_SEQ {
@@ -461,15 +479,7 @@ impl Node {
         };
         let index = g.open_txs.len() as u32;
         match engine::apply(&g.open, &env, &tx, &hash, index) {
-            Outcome::Rejected(ter) => SubmitResult {
-                ter,
-                hash,
-                tx,
-                applied: false,
-                held: false,
-                account_sequence_next: None,
-                account_sequence_available: None,
-            },
+            Outcome::Rejected(ter) => SubmitResult::not_applied(ter, hash, tx),
             Outcome::Included(a) => {
                 let Applied {
                     ter,
@@ -501,13 +511,8 @@ impl Node {
                 g.txs.insert(hash, std::sync::Arc::new(rec));
                 g.open_txs.push(hash);
                 SubmitResult {
-                    ter,
-                    hash,
-                    tx,
                     applied: true,
-                    held: false,
-                    account_sequence_next: None,
-                    account_sequence_available: None,
+                    ..SubmitResult::not_applied(ter, hash, tx)
                 }
             }
         }
@@ -594,8 +599,9 @@ impl Node {
         while g.snapshots.len() > SNAPSHOTS {
             g.snapshots.pop_front();
         }
+        let closed_txs = std::mem::take(&mut g.open_txs);
+        g.ledger_txs.insert(h.seq, closed_txs);
         g.open_seq += 1;
-        g.open_txs.clear();
         // Held transactions past their last ledger are dropped; the rest retried.
         let open_seq = g.open_seq;
         g.held

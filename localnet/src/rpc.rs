@@ -430,7 +430,7 @@ fn server_info(node: &Arc<Node>) -> RpcResult {
         "server_state": server_state_name(),
         "standalone": true,
         "time": iso_time(h.close_time),
-        "uptime": 0,
+        "uptime": node.uptime(),
         "validated_ledger": {
             "age": 0,
             "base_fee_xrp": f.base as f64 / 1e6,

@@ -500,6 +500,27 @@ async fn account_tx_pages_through_history_both_ways() {
         .await;
     assert_eq!(r["error"], "lgrIdxsInvalid");
 
+    // A closed ledger lists its transactions, as hashes or expanded.
+    let first = c
+        .ok(json!({"command": "tx", "transaction": hashes[0], "api_version": 2}))
+        .await["ledger_index"]
+        .clone();
+    let l = c
+        .ok(json!({"command": "ledger", "ledger_index": first, "transactions": true}))
+        .await;
+    assert!(l["ledger"]["transactions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(hashes[0])));
+    let l = c
+        .ok(json!({"command": "ledger", "ledger_index": first, "transactions": true, "expand": true, "api_version": 2}))
+        .await;
+    assert!(l["ledger"]["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["hash"] == json!(hashes[0]) && t["tx_json"]["TransactionType"] == "Payment"));
+
     // tx in both API versions and in binary.
     let v1 = c
         .ok(json!({"command": "tx", "transaction": hashes[0]}))

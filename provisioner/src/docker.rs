@@ -205,7 +205,10 @@ impl DockerProvisioner {
     fn container_body(&self, spec: &InstanceSpec) -> ContainerCreateBody {
         ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: Some(spec.command.clone()),
+            // The spec's command is the whole argv: it replaces the image's ENTRYPOINT
+            // (the hotpocket image has one), and the image's CMD is then not inherited.
+            entrypoint: Some(spec.command.clone()),
+            cmd: None,
             env: Some(spec.env()),
             user: Some(spec.user.clone()),
             hostname: Some(spec.name.clone()),
