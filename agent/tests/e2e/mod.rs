@@ -225,15 +225,7 @@ schedule = "*/2 * * * * *"
         }
         let customize: fn(berth_provisioner::InstanceSpec) -> berth_provisioner::InstanceSpec =
             if options.hotpocket {
-                // The image's ENTRYPOINT is /hotpocket and the provisioner sets only Cmd, so
-                // InstanceSpec::hotpocket's command starts /hotpocket twice: drop it here
-                // (reported to the integrator; the fix belongs to provisioner or image).
-                |mut spec| {
-                    if spec.command.first().map(String::as_str) == Some("/hotpocket") {
-                        spec.command.remove(0);
-                    }
-                    spec
-                }
+                |spec| spec
             } else {
                 probe::instance
             };
