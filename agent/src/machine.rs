@@ -340,33 +340,31 @@ impl Machine {
         }
         let slot = self.store().read().slot_by_token(token_id)?;
         let decision = self.judge_purchase(buyer, token_id, amount, memos).await?;
-        let (request, reply_key) = match (slot, decision) {
-            (None, Ok(_)) => {
+        // A slot whose token is sold or being burnt is never recycled by a refusal here.
+        let for_sale = slot
+            .clone()
+            .filter(|s| !matches!(s.state, SlotState::Leased | SlotState::Burning));
+        let (slot, (acquire, reply_key)) = match (slot, for_sale, decision) {
+            (_, for_sale, Err(why)) => {
+                let recycle = for_sale.map(|s| s.slot);
+                return self.refuse_purchase(tx_hash, ledger, buyer, amount, recycle, why);
+            }
+            (None, _, Ok(_)) => {
                 let why = refusal(
                     ReasonCode::UnknownLease,
                     format!("token {token_id} is not a lease of this host"),
                 );
                 return self.refuse_purchase(tx_hash, ledger, buyer, amount, None, why);
             }
-            (None, Err(why)) => {
-                return self.refuse_purchase(tx_hash, ledger, buyer, amount, None, why);
-            }
-            (Some(slot), Err(why)) => {
-                return self.refuse_purchase(tx_hash, ledger, buyer, amount, Some(slot.slot), why);
-            }
-            (Some(slot), Ok(ok))
-                if matches!(slot.state, SlotState::Leased | SlotState::Burning) =>
-            {
-                let _ = ok;
+            (Some(busy), None, Ok(_)) => {
                 let why = refusal(
                     ReasonCode::Internal,
-                    format!("slot {} of token {token_id} is not for sale", slot.slot),
+                    format!("slot {} of token {token_id} is not for sale", busy.slot),
                 );
                 return self.refuse_purchase(tx_hash, ledger, buyer, amount, None, why);
             }
-            (Some(slot), Ok(ok)) => ((slot.slot, ok.0), ok.1),
+            (Some(_), Some(open), Ok(ok)) => (open.slot, ok),
         };
-        let (slot, acquire) = request;
         let reserved = self.store().read().ports_in_use()?;
         let ports = match self.provisioner.allocate_ports(&reserved).await {
             Ok(ports) => ports,
