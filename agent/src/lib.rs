@@ -1,2 +1,23 @@
 //! The Berth host agent: lease state machine, SQLite store and the host CLI.
+//!
+//! - [`store`]: the SQLite store (WAL, versioned schema, outbox, cursor).
+//! - [`ledger`]: the narrow ledger boundary: actions, events, the [`ledger::Ledger`] trait.
+//! - [`machine`]: the lease state machine over the store, a provisioner and a ledger;
+//!   [`outbox`]: the worker that signs, submits and settles its rows.
+//! - [`setup`]: `init`, the config file and the host key; [`status`]: `status` and `leases`.
 #![forbid(unsafe_code)]
+
+pub mod failpoint;
+pub mod ledger;
+pub mod machine;
+pub mod outbox;
+pub mod run;
+pub mod setup;
+pub mod status;
+pub mod store;
+pub mod xrpl;
+
+/// The agent's database file: `<data_dir>/agent.db`.
+pub fn database_path(config: &berth_schemas::config::HostConfig) -> std::path::PathBuf {
+    config.host.data_dir.join("agent.db")
+}

@@ -1,0 +1,159 @@
+//! The agent's narrow view of the ledger: the actions it queues in the outbox, the events it
+//! handles, and the [`Ledger`] trait the message-board client (`berth-mb-xrpl`) implements.
+//!
+//! **Invariant:** nothing here knows about WebSockets or transaction encoding; the outbox
+//! stores [`LedgerAction`]s as JSON, and only the [`Ledger`] implementation turns them into
+//! signed transactions.
+
+use berth_schemas::key::PublicKey;
+use berth_schemas::memo::{Memo, MemoError};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// `tfBurnable | tfTransferable`: the host can burn a sold token; tenants can resell it.
+pub const LEASE_TOKEN_FLAGS: u32 = 0x0000_0001 | 0x0000_0008;
+/// Taxon of Berth lease tokens.
+pub const LEASE_TOKEN_TAXON: u32 = 0;
+
+/// A memo as upper-case hex fields, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoHex {
+    pub memo_type: String,
+    pub memo_format: String,
+    pub memo_data: String,
+}
+
+impl From<&Memo> for MemoHex {
+    fn from(memo: &Memo) -> Self {
+        let hex = memo.to_hex();
+        Self {
+            memo_type: hex.memo_type,
+            memo_format: hex.memo_format,
+            memo_data: hex.memo_data,
+        }
+    }
+}
+
+impl MemoHex {
+    pub fn to_memo(&self) -> Result<Memo, MemoError> {
+        Memo::from_hex(
+            Some(&self.memo_type),
+            Some(&self.memo_format),
+            Some(&self.memo_data),
+        )
+    }
+}
+
+/// One transaction the host wants on the ledger, stored in the outbox until validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LedgerAction {
+    /// An XRP payment (answers, refunds, registration, heartbeats).
+    Payment {
+        destination: String,
+        amount_drops: u64,
+        memo: MemoHex,
+    },
+    /// `NFTokenMint` of a slot's lease token (flags [`LEASE_TOKEN_FLAGS`]).
+    Mint { slot: u32, uri_hex: String },
+    /// `NFTokenCreateOffer` selling the slot's token at `amount_drops`.
+    Offer {
+        slot: u32,
+        token_id: String,
+        amount_drops: u64,
+    },
+    /// `NFTokenBurn` of a token, held by `owner` when it is not the host.
+    Burn {
+        slot: u32,
+        token_id: String,
+        owner: Option<String>,
+    },
+    /// `NFTokenCancelOffer` of the host's own sell offer.
+    CancelOffer { slot: u32, offer_id: String },
+    /// `AccountSet` of the host account's `MessageKey` (33 bytes, `ED…` hex).
+    SetMessageKey { key_hex: String },
+}
+
+/// A transaction signed and ready to submit; resubmitting it is always safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedTx {
+    pub hash: String,
+    pub blob: String,
+    /// The ledger after which it can no longer validate.
+    pub last_ledger: u32,
+}
+
+/// What became of a submitted transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxOutcome {
+    /// In a validated ledger with this result code (`tesSUCCESS`, `tec…`).
+    Validated {
+        result: String,
+        /// `nftoken_id` of a mint, from the metadata.
+        nftoken_id: Option<String>,
+        /// `offer_id` of a created offer, from the metadata.
+        offer_id: Option<String>,
+    },
+    /// Its `LastLedgerSequence` passed without it: it never will validate.
+    Expired,
+}
+
+/// Errors of the ledger boundary; transient ones are retried by the outbox worker.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("ledger connection: {0}")]
+    Connection(String),
+    #[error("transaction {action} refused: {result}")]
+    Refused { action: String, result: String },
+    #[error("ledger answer: {0}")]
+    Protocol(String),
+}
+
+/// The account facts `run` checks before minting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountFacts {
+    pub balance_drops: u64,
+    /// Reserve the account needs now (base + owner reserve × owned objects), drops.
+    pub reserve_drops: u64,
+    /// Owner reserve per extra object, drops.
+    pub owner_reserve_drops: u64,
+}
+
+/// What the agent needs of the ledger client.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Builds and signs `action` (Sequence, Fee, LastLedgerSequence filled), not submitted.
+    async fn prepare(&self, action: &LedgerAction) -> Result<PreparedTx, LedgerError>;
+    /// Submits (or resubmits) and waits until it is validated or expired.
+    async fn submit_and_wait(&self, tx: &PreparedTx) -> Result<TxOutcome, LedgerError>;
+    /// The `MessageKey` of an account, when it has an ed25519 one.
+    async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError>;
+}
+
+/// A validated transaction or ledger close, decoded into what the agent handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerEvent {
+    /// An `NFTokenAcceptOffer` (tesSUCCESS) that bought one of the host's sell offers.
+    Purchase {
+        tx_hash: String,
+        ledger: u32,
+        /// Close time of its ledger, Unix seconds.
+        close_time: u64,
+        buyer: String,
+        token_id: String,
+        /// Drops delivered to the host.
+        amount_drops: u64,
+        memos: Vec<Memo>,
+    },
+    /// A Payment (tesSUCCESS) to the host; `amount_drops` is `None` when not XRP.
+    Payment {
+        tx_hash: String,
+        ledger: u32,
+        close_time: u64,
+        from: String,
+        amount_drops: Option<u64>,
+        memos: Vec<Memo>,
+    },
+    /// A validated ledger closed: the ledger clock moves, expiry runs.
+    LedgerClosed { ledger: u32, close_time: u64 },
+}

@@ -1,0 +1,1082 @@
+//! The lease state machine: ledger events in, store transitions + outbox rows + provisioner
+//! calls out.
+//!
+//! **Invariant:** [`Machine::handle`] decides and records a request in one store transaction
+//! before any side effect, and skips a request it has recorded: replaying events after a crash
+//! (catch-up from the cursor) answers nothing twice. Instance names derive from the purchase
+//! hash, so re-running a provisioning job never creates a second instance. Work that outlives
+//! a transaction (creating or destroying an instance) is a [`Job`] that [`Machine::resume`]
+//! finds again from the lease state after a restart.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use berth_provisioner::{InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
+use berth_schemas::config::HostConfig;
+use berth_schemas::field::{ContractId, HostAddress, InstanceName, NfTokenId, Text, TxHash};
+use berth_schemas::key::PublicKey;
+use berth_schemas::memo::{Memo, Message};
+use berth_schemas::message::{
+    AcquireOk, ExtendOk, Failure, InstanceDetails, ReasonCode, Sealed, TerminateOk,
+};
+use ed25519_dalek::SigningKey;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::ledger::{Ledger, LedgerAction, LedgerError, LedgerEvent, MemoHex, TxOutcome};
+use crate::store::{
+    Cursor, Lease, LeaseState, NewLease, OutboxRow, OutboxState, SlotState, Store, StoreError, Tx,
+};
+
+/// Why the machine could not handle an event or job (it is retried).
+#[derive(Debug, Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("instance {instance}")]
+    Provision {
+        instance: String,
+        #[source]
+        source: ProvisionError,
+    },
+    #[error("cannot build the {what} memo: {problem}")]
+    Memo { what: &'static str, problem: String },
+    #[error("lease {id} is not in the store")]
+    NoLease { id: i64 },
+}
+
+/// Work left after an event was recorded: run it with [`Machine::run_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Create and start the lease's instance, then answer `acquire-ok`.
+    Provision(i64),
+    /// Destroy the lease's instance, then release its answer and recycle its token.
+    End(i64),
+}
+
+/// Knobs of the machine that are not in the host config.
+#[derive(Clone)]
+pub struct MachineSettings {
+    /// A gap between two ledger closes longer than this is a stall: expiry restarts its grace
+    /// period when the ledger closes again.
+    pub stall_secs: u64,
+    /// Changes every instance spec before it is created (the tests run the probe image).
+    pub customize: fn(InstanceSpec) -> InstanceSpec,
+    /// Jobs (creating or destroying an instance) run at most this many at once.
+    pub parallel_jobs: usize,
+}
+
+impl Default for MachineSettings {
+    fn default() -> Self {
+        Self {
+            stall_secs: 60,
+            customize: |spec| spec,
+            parallel_jobs: 64,
+        }
+    }
+}
+
+/// The host's lease business over the store, a provisioner and a ledger.
+pub struct Machine {
+    store: Mutex<Store>,
+    provisioner: Arc<dyn Provisioner>,
+    ledger: Arc<dyn Ledger>,
+    config: HostConfig,
+    host_address: String,
+    message_key: SigningKey,
+    settings: MachineSettings,
+    /// Jobs hold it shared; housekeeping's reconcile holds it alone, so it never sees (and
+    /// removes or recreates) an instance a job is creating or destroying.
+    jobs_gate: tokio::sync::RwLock<()>,
+    job_permits: tokio::sync::Semaphore,
+}
+
+/// Outbox key of the one answer to a request.
+pub fn answer_key(request: &str) -> String {
+    format!("answer:{request}")
+}
+
+fn mint_key(slot: u32, generation: u32) -> String {
+    format!("mint:{slot}:{generation}")
+}
+
+/// A refusal decided while reading a purchase or payment.
+struct Refusal {
+    code: ReasonCode,
+    message: String,
+}
+
+fn refusal(code: ReasonCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Machine {
+    pub fn new(
+        store: Store,
+        provisioner: Arc<dyn Provisioner>,
+        ledger: Arc<dyn Ledger>,
+        config: HostConfig,
+        host_address: String,
+        message_key: SigningKey,
+        settings: MachineSettings,
+    ) -> Self {
+        Self {
+            store: Mutex::new(store),
+            provisioner,
+            ledger,
+            config,
+            host_address,
+            message_key,
+            jobs_gate: tokio::sync::RwLock::new(()),
+            job_permits: tokio::sync::Semaphore::new(settings.parallel_jobs.max(1)),
+            settings,
+        }
+    }
+
+    /// Waits until no job runs and holds off new ones while the guard lives.
+    pub async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.jobs_gate.write().await
+    }
+
+    /// The store, locked; never held across an await.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub fn ledger(&self) -> &dyn Ledger {
+        self.ledger.as_ref()
+    }
+
+    pub fn host_address(&self) -> &str {
+        &self.host_address
+    }
+
+    fn price(&self) -> u64 {
+        self.config.lease.price_drops.get()
+    }
+
+    fn moment_secs(&self) -> u64 {
+        u64::from(self.config.lease.moment_secs.get())
+    }
+
+    fn mint_action(&self, slot: u32) -> LedgerAction {
+        LedgerAction::Mint {
+            slot,
+            uri_hex: self.config.lease_uri(slot).to_hex(),
+        }
+    }
+
+    /// Creates missing slots (each with a queued mint). Returns the slots created.
+    pub fn ensure_slots(&self) -> Result<Vec<u32>, MachineError> {
+        let count = self.config.lease.slots.get();
+        Ok(self.store().transaction(|tx| {
+            tx.ensure_slots(count, |slot, generation| {
+                (mint_key(slot, generation), self.mint_action(slot))
+            })
+        })?)
+    }
+
+    /// Records an error for `status`.
+    pub fn record_error(&self, context: &str, error: &dyn std::error::Error) {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        warn!(context, error = %message, "agent error");
+        if let Err(e) = self
+            .store()
+            .transaction(|tx| tx.record_error(context, &message))
+        {
+            warn!(error = %e, "cannot record an error in the store");
+        }
+    }
+
+    /// Handles one event; returns jobs to run (possibly concurrently) with [`Machine::run_job`].
+    pub async fn handle(&self, event: &LedgerEvent) -> Result<Vec<Job>, MachineError> {
+        match event {
+            LedgerEvent::Purchase {
+                tx_hash,
+                ledger,
+                close_time,
+                buyer,
+                token_id,
+                amount_drops,
+                memos,
+            } => {
+                self.purchase(
+                    tx_hash,
+                    *ledger,
+                    *close_time,
+                    buyer,
+                    token_id,
+                    *amount_drops,
+                    memos,
+                )
+                .await
+            }
+            LedgerEvent::Payment {
+                tx_hash,
+                ledger,
+                from,
+                amount_drops,
+                memos,
+                ..
+            } => self.payment(tx_hash, *ledger, from, *amount_drops, memos),
+            LedgerEvent::LedgerClosed { ledger, close_time } => {
+                self.ledger_closed(*ledger, *close_time)
+            }
+        }
+    }
+
+    /// Jobs left unfinished by a previous run (after a crash): provisioning and ending leases.
+    pub fn resume(&self) -> Result<Vec<Job>, MachineError> {
+        let store = self.store();
+        let reader = store.read();
+        let mut jobs = Vec::new();
+        for lease in reader.leases(&[LeaseState::Provisioning, LeaseState::Ending])? {
+            jobs.push(match lease.state {
+                LeaseState::Provisioning => Job::Provision(lease.id),
+                _ => Job::End(lease.id),
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Writes the answer row (a Payment carrying `message`) for `request`.
+    fn answer(
+        &self,
+        tx: &Tx<'_>,
+        request: &str,
+        to: &str,
+        amount_drops: u64,
+        message: &Message,
+        state: OutboxState,
+    ) -> Result<(), MachineError> {
+        let memo = message.to_memo().map_err(|e| MachineError::Memo {
+            what: message.kind().as_str(),
+            problem: e.to_string(),
+        })?;
+        let action = LedgerAction::Payment {
+            destination: to.to_owned(),
+            amount_drops: amount_drops.max(1),
+            memo: MemoHex::from(&memo),
+        };
+        tx.enqueue_as(&answer_key(request), &action, state)?;
+        Ok(())
+    }
+
+    fn failure(request: &str, refusal: &Refusal) -> Result<Failure, MachineError> {
+        let request: TxHash = request.parse().map_err(|e| MachineError::Memo {
+            what: "failure",
+            problem: format!("request hash: {e}"),
+        })?;
+        let mut text = refusal.message.clone();
+        while text.len() > 256 {
+            text.pop();
+        }
+        let message: Text<256> = text.parse().map_err(|e| MachineError::Memo {
+            what: "failure",
+            problem: format!("message: {e:?}"),
+        })?;
+        Ok(Failure {
+            request,
+            code: refusal.code,
+            message,
+        })
+    }
+
+    /// Starts burning the slot's token; a fresh one is minted when the burn validates.
+    fn recycle(&self, tx: &Tx<'_>, slot: u32, holder: Option<&str>) -> Result<(), MachineError> {
+        let Some(current) = tx.slot(slot)? else {
+            return Ok(());
+        };
+        match current.token_id {
+            Some(token_id) => {
+                tx.set_slot(slot, SlotState::Burning, Some(&token_id), None)?;
+                tx.enqueue(
+                    &format!("burn:{token_id}"),
+                    &LedgerAction::Burn {
+                        slot,
+                        token_id: token_id.clone(),
+                        owner: holder.map(str::to_owned),
+                    },
+                )?;
+            }
+            None => {
+                let generation = tx.next_generation(slot)?;
+                tx.enqueue(&mint_key(slot, generation), &self.mint_action(slot))?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn purchase(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        close_time: u64,
+        buyer: &str,
+        token_id: &str,
+        amount: u64,
+        memos: &[Memo],
+    ) -> Result<Vec<Job>, MachineError> {
+        if self.store().read().request_seen(tx_hash)? {
+            return Ok(Vec::new());
+        }
+        let slot = self.store().read().slot_by_token(token_id)?;
+        let decision = self.judge_purchase(buyer, token_id, amount, memos).await?;
+        // A slot whose token is sold or being burnt is never recycled by a refusal here.
+        let for_sale = slot
+            .clone()
+            .filter(|s| !matches!(s.state, SlotState::Leased | SlotState::Burning));
+        let (slot, (acquire, reply_key)) = match (slot, for_sale, decision) {
+            (_, for_sale, Err(why)) => {
+                let recycle = for_sale.map(|s| s.slot);
+                return self.refuse_purchase(tx_hash, ledger, buyer, amount, recycle, why);
+            }
+            (None, _, Ok(_)) => {
+                let why = refusal(
+                    ReasonCode::UnknownLease,
+                    format!("token {token_id} is not a lease of this host"),
+                );
+                return self.refuse_purchase(tx_hash, ledger, buyer, amount, None, why);
+            }
+            (Some(busy), None, Ok(_)) => {
+                let why = refusal(
+                    ReasonCode::Internal,
+                    format!("slot {} of token {token_id} is not for sale", busy.slot),
+                );
+                return self.refuse_purchase(tx_hash, ledger, buyer, amount, None, why);
+            }
+            (Some(_), Some(open), Ok(ok)) => (open.slot, ok),
+        };
+        let reserved = self.store().read().ports_in_use()?;
+        let ports = match self.provisioner.allocate_ports(&reserved).await {
+            Ok(ports) => ports,
+            Err(ProvisionError::PortsExhausted { kind, range }) => {
+                let why = refusal(
+                    ReasonCode::NoCapacity,
+                    format!("no free {kind} port in {range}, the price is refunded"),
+                );
+                return self.refuse_purchase(tx_hash, ledger, buyer, amount, Some(slot), why);
+            }
+            Err(source) => {
+                return Err(MachineError::Provision {
+                    instance: instance_name(tx_hash),
+                    source,
+                })
+            }
+        };
+        let node = SigningKey::generate(&mut rand::rngs::OsRng);
+        let node_key = PublicKey::from_verifying_key(&node.verifying_key()).map_err(|e| {
+            MachineError::Memo {
+                what: "node key",
+                problem: e.to_string(),
+            }
+        })?;
+        let lease = NewLease {
+            purchase_tx: tx_hash.to_owned(),
+            slot,
+            token_id: token_id.to_owned(),
+            tenant: buyer.to_owned(),
+            reply_key: reply_key.to_string(),
+            owner_key: acquire.owner_key.to_string(),
+            contract_id: acquire.contract_id.to_string(),
+            instance: instance_name(tx_hash),
+            node_secret: hex::encode(node.to_bytes()),
+            node_key: node_key.to_string(),
+            user_port: ports.user,
+            peer_port: ports.peer,
+            moments: 1,
+            started_at: close_time,
+            expires_at: close_time.saturating_add(self.moment_secs()),
+        };
+        let id = self.store().transaction(|tx| {
+            if !tx.record_request(tx_hash, "acquire", ledger, "leased")? {
+                return Ok(None);
+            }
+            let id = tx.record_lease(&lease)?;
+            tx.set_slot(slot, SlotState::Leased, Some(token_id), None)?;
+            Ok(Some(id))
+        })?;
+        info!(purchase = tx_hash, slot, instance = %lease.instance, "lease recorded");
+        crate::failpoint::hit("acquire-recorded");
+        Ok(id.map(Job::Provision).into_iter().collect())
+    }
+
+    /// Checks amount and request; `Ok((request, reply key))` or the refusal.
+    async fn judge_purchase(
+        &self,
+        buyer: &str,
+        token_id: &str,
+        amount: u64,
+        memos: &[Memo],
+    ) -> Result<Result<(berth_schemas::message::AcquireRequest, PublicKey), Refusal>, MachineError>
+    {
+        if amount != self.price() {
+            return Ok(Err(refusal(
+                ReasonCode::BadAmount,
+                format!(
+                    "paid {amount} drops for token {token_id}, the price is {} drops",
+                    self.price()
+                ),
+            )));
+        }
+        let acquire = match Message::from_memos(memos) {
+            None => {
+                return Ok(Err(refusal(
+                    ReasonCode::BadPayload,
+                    "purchase without a berth/acquire memo",
+                )))
+            }
+            Some(Err(e)) => return Ok(Err(refusal(ReasonCode::BadPayload, e.to_string()))),
+            Some(Ok(Message::Acquire(acquire))) => acquire,
+            Some(Ok(other)) => {
+                return Ok(Err(refusal(
+                    ReasonCode::BadPayload,
+                    format!(
+                        "purchase carries {}, not berth/acquire",
+                        other.kind().as_str()
+                    ),
+                )))
+            }
+        };
+        let request = match acquire.sealed.open(&self.message_key) {
+            Ok(request) => request,
+            Err(e) => {
+                return Ok(Err(refusal(
+                    ReasonCode::BadPayload,
+                    format!("acquire request cannot be opened with the host's message key: {e}"),
+                )))
+            }
+        };
+        if self.store().read().draining()? {
+            return Ok(Err(refusal(
+                ReasonCode::Draining,
+                "the host is draining and takes no new leases",
+            )));
+        }
+        let reply_key = match request.reply_key {
+            Some(key) => key,
+            None => match self.ledger.message_key(buyer).await? {
+                Some(key) => key,
+                None => {
+                    return Ok(Err(refusal(
+                        ReasonCode::BadPayload,
+                        format!("no reply key: the request names none and {buyer} has no ed25519 MessageKey"),
+                    )))
+                }
+            },
+        };
+        Ok(Ok((request, reply_key)))
+    }
+
+    fn refuse_purchase(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        buyer: &str,
+        amount: u64,
+        slot: Option<u32>,
+        why: Refusal,
+    ) -> Result<Vec<Job>, MachineError> {
+        let failure = Self::failure(tx_hash, &why)?;
+        info!(purchase = tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
+        self.store().transaction(|tx| {
+            let outcome = format!("refused: {}", why.message);
+            if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
+                return Ok(());
+            }
+            self.answer(
+                tx,
+                tx_hash,
+                buyer,
+                amount,
+                &Message::AcquireErr(failure),
+                OutboxState::Pending,
+            )
+            .map_err(store_only)?;
+            if let Some(slot) = slot {
+                self.recycle(tx, slot, Some(buyer)).map_err(store_only)?;
+            }
+            Ok(())
+        })?;
+        Ok(Vec::new())
+    }
+
+    fn payment(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        from: &str,
+        amount: Option<u64>,
+        memos: &[Memo],
+    ) -> Result<Vec<Job>, MachineError> {
+        if from == self.host_address || self.store().read().request_seen(tx_hash)? {
+            return Ok(Vec::new());
+        }
+        let Some(amount) = amount else {
+            self.store().transaction(|tx| {
+                tx.record_request(tx_hash, "payment", ledger, "ignored: not XRP")?;
+                tx.record_error(
+                    "payment",
+                    &format!("payment {tx_hash} from {from} is not XRP; not answered"),
+                )
+            })?;
+            return Ok(Vec::new());
+        };
+        let message = match Message::from_memos(memos) {
+            None => Err(refusal(
+                ReasonCode::BadPayload,
+                "payment without a Berth memo",
+            )),
+            Some(Err(e)) => Err(refusal(ReasonCode::BadPayload, e.to_string())),
+            Some(Ok(message)) => Ok(message),
+        };
+        match message {
+            Err(why) => self.refund(tx_hash, ledger, from, amount, "payment", why),
+            Ok(Message::Extend(extend)) => {
+                self.extend(tx_hash, ledger, from, amount, &extend.lease)
+            }
+            Ok(Message::Terminate(terminate)) => {
+                self.terminate(tx_hash, ledger, from, amount, &terminate.lease)
+            }
+            Ok(message) if message.answers().is_some() => {
+                // An answer (of another host, or our own echoed): never answer an answer.
+                self.store().transaction(|tx| {
+                    tx.record_request(tx_hash, message.kind().as_str(), ledger, "ignored: answer")
+                })?;
+                Ok(Vec::new())
+            }
+            Ok(message) => {
+                let why = refusal(
+                    ReasonCode::BadPayload,
+                    format!(
+                        "{} is not a request this host serves",
+                        message.kind().as_str()
+                    ),
+                );
+                self.refund(tx_hash, ledger, from, amount, "payment", why)
+            }
+        }
+    }
+
+    fn refund(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        to: &str,
+        amount: u64,
+        kind: &str,
+        why: Refusal,
+    ) -> Result<Vec<Job>, MachineError> {
+        let failure = Self::failure(tx_hash, &why)?;
+        let message = match kind {
+            "extend" => Message::ExtendErr(failure),
+            "terminate" => Message::TerminateErr(failure),
+            _ => Message::Refund(failure),
+        };
+        info!(request = tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
+        self.store().transaction(|tx| {
+            if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
+                self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)
+                    .map_err(store_only)?;
+            }
+            Ok(())
+        })?;
+        Ok(Vec::new())
+    }
+
+    fn live_lease(&self, token: &NfTokenId) -> Result<Option<Lease>, MachineError> {
+        Ok(self
+            .store()
+            .read()
+            .live_lease_by_token(&token.to_string())?
+            .filter(|lease| {
+                matches!(
+                    lease.state,
+                    LeaseState::Provisioning | LeaseState::Active | LeaseState::Grace
+                )
+            }))
+    }
+
+    fn unknown_lease(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        from: &str,
+        amount: u64,
+        kind: &str,
+        token: &NfTokenId,
+    ) -> Result<Vec<Job>, MachineError> {
+        let why = refusal(
+            ReasonCode::UnknownLease,
+            format!("lease {token} is not live on this host"),
+        );
+        self.refund(tx_hash, ledger, from, amount, kind, why)
+    }
+
+    fn extend(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        from: &str,
+        amount: u64,
+        token: &NfTokenId,
+    ) -> Result<Vec<Job>, MachineError> {
+        let Some(lease) = self.live_lease(token)? else {
+            return self.unknown_lease(tx_hash, ledger, from, amount, "extend", token);
+        };
+        let moments = amount / self.price();
+        let Some(moments_nz) = u32::try_from(moments)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+        else {
+            let why = refusal(
+                ReasonCode::BadAmount,
+                format!(
+                    "paid {amount} drops, one moment costs {} drops",
+                    self.price()
+                ),
+            );
+            return self.refund(tx_hash, ledger, from, amount, "extend", why);
+        };
+        let remainder = amount - moments * self.price();
+        let expires_at = lease
+            .expires_at
+            .saturating_add(moments.saturating_mul(self.moment_secs()));
+        let answer = Message::ExtendOk(ExtendOk {
+            request: parse_hash(tx_hash)?,
+            lease: *token,
+            moments: moments_nz,
+            expires_at,
+        });
+        self.store().transaction(|tx| {
+            if tx.record_request(tx_hash, "extend", ledger, &format!("extended by {moments}"))? {
+                tx.extend_lease(lease.id, moments, expires_at)?;
+                self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)
+                    .map_err(store_only)?;
+            }
+            Ok(())
+        })?;
+        info!(request = tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
+        crate::failpoint::hit("extend-recorded");
+        Ok(Vec::new())
+    }
+
+    fn terminate(
+        &self,
+        tx_hash: &str,
+        ledger: u32,
+        from: &str,
+        amount: u64,
+        token: &NfTokenId,
+    ) -> Result<Vec<Job>, MachineError> {
+        let Some(lease) = self.live_lease(token)? else {
+            return self.unknown_lease(tx_hash, ledger, from, amount, "terminate", token);
+        };
+        if lease.tenant != from {
+            let why = refusal(
+                ReasonCode::NotLeaseOwner,
+                "the sender does not hold the lease token",
+            );
+            return self.refund(tx_hash, ledger, from, amount, "terminate", why);
+        }
+        let answer = Message::TerminateOk(TerminateOk {
+            request: parse_hash(tx_hash)?,
+            lease: *token,
+        });
+        let started = self.store().transaction(|tx| {
+            if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
+                return Ok(false);
+            }
+            tx.begin_ending(lease.id, Some(tx_hash), "terminated")?;
+            self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)
+                .map_err(store_only)?;
+            Ok(true)
+        })?;
+        info!(request = tx_hash, lease = %token, "lease terminated by its holder");
+        Ok(if started {
+            vec![Job::End(lease.id)]
+        } else {
+            Vec::new()
+        })
+    }
+
+    fn ledger_closed(&self, ledger: u32, close_time: u64) -> Result<Vec<Job>, MachineError> {
+        let grace = u64::from(self.config.lease.grace_secs);
+        let stall = self.settings.stall_secs;
+        let ending = self.store().transaction(|tx| {
+            let previous = tx.cursor()?;
+            if previous.is_some_and(|c| c.ledger >= ledger) {
+                return Ok(Vec::new());
+            }
+            // The close of `ledger` may come before its transactions: only the ledger before
+            // it is known to be fully handled.
+            let handled_through = ledger
+                .saturating_sub(1)
+                .max(previous.map_or(0, |c| c.ledger));
+            let resumed_at = match previous {
+                Some(c) if close_time.saturating_sub(c.close_time) <= stall => c.resumed_at,
+                _ => close_time,
+            };
+            let mut ending = Vec::new();
+            for lease in tx.leases(&[LeaseState::Active, LeaseState::Grace])? {
+                if lease.state == LeaseState::Active && lease.expires_at <= close_time {
+                    tx.set_lease_state(lease.id, LeaseState::Grace)?;
+                    info!(lease = %lease.token_id, "lease expired, grace period begins");
+                }
+                let deadline = lease.expires_at.max(resumed_at).saturating_add(grace);
+                if lease.expires_at <= close_time && close_time >= deadline {
+                    tx.begin_ending(lease.id, None, "expired")?;
+                    ending.push(Job::End(lease.id));
+                }
+            }
+            tx.set_cursor(Cursor {
+                ledger: handled_through,
+                close_time,
+                resumed_at,
+            })?;
+            Ok(ending)
+        })?;
+        Ok(ending)
+    }
+
+    /// Records that every transaction up to `ledger` (closed at `close_time`) was handled:
+    /// the end of a catch-up from history.
+    pub fn caught_up(&self, ledger: u32, close_time: u64) -> Result<Vec<Job>, MachineError> {
+        let jobs = self.ledger_closed(ledger.saturating_add(1), close_time)?;
+        Ok(jobs)
+    }
+
+    /// Runs a job to its end; safe to run again after a crash.
+    pub async fn run_job(&self, job: Job) -> Result<(), MachineError> {
+        let _permit = self.job_permits.acquire().await;
+        let _gate = self.jobs_gate.read().await;
+        match job {
+            Job::Provision(id) => self.provision(id).await,
+            Job::End(id) => self.end(id).await,
+        }
+    }
+
+    fn spec(&self, lease: &Lease) -> InstanceSpec {
+        let mut spec = InstanceSpec::hotpocket(
+            lease.instance.clone(),
+            lease.token_id.clone(),
+            InstanceIdentity {
+                contract_id: lease.contract_id.clone(),
+                owner_pubkey: lease.owner_key.clone(),
+                node_secret: lease.node_secret.clone(),
+            },
+            berth_provisioner::InstancePorts {
+                user: lease.user_port,
+                peer: lease.peer_port,
+            },
+        );
+        spec.image = self.config.runtime.image.clone();
+        (self.settings.customize)(spec)
+    }
+
+    /// The specs of every lease that should have an instance (for reconcile).
+    pub fn expected_instances(&self) -> Result<Vec<InstanceSpec>, MachineError> {
+        let leases = self.store().read().leases(&[
+            LeaseState::Provisioning,
+            LeaseState::Active,
+            LeaseState::Grace,
+        ])?;
+        Ok(leases.iter().map(|lease| self.spec(lease)).collect())
+    }
+
+    async fn create_and_start(&self, lease: &Lease) -> Result<(), ProvisionError> {
+        let spec = self.spec(lease);
+        match self.provisioner.create(&spec).await {
+            Ok(()) | Err(ProvisionError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.provisioner.start(&lease.instance).await
+    }
+
+    async fn provision(&self, id: i64) -> Result<(), MachineError> {
+        let lease = self
+            .store()
+            .read()
+            .lease(id)?
+            .ok_or(MachineError::NoLease { id })?;
+        if lease.state != LeaseState::Provisioning {
+            return Ok(());
+        }
+        match self.create_and_start(&lease).await {
+            Ok(()) => {
+                crate::failpoint::hit("acquire-started");
+                let answer = self.acquire_ok(&lease)?;
+                self.store().transaction(|tx| {
+                    tx.set_lease_state(id, LeaseState::Active)?;
+                    tx.enqueue(&answer_key(&lease.purchase_tx), &answer)?;
+                    Ok(())
+                })?;
+                info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
+                Ok(())
+            }
+            Err(e) => {
+                self.record_error("provision", &e);
+                let why = refusal(
+                    ReasonCode::ProvisioningFailed,
+                    format!("instance could not be created: {e}"),
+                );
+                let failure = Self::failure(&lease.purchase_tx, &why)?;
+                self.store().transaction(|tx| {
+                    tx.begin_ending(id, None, "provisioning failed")?;
+                    self.answer(
+                        tx,
+                        &lease.purchase_tx,
+                        &lease.tenant,
+                        self.price(),
+                        &Message::AcquireErr(failure),
+                        OutboxState::Held,
+                    )
+                    .map_err(store_only)?;
+                    tx.set_request_outcome(&lease.purchase_tx, "refused: provisioning failed")
+                })?;
+                self.end(id).await
+            }
+        }
+    }
+
+    fn acquire_ok(&self, lease: &Lease) -> Result<LedgerAction, MachineError> {
+        let bad = |what: &'static str| {
+            move |e: &dyn std::fmt::Display| MachineError::Memo {
+                what,
+                problem: e.to_string(),
+            }
+        };
+        let reply_key: PublicKey = lease.reply_key.parse().map_err(|e| bad("reply key")(&e))?;
+        let details = InstanceDetails {
+            name: lease
+                .instance
+                .parse::<InstanceName>()
+                .map_err(|e| bad("instance name")(&e))?,
+            host: self.config.host.domain.clone(),
+            user_port: std::num::NonZeroU16::new(lease.user_port)
+                .ok_or_else(|| bad("user port")(&"zero"))?,
+            peer_port: std::num::NonZeroU16::new(lease.peer_port)
+                .ok_or_else(|| bad("peer port")(&"zero"))?,
+            node_key: lease.node_key.parse().map_err(|e| bad("node key")(&e))?,
+            contract_id: lease
+                .contract_id
+                .parse::<ContractId>()
+                .map_err(|e| bad("contract id")(&e))?,
+            lease: lease
+                .token_id
+                .parse::<NfTokenId>()
+                .map_err(|e| bad("lease")(&e))?,
+            expires_at: lease.expires_at,
+        };
+        let sealed = Sealed::seal(&reply_key, &details).map_err(|e| bad("acquire-ok")(&e))?;
+        let message = Message::AcquireOk(AcquireOk {
+            request: parse_hash(&lease.purchase_tx)?,
+            sealed,
+        });
+        let memo = message.to_memo().map_err(|e| bad("acquire-ok")(&e))?;
+        Ok(LedgerAction::Payment {
+            destination: lease.tenant.clone(),
+            amount_drops: 1,
+            memo: MemoHex::from(&memo),
+        })
+    }
+
+    async fn end(&self, id: i64) -> Result<(), MachineError> {
+        let lease = self
+            .store()
+            .read()
+            .lease(id)?
+            .ok_or(MachineError::NoLease { id })?;
+        if lease.state != LeaseState::Ending {
+            return Ok(());
+        }
+        crate::failpoint::hit("end-begun");
+        self.provisioner
+            .destroy(&lease.instance)
+            .await
+            .map_err(|source| MachineError::Provision {
+                instance: lease.instance.clone(),
+                source,
+            })?;
+        crate::failpoint::hit("end-destroyed");
+        self.store().transaction(|tx| {
+            tx.set_lease_state(id, LeaseState::Ended)?;
+            if let Some(request) = &lease.end_request {
+                tx.release(&answer_key(request))?;
+            }
+            tx.release(&answer_key(&lease.purchase_tx))?;
+            self.recycle(tx, lease.slot, Some(&lease.tenant))
+                .map_err(store_only)
+        })?;
+        info!(lease = %lease.token_id, instance = %lease.instance, reason = ?lease.end_reason, "lease ended, instance destroyed");
+        Ok(())
+    }
+
+    /// Applies a validated (or failed) outbox transaction: the next step of its slot.
+    pub fn on_outcome(&self, row: &OutboxRow, outcome: &TxOutcome) -> Result<(), MachineError> {
+        let TxOutcome::Validated {
+            result,
+            nftoken_id,
+            offer_id,
+        } = outcome
+        else {
+            self.store()
+                .transaction(|tx| tx.outbox_retry(&row.key, "expired"))?;
+            return Ok(());
+        };
+        let success = result == "tesSUCCESS";
+        let draining = self.store().read().draining()?;
+        self.store().transaction(|tx| {
+            let state = if success {
+                OutboxState::Validated
+            } else {
+                OutboxState::Failed
+            };
+            tx.outbox_done(&row.key, state, result)?;
+            match &row.action {
+                LedgerAction::Mint { slot, .. } => match (success, nftoken_id) {
+                    (true, Some(token)) => {
+                        if draining {
+                            tx.set_slot(*slot, SlotState::Held, Some(token), None)?;
+                        } else {
+                            tx.set_slot(*slot, SlotState::Offering, Some(token), None)?;
+                            tx.enqueue(
+                                &format!("offer:{token}"),
+                                &LedgerAction::Offer {
+                                    slot: *slot,
+                                    token_id: token.clone(),
+                                    amount_drops: self.price(),
+                                },
+                            )?;
+                        }
+                    }
+                    _ => tx.record_error(
+                        "mint",
+                        &format!("mint of slot {slot} ended with {result}"),
+                    )?,
+                },
+                LedgerAction::Offer { slot, token_id, .. } => match (success, offer_id) {
+                    (true, Some(offer)) => {
+                        if tx
+                            .slot(*slot)?
+                            .is_some_and(|s| s.state == SlotState::Offering)
+                        {
+                            tx.set_slot(*slot, SlotState::Offered, Some(token_id), Some(offer))?;
+                        }
+                    }
+                    _ => tx.record_error(
+                        "offer",
+                        &format!("offer of token {token_id} ended with {result}"),
+                    )?,
+                },
+                LedgerAction::Burn { slot, token_id, .. } => {
+                    // tecNO_ENTRY: burnt already; either way the slot gets a fresh token.
+                    if success || result == "tecNO_ENTRY" {
+                        let generation = tx.next_generation(*slot)?;
+                        tx.enqueue(&mint_key(*slot, generation), &self.mint_action(*slot))?;
+                    } else {
+                        tx.record_error(
+                            "burn",
+                            &format!("burn of token {token_id} ended with {result}"),
+                        )?;
+                    }
+                }
+                LedgerAction::CancelOffer { slot, .. } => {
+                    if let Some(current) = tx.slot(*slot)? {
+                        if current.state == SlotState::Offered {
+                            tx.set_slot(*slot, SlotState::Held, current.token_id.as_deref(), None)?;
+                        }
+                    }
+                }
+                LedgerAction::Payment { destination, .. } if !success => tx.record_error(
+                    "answer",
+                    &format!("payment {} to {destination} ended with {result}", row.key),
+                )?,
+                LedgerAction::Payment { .. } if row.key.starts_with("host-reg:") => {
+                    tx.set_setting(crate::status::keys::REGISTERED, "true")?
+                }
+                LedgerAction::Payment { .. } | LedgerAction::SetMessageKey { .. } => {}
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Stops selling: cancels live offers (slots become `held`). Returns offers cancelled.
+    pub fn drain(&self) -> Result<usize, MachineError> {
+        Ok(self.store().transaction(|tx| tx.drain())?)
+    }
+
+    /// Offers every `held` slot again. Returns offers queued.
+    pub fn undrain(&self) -> Result<usize, MachineError> {
+        let price = self.price();
+        Ok(self.store().transaction(|tx| tx.undrain(price))?)
+    }
+
+    /// The ledger clock and lease count, for logs and heartbeats.
+    pub fn free_slots(&self) -> Result<u32, MachineError> {
+        let slots = self.store().read().slots()?;
+        Ok(slots
+            .iter()
+            .filter(|s| s.state == SlotState::Offered)
+            .count()
+            .try_into()
+            .unwrap_or(u32::MAX))
+    }
+
+    /// Ports held by live leases (for tests and housekeeping).
+    pub fn ports_in_use(&self) -> Result<BTreeSet<u16>, MachineError> {
+        Ok(self.store().read().ports_in_use()?)
+    }
+
+    pub fn domain(&self) -> &HostAddress {
+        &self.config.host.domain
+    }
+}
+
+/// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
+pub fn instance_name(purchase_tx: &str) -> String {
+    let digits: String = purchase_tx
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(20)
+        .collect();
+    format!("l-{}", digits.to_ascii_lowercase())
+}
+
+fn parse_hash(text: &str) -> Result<TxHash, MachineError> {
+    text.parse().map_err(|e| MachineError::Memo {
+        what: "request",
+        problem: format!("transaction hash {text:?}: {e}"),
+    })
+}
+
+/// Inside a store transaction only store errors can travel; memo errors there are faults of
+/// this build and are reported as a bad value.
+fn store_only(error: MachineError) -> StoreError {
+    match error {
+        MachineError::Store(e) => e,
+        other => StoreError::BadValue {
+            what: "answer",
+            value: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,93 @@
+//! The outbox worker: signs pending rows (persisting blob and hash before anything is sent),
+//! submits prepared rows until they validate or expire, and feeds each outcome back to the
+//! machine.
+//!
+//! **Invariant:** a row's signed blob is in SQLite before it is submitted, so a restart
+//! resubmits the very same transaction (same hash) instead of signing a second one.
+
+use futures_util::future::join_all;
+use tracing::{debug, warn};
+
+use crate::ledger::{LedgerError, PreparedTx};
+use crate::machine::{Machine, MachineError};
+use crate::store::{OutboxRow, OutboxState};
+
+impl Machine {
+    /// One pass over the outbox: signs pending rows, then submits every prepared row and
+    /// waits for all of them. Returns how many rows reached an outcome.
+    pub async fn flush_outbox(&self) -> Result<usize, MachineError> {
+        self.prepare_pending().await?;
+        let prepared = self.store().read().outbox(&[OutboxState::Prepared])?;
+        let results = join_all(prepared.iter().map(|row| self.submit_row(row))).await;
+        let mut done = 0;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(()) => done += 1,
+                Err(e) => {
+                    self.record_error("outbox", &e);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// Signs every pending row in order, persisting each blob before anything is submitted.
+    /// Returns the rows now prepared (including those prepared before).
+    pub async fn prepare_pending(&self) -> Result<Vec<OutboxRow>, MachineError> {
+        let pending = self.store().read().outbox(&[OutboxState::Pending])?;
+        for row in &pending {
+            match self.ledger().prepare(&row.action).await {
+                Ok(prepared) => {
+                    self.store().transaction(|tx| {
+                        tx.outbox_prepared(
+                            &row.key,
+                            &prepared.hash,
+                            &prepared.blob,
+                            prepared.last_ledger,
+                        )
+                    })?;
+                    debug!(key = %row.key, hash = %prepared.hash, "outbox row signed");
+                    if row.key.starts_with("answer:") {
+                        crate::failpoint::hit("answer-prepared");
+                    }
+                }
+                Err(LedgerError::Refused { action, result }) => {
+                    warn!(key = %row.key, %result, "outbox row refused for good");
+                    self.store().transaction(|tx| {
+                        tx.outbox_done(&row.key, OutboxState::Failed, &result)?;
+                        tx.record_error(
+                            "outbox",
+                            &format!("{} ({action}) refused: {result}", row.key),
+                        )
+                    })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.store().read().outbox(&[OutboxState::Prepared])?)
+    }
+
+    /// Submits one prepared row and applies its outcome.
+    pub async fn submit_row(&self, row: &OutboxRow) -> Result<(), MachineError> {
+        let (Some(hash), Some(blob), Some(last_ledger)) =
+            (row.tx_hash.clone(), row.blob.clone(), row.last_ledger)
+        else {
+            self.store()
+                .transaction(|tx| tx.outbox_retry(&row.key, "prepared row without a blob"))?;
+            return Ok(());
+        };
+        let prepared = PreparedTx {
+            hash,
+            blob,
+            last_ledger,
+        };
+        let outcome = self.ledger().submit_and_wait(&prepared).await?;
+        debug!(key = %row.key, hash = %prepared.hash, ?outcome, "outbox row settled");
+        self.on_outcome(row, &outcome)
+    }
+}

@@ -1,0 +1,312 @@
+//! Shared test harness: a machine over a temporary store, the recording provisioner and
+//! `FakeLedger` (a fake of the narrow ledger trait: it signs nothing and validates every
+//! transaction at once; tests against localnet use the real client).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use berth_agent::ledger::{Ledger, LedgerAction, LedgerError, LedgerEvent, PreparedTx, TxOutcome};
+use berth_agent::machine::{Machine, MachineSettings};
+use berth_agent::store::Store;
+use berth_provisioner::{PortRange, RecordingProvisioner};
+use berth_schemas::config::HostConfig;
+use berth_schemas::key::PublicKey;
+use berth_schemas::memo::{Memo, Message};
+use berth_schemas::message::{Acquire, AcquireRequest, Sealed};
+use ed25519_dalek::SigningKey;
+
+pub const HOST: &str = "rHb9CJAWyB4rj91VRWn96DkukG4bwdtyTh";
+pub const PRICE: u64 = 1_000_000;
+pub const MOMENT: u64 = 3600;
+pub const GRACE: u64 = 300;
+
+pub fn config(slots: u32) -> HostConfig {
+    HostConfig::from_toml(&format!(
+        r#"
+[ledger]
+servers = ["ws://127.0.0.1:1"]
+registry = "rHb9CJAWyB4rj91VRWn96DkukG4bwdtyTh"
+[host]
+domain = "host1.example.com"
+country = "DE"
+[lease]
+slots = {slots}
+price_drops = "{PRICE}"
+moment_secs = {MOMENT}
+grace_secs = {GRACE}
+[resources]
+cpu_millicores = 4000
+memory_mb = 8192
+disk_mb = 40960
+"#
+    ))
+    .unwrap()
+}
+
+/// A fake of the ledger trait: records what is prepared and submitted, validates everything
+/// with `tesSUCCESS` (or a result set per action kind), and knows MessageKeys given to it.
+#[derive(Default)]
+pub struct FakeLedger {
+    pub prepared: Mutex<Vec<LedgerAction>>,
+    pub submitted: Mutex<Vec<String>>,
+    actions: Mutex<BTreeMap<String, LedgerAction>>,
+    pub message_keys: Mutex<BTreeMap<String, PublicKey>>,
+    pub results: Mutex<BTreeMap<&'static str, String>>,
+    counter: Mutex<u64>,
+}
+
+fn kind(action: &LedgerAction) -> &'static str {
+    match action {
+        LedgerAction::Payment { .. } => "payment",
+        LedgerAction::Mint { .. } => "mint",
+        LedgerAction::Offer { .. } => "offer",
+        LedgerAction::Burn { .. } => "burn",
+        LedgerAction::CancelOffer { .. } => "cancel",
+        LedgerAction::SetMessageKey { .. } => "message_key",
+    }
+}
+
+impl FakeLedger {
+    /// Payments prepared, as (destination, amount, message).
+    pub fn payments(&self) -> Vec<(String, u64, Message)> {
+        self.prepared
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|action| match action {
+                LedgerAction::Payment {
+                    destination,
+                    amount_drops,
+                    memo,
+                } => Some((
+                    destination.clone(),
+                    *amount_drops,
+                    Message::from_memo(&memo.to_memo().unwrap()).unwrap(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn count(&self, which: &str) -> usize {
+        self.prepared
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| kind(a) == which)
+            .count()
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for FakeLedger {
+    async fn prepare(&self, action: &LedgerAction) -> Result<PreparedTx, LedgerError> {
+        let mut counter = self.counter.lock().unwrap();
+        *counter += 1;
+        let hash = format!("{:064X}", *counter);
+        self.prepared.lock().unwrap().push(action.clone());
+        self.actions
+            .lock()
+            .unwrap()
+            .insert(hash.clone(), action.clone());
+        Ok(PreparedTx {
+            hash: hash.clone(),
+            blob: format!("BLOB{hash}"),
+            last_ledger: 100,
+        })
+    }
+
+    async fn submit_and_wait(&self, tx: &PreparedTx) -> Result<TxOutcome, LedgerError> {
+        self.submitted.lock().unwrap().push(tx.hash.clone());
+        let action = self
+            .actions
+            .lock()
+            .unwrap()
+            .get(&tx.hash)
+            .cloned()
+            .ok_or_else(|| LedgerError::Protocol(format!("unknown tx {}", tx.hash)))?;
+        let result = self
+            .results
+            .lock()
+            .unwrap()
+            .get(kind(&action))
+            .cloned()
+            .unwrap_or_else(|| "tesSUCCESS".into());
+        let (nftoken_id, offer_id) = match &action {
+            LedgerAction::Mint { .. } => (
+                Some(format!("{:0>64}", tx.hash[48..].to_owned() + "AA")),
+                None,
+            ),
+            LedgerAction::Offer { .. } => (
+                None,
+                Some(format!("{:0>64}", tx.hash[48..].to_owned() + "BB")),
+            ),
+            _ => (None, None),
+        };
+        Ok(TxOutcome::Validated {
+            result,
+            nftoken_id,
+            offer_id,
+        })
+    }
+
+    async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError> {
+        Ok(self.message_keys.lock().unwrap().get(account).copied())
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub machine: Arc<Machine>,
+    pub provisioner: Arc<RecordingProvisioner>,
+    pub ledger: Arc<FakeLedger>,
+    pub host_key: SigningKey,
+}
+
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+pub fn public(key: &SigningKey) -> PublicKey {
+    PublicKey::from_verifying_key(&key.verifying_key()).unwrap()
+}
+
+impl Harness {
+    pub fn new(slots: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::open(
+            dir,
+            slots,
+            Arc::new(RecordingProvisioner::new(
+                PortRange::new(26201, 26300),
+                PortRange::new(22861, 22960),
+                100,
+            )),
+            Arc::new(FakeLedger::default()),
+        )
+    }
+
+    /// A machine over the same store, provisioner and ledger: what a restart sees.
+    pub fn restart(self) -> Self {
+        let Harness {
+            dir,
+            provisioner,
+            ledger,
+            machine,
+            ..
+        } = self;
+        drop(machine);
+        Self::open(dir, 0, provisioner, ledger)
+    }
+
+    fn open(
+        dir: tempfile::TempDir,
+        slots: u32,
+        provisioner: Arc<RecordingProvisioner>,
+        ledger: Arc<FakeLedger>,
+    ) -> Self {
+        let store = Store::open(&dir.path().join("agent.db")).unwrap();
+        let host_key = key(7);
+        let machine = Arc::new(Machine::new(
+            store,
+            provisioner.clone(),
+            ledger.clone(),
+            config(slots.max(1)),
+            HOST.to_owned(),
+            host_key.clone(),
+            MachineSettings {
+                stall_secs: 60,
+                customize: |spec| spec,
+                parallel_jobs: 8,
+            },
+        ));
+        Self {
+            dir,
+            machine,
+            provisioner,
+            ledger,
+            host_key,
+        }
+    }
+
+    /// Mints and offers every slot through the fake ledger.
+    pub async fn offer_all(&self) {
+        self.machine.ensure_slots().unwrap();
+        for _ in 0..3 {
+            self.machine.flush_outbox().await.unwrap();
+        }
+    }
+
+    pub fn token(&self, slot: u32) -> String {
+        self.machine
+            .store()
+            .read()
+            .slot(slot)
+            .unwrap()
+            .unwrap()
+            .token_id
+            .unwrap()
+    }
+
+    /// Handles an event and runs its jobs, as `run` does.
+    pub async fn handle(&self, event: LedgerEvent) {
+        for job in self.machine.handle(&event).await.unwrap() {
+            self.machine.run_job(job).await.unwrap();
+        }
+    }
+
+    pub fn acquire_memo(&self, tenant: &SigningKey) -> Memo {
+        acquire_memo_to(&public(&self.host_key), tenant)
+    }
+}
+
+/// A `berth/acquire` memo sealed to `host`, asking for an instance owned by `tenant`.
+pub fn acquire_memo_to(host: &PublicKey, tenant: &SigningKey) -> Memo {
+    {
+        let request = AcquireRequest {
+            owner_key: public(tenant),
+            contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".parse().unwrap(),
+            reply_key: Some(public(tenant)),
+            config: None,
+        };
+        let sealed = Sealed::seal(host, &request).unwrap();
+        Message::Acquire(Acquire { sealed }).to_memo().unwrap()
+    }
+}
+
+pub fn hash(n: u8) -> String {
+    format!("{:02X}", n).repeat(32)
+}
+
+pub fn purchase(
+    tx: u8,
+    buyer: &str,
+    token: &str,
+    amount: u64,
+    memos: Vec<Memo>,
+    close_time: u64,
+) -> LedgerEvent {
+    LedgerEvent::Purchase {
+        tx_hash: hash(tx),
+        ledger: 10,
+        close_time,
+        buyer: buyer.to_owned(),
+        token_id: token.to_owned(),
+        amount_drops: amount,
+        memos,
+    }
+}
+
+pub fn payment(tx: u8, from: &str, amount: u64, message: Option<Message>) -> LedgerEvent {
+    LedgerEvent::Payment {
+        tx_hash: hash(tx),
+        ledger: 11,
+        close_time: 2000,
+        from: from.to_owned(),
+        amount_drops: Some(amount),
+        memos: message
+            .map(|m| vec![m.to_memo().unwrap()])
+            .unwrap_or_default(),
+    }
+}
