@@ -124,8 +124,16 @@ pub struct AccountFacts {
 pub trait Ledger: Send + Sync {
     /// Builds and signs `action` (Sequence, Fee, LastLedgerSequence filled), not submitted.
     async fn prepare(&self, action: &LedgerAction) -> Result<PreparedTx, LedgerError>;
-    /// Submits (or resubmits) and waits until it is validated or expired.
-    async fn submit_and_wait(&self, tx: &PreparedTx) -> Result<TxOutcome, LedgerError>;
+    /// Submits (or resubmits) and waits until it is validated or expired. When the client
+    /// re-signs the transaction with a raised fee (same sequence, new hash), `on_resigned`
+    /// gets the new version before it is submitted, so the caller can persist it: after a
+    /// crash, the stored version still knows every earlier hash it replaces and no answer
+    /// is paid twice. An error from `on_resigned` stops the submission.
+    async fn submit_and_wait(
+        &self,
+        tx: &PreparedTx,
+        on_resigned: &(dyn for<'p> Fn(&'p PreparedTx) -> Result<(), String> + Send + Sync),
+    ) -> Result<TxOutcome, LedgerError>;
     /// The `MessageKey` of an account, when it has an ed25519 one.
     async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError>;
 }

@@ -86,7 +86,15 @@ impl Machine {
             blob,
             last_ledger,
         };
-        let outcome = self.ledger().submit_and_wait(&prepared).await?;
+        let key = row.key.clone();
+        let persist = |next: &PreparedTx| -> Result<(), String> {
+            self.store()
+                .transaction(|tx| {
+                    tx.outbox_resigned(&key, &next.hash, &next.blob, next.last_ledger)
+                })
+                .map_err(|e| format!("cannot persist the re-signed {key}: {e}"))
+        };
+        let outcome = self.ledger().submit_and_wait(&prepared, &persist).await?;
         debug!(key = %row.key, hash = %prepared.hash, ?outcome, "outbox row settled");
         self.on_outcome(row, &outcome)
     }

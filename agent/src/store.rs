@@ -921,6 +921,23 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Replaces the signed transaction of a prepared row by its re-signed version (raised
+    /// fee, same sequence); the new version lists the hashes it replaces.
+    pub fn outbox_resigned(
+        &self,
+        key: &str,
+        tx_hash: &str,
+        blob: &str,
+        last_ledger: u32,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET tx_hash = ?2, blob = ?3, last_ledger = ?4, updated_at = ?5 \
+             WHERE key = ?1 AND state = 'prepared'",
+            params![key, tx_hash, blob, last_ledger, to_i64(now_secs())],
+        )?;
+        Ok(())
+    }
+
     /// Sends an outbox row back to `pending` (its transaction can never validate).
     pub fn outbox_retry(&self, key: &str, why: &str) -> Result<(), StoreError> {
         self.execute(

@@ -237,10 +237,23 @@ impl Ledger for XrplLedger {
         })
     }
 
-    async fn submit_and_wait(&self, tx: &PreparedTx) -> Result<TxOutcome, LedgerError> {
+    async fn submit_and_wait(
+        &self,
+        tx: &PreparedTx,
+        on_resigned: &(dyn for<'p> Fn(&'p PreparedTx) -> Result<(), String> + Send + Sync),
+    ) -> Result<TxOutcome, LedgerError> {
         let signed: SignedTx = serde_json::from_str(&tx.blob)
             .map_err(|e| LedgerError::Protocol(format!("stored transaction {}: {e}", tx.hash)))?;
-        match self.submitter.submit_and_wait(&signed).await {
+        let persist = |next: &SignedTx| -> Result<(), String> {
+            let blob = serde_json::to_string(next)
+                .map_err(|e| format!("re-signed transaction {}: {e}", next.hash))?;
+            on_resigned(&PreparedTx {
+                hash: next.hash.clone(),
+                blob,
+                last_ledger: next.last_ledger_sequence,
+            })
+        };
+        match self.submitter.submit_and_wait_with(&signed, persist).await {
             Ok(validated) => {
                 let text = |key: &str| validated.meta[key].as_str().map(str::to_owned);
                 Ok(TxOutcome::Validated {

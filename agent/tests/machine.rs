@@ -529,3 +529,39 @@ async fn draining_cancels_offers_and_refuses_late_purchases() {
     assert_eq!(failure_code(&payments[0].2), ReasonCode::Draining);
     assert_eq!(h.machine.undrain().unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_re_signed_answer_is_persisted_before_it_is_submitted() {
+    // A raised fee re-signs an answer (same sequence, new hash): the outbox row must hold
+    // the new version, which knows the hashes it replaces, so a restart cannot pay twice.
+    let h = Harness::new(1);
+    h.offer_all().await;
+    *h.ledger.resign_next.lock().unwrap() = true;
+    let tenant = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let token = h.token(0);
+    h.handle(purchase(
+        1,
+        BUYER,
+        &token,
+        PRICE,
+        vec![h.acquire_memo(&tenant)],
+        1000,
+    ))
+    .await;
+    h.machine.flush_outbox().await.unwrap();
+    let resigned = h.ledger.resigned.lock().unwrap().clone();
+    assert_eq!(resigned.len(), 1, "one submission was re-signed");
+    let (old, new) = &resigned[0];
+    let rows = h
+        .machine
+        .store()
+        .read()
+        .outbox(&[OutboxState::Validated])
+        .unwrap();
+    assert!(rows
+        .iter()
+        .any(|r| r.tx_hash.as_deref() == Some(new.as_str())));
+    assert!(!rows
+        .iter()
+        .any(|r| r.tx_hash.as_deref() == Some(old.as_str())));
+}

@@ -54,6 +54,10 @@ pub struct FakeLedger {
     pub message_keys: Mutex<BTreeMap<String, PublicKey>>,
     pub results: Mutex<BTreeMap<&'static str, String>>,
     counter: Mutex<u64>,
+    /// When set, the next submission is re-signed once (as a raised fee would) before it
+    /// validates; (old hash, new hash) pairs are recorded.
+    pub resign_next: Mutex<bool>,
+    pub resigned: Mutex<Vec<(String, String)>>,
 }
 
 fn kind(action: &LedgerAction) -> &'static str {
@@ -117,7 +121,37 @@ impl Ledger for FakeLedger {
         })
     }
 
-    async fn submit_and_wait(&self, tx: &PreparedTx) -> Result<TxOutcome, LedgerError> {
+    async fn submit_and_wait(
+        &self,
+        tx: &PreparedTx,
+        on_resigned: &(dyn for<'p> Fn(&'p PreparedTx) -> Result<(), String> + Send + Sync),
+    ) -> Result<TxOutcome, LedgerError> {
+        let resign = std::mem::take(&mut *self.resign_next.lock().unwrap());
+        let resigned;
+        let tx = if resign {
+            let action = self.actions.lock().unwrap().get(&tx.hash).cloned();
+            let new_hash = {
+                let mut counter = self.counter.lock().unwrap();
+                *counter += 1;
+                format!("{:064X}", *counter)
+            };
+            if let Some(a) = action {
+                self.actions.lock().unwrap().insert(new_hash.clone(), a);
+            }
+            resigned = PreparedTx {
+                hash: new_hash.clone(),
+                blob: format!("BLOB{new_hash}"),
+                last_ledger: tx.last_ledger,
+            };
+            on_resigned(&resigned).map_err(LedgerError::Protocol)?;
+            self.resigned
+                .lock()
+                .unwrap()
+                .push((tx.hash.clone(), new_hash));
+            &resigned
+        } else {
+            tx
+        };
         self.submitted.lock().unwrap().push(tx.hash.clone());
         let action = self
             .actions
