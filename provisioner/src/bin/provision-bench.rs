@@ -1,10 +1,13 @@
 //! Benchmark: time from create to the user port answering, for N probe instances one after
-//! another and N at once. Usage: `provision-bench [N]` (default 20). Needs the Docker engine.
+//! another and N at once. Usage: `provision-bench [N] [--hotpocket]` (default 20 probe
+//! instances). `--hotpocket` runs the real instance image `berth-hotpocket:latest` (build it
+//! first with `hotpocket/image/build.sh`). Needs the Docker engine.
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use berth_provisioner::ports::allocate_many;
+use berth_provisioner::spec::HOTPOCKET_IMAGE;
 use berth_provisioner::{
     probe, DockerProvisioner, HostResources, InstanceIdentity, InstanceSpec, PortRange,
     Provisioner, ProvisionerConfig,
@@ -14,7 +17,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = match std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hotpocket = args.iter().any(|a| a == "--hotpocket");
+    let count: usize = match args.iter().find(|a| !a.starts_with("--")) {
         Some(arg) => arg
             .parse()
             .with_context(|| format!("count {arg:?} is not a number"))?,
@@ -29,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         format!("bench-{}", std::process::id()),
         HostResources {
             cpu_millis: 500 * u64::from(slots),
-            memory_mib: 64 * u64::from(slots),
+            memory_mib: if hotpocket { 128 } else { 64 } * u64::from(slots),
             swap_mib: 0,
             disk_mib: 64 * u64::from(slots),
             instances: slots,
@@ -40,13 +45,25 @@ async fn main() -> anyhow::Result<()> {
     let provisioner = DockerProvisioner::connect(config)
         .await
         .context("connecting to docker")?;
-    let work_dir = std::env::temp_dir().join(format!("berth-probe-bench-{}", std::process::id()));
-    provisioner
-        .ensure_image(&probe::image(work_dir))
-        .await
-        .context("building the probe image")?;
+    if hotpocket {
+        let present = std::process::Command::new("docker")
+            .args(["image", "inspect", HOTPOCKET_IMAGE])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !present {
+            bail!("image {HOTPOCKET_IMAGE} is missing: build it with hotpocket/image/build.sh");
+        }
+    } else {
+        let work_dir =
+            std::env::temp_dir().join(format!("berth-probe-bench-{}", std::process::id()));
+        provisioner
+            .ensure_image(&probe::image(work_dir))
+            .await
+            .context("building the probe image")?;
+    }
 
-    let result = run(&provisioner, count).await;
+    let result = run(&provisioner, count, hotpocket).await;
     for summary in provisioner.list().await.unwrap_or_default() {
         if let Err(error) = provisioner.destroy(&summary.name).await {
             eprintln!("cleanup: {error}");
@@ -55,11 +72,12 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(provisioner: &DockerProvisioner, count: usize) -> anyhow::Result<()> {
-    println!("create + start until the user port answers, {count} probe instances");
+async fn run(provisioner: &DockerProvisioner, count: usize, hotpocket: bool) -> anyhow::Result<()> {
+    let image = if hotpocket { HOTPOCKET_IMAGE } else { "probe" };
+    println!("create + start until the user port answers, {count} {image} instances");
     println!("disk quota mode: {}", provisioner.disk_quota_mode());
 
-    let seq_specs = specs(provisioner, "seq", count).await?;
+    let seq_specs = specs(provisioner, "seq", count, hotpocket).await?;
     let mut sequential = Vec::with_capacity(count);
     for spec in &seq_specs {
         sequential.push(provision(provisioner, spec).await?);
@@ -69,7 +87,7 @@ async fn run(provisioner: &DockerProvisioner, count: usize) -> anyhow::Result<()
     }
     report("one after another", &sequential, None);
 
-    let specs = specs(provisioner, "par", count).await?;
+    let specs = specs(provisioner, "par", count, hotpocket).await?;
     let started = Instant::now();
     let results =
         futures_util::future::join_all(specs.iter().map(|spec| provision(provisioner, spec))).await;
@@ -83,6 +101,7 @@ async fn specs(
     provisioner: &DockerProvisioner,
     prefix: &str,
     count: usize,
+    hotpocket: bool,
 ) -> anyhow::Result<Vec<InstanceSpec>> {
     let config = provisioner.config();
     let in_use: BTreeSet<u16> = provisioner.ports_in_use().await?;
@@ -91,17 +110,25 @@ async fn specs(
         .into_iter()
         .enumerate()
         .map(|(index, ports)| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(index as u64 + 1).to_be_bytes());
+            let owner = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
             let identity = InstanceIdentity {
                 contract_id: format!("00000000-0000-4000-8000-{index:012}"),
-                owner_pubkey: format!("ed{:064x}", index),
+                owner_pubkey: format!("ed{}", hex::encode(owner.as_bytes())),
                 node_secret: format!("{:064x}", index + 1),
             };
-            probe::instance(InstanceSpec::hotpocket(
+            let spec = InstanceSpec::hotpocket(
                 format!("{prefix}{index}"),
                 format!("bench-lease-{prefix}{index}"),
                 identity,
                 ports,
-            ))
+            );
+            if hotpocket {
+                spec
+            } else {
+                probe::instance(spec)
+            }
         })
         .collect())
 }
