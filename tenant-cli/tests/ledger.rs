@@ -348,13 +348,25 @@ async fn hosts_lists_registered_hosts_with_live_offers_and_filters() {
     mint(&client, &h2, lease(0, 1024, 5000), true).await;
     mint(&client, &h2, lease(1, 8192, 6000), true).await;
 
-    let all = json(
-        berth_async(
-            &home,
-            &["hosts", "--ledger", &url, "--registry", &reg, "--json"],
-        )
-        .await,
-    );
+    // `berth hosts --json` against this ledger and registry, with extra filter flags.
+    let hosts_json = |extra: &[&str]| {
+        let mut args = vec![
+            "hosts",
+            "--ledger",
+            url.as_str(),
+            "--registry",
+            reg.as_str(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let home = home.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            json(berth_async(&home, &args).await)
+        }
+    };
+    let all = hosts_json(&[]).await;
     let all = all.as_array().unwrap();
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0]["address"], h1.address());
@@ -365,78 +377,18 @@ async fn hosts_lists_registered_hosts_with_live_offers_and_filters() {
     assert_eq!(all[1]["address"], h2.address());
     assert_eq!(all[1]["offers"].as_array().unwrap().len(), 2);
 
-    let cheap = json(
-        berth_async(
-            &home,
-            &[
-                "hosts",
-                "--ledger",
-                &url,
-                "--registry",
-                &reg,
-                "--json",
-                "--max-price",
-                "5500",
-            ],
-        )
-        .await,
-    );
+    let cheap = hosts_json(&["--max-price", "5500"]).await;
     assert_eq!(cheap.as_array().unwrap().len(), 2);
     assert_eq!(cheap[1]["offers"].as_array().unwrap().len(), 1);
 
-    let big = json(
-        berth_async(
-            &home,
-            &[
-                "hosts",
-                "--ledger",
-                &url,
-                "--registry",
-                &reg,
-                "--json",
-                "--min-memory",
-                "4096",
-            ],
-        )
-        .await,
-    );
+    let big = hosts_json(&["--min-memory", "4096"]).await;
     assert_eq!(big.as_array().unwrap().len(), 1);
     assert_eq!(big[0]["address"], h2.address());
     assert_eq!(big[0]["offers"][0]["memory_mb"], 8192);
 
-    let two = json(
-        berth_async(
-            &home,
-            &[
-                "hosts",
-                "--ledger",
-                &url,
-                "--registry",
-                &reg,
-                "--json",
-                "--min-free",
-                "2",
-            ],
-        )
-        .await,
-    );
+    let two = hosts_json(&["--min-free", "2"]).await;
     assert_eq!(two.as_array().unwrap().len(), 1);
-    let recent = json(
-        berth_async(
-            &home,
-            &[
-                "hosts",
-                "--ledger",
-                &url,
-                "--registry",
-                &reg,
-                "--json",
-                "--seen-within",
-                "600",
-            ],
-        )
-        .await,
-    );
+    let recent = hosts_json(&["--seen-within", "600"]).await;
     assert_eq!(recent.as_array().unwrap().len(), 2);
 
     let table = ok(berth_async(&home, &["hosts", "--ledger", &url, "--registry", &reg]).await);
