@@ -15,7 +15,6 @@ use berth_schemas::key::PublicKey;
 use berth_xrpl_core::address::decode_seed;
 use berth_xrpl_core::{KeyPair, KeyType};
 use ed25519_dalek::SigningKey;
-use sha2::{Digest, Sha512};
 use thiserror::Error;
 
 /// Why `init` or loading the config or keys failed; names the file.
@@ -71,15 +70,9 @@ impl HostKeys {
     pub fn from_seed(seed: &str) -> Option<Self> {
         let account = KeyPair::from_seed(seed).ok()?;
         let (entropy, _) = decode_seed(seed).ok()?;
-        let mut hasher = Sha512::new();
-        hasher.update(b"berth/message-key/v1");
-        hasher.update(entropy);
-        let digest = hasher.finalize();
-        let mut secret = [0u8; 32];
-        secret.copy_from_slice(&digest[..32]);
         Some(Self {
             account,
-            message: SigningKey::from_bytes(&secret),
+            message: berth_schemas::key::message_key_from_entropy(&entropy),
             seed: seed.to_owned(),
         })
     }

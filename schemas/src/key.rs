@@ -128,3 +128,21 @@ impl fmt::Debug for PublicKey {
 }
 
 crate::field::serde_as_string!(PublicKey);
+
+/// Domain separator of the message-key derivation.
+pub const MESSAGE_KEY_DOMAIN: &[u8] = b"berth/message-key/v1";
+
+/// The ed25519 message key of an XRPL account, derived from its seed's 16 bytes of entropy:
+/// secret = first 32 bytes of SHA-512(`berth/message-key/v1` ‖ entropy). Hosts publish its
+/// public half as their `MessageKey`; tenants name it as `reply_key`. One secret (the seed)
+/// to back up, and the account's signing key is never used to decrypt.
+pub fn message_key_from_entropy(entropy: &[u8; 16]) -> ed25519_dalek::SigningKey {
+    use sha2::{Digest, Sha512};
+    let mut hasher = Sha512::new();
+    hasher.update(MESSAGE_KEY_DOMAIN);
+    hasher.update(entropy);
+    let digest = hasher.finalize();
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&digest[..32]);
+    ed25519_dalek::SigningKey::from_bytes(&secret)
+}

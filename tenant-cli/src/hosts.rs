@@ -184,7 +184,7 @@ fn text<T: Serialize>(value: &T) -> String {
 
 /// The host's tokens with a Berth lease URI that have a sell offer by the host, open to
 /// anyone, for XRP.
-async fn live_offers(client: &Client, host: &str) -> Result<Vec<Offer>, HostsError> {
+pub async fn live_offers(client: &Client, host: &str) -> Result<Vec<Offer>, HostsError> {
     let err = |source| HostsError::Offers {
         host: host.to_owned(),
         source,

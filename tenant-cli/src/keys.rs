@@ -87,6 +87,25 @@ impl Keys {
         Ok(Keys { wallet, user })
     }
 
+    /// The tenant's message key: hosts seal instance details to its public half (named as
+    /// `reply_key` in every request and published as the account's `MessageKey`). Derived
+    /// from the wallet seed as the host's is (`berth_schemas::key::message_key_from_entropy`).
+    pub fn message_key(&self) -> Result<SigningKey, KeysError> {
+        let seed = self
+            .wallet
+            .seed()
+            .ok_or_else(|| KeysError::BadSeed("the wallet has no seed".into()))?;
+        let (entropy, _) = berth_xrpl_core::address::decode_seed(&seed)
+            .map_err(|e| KeysError::BadSeed(e.to_string()))?;
+        Ok(berth_schemas::key::message_key_from_entropy(&entropy))
+    }
+
+    /// The public half of [`Keys::message_key`].
+    pub fn message_public(&self) -> Result<berth_schemas::key::PublicKey, KeysError> {
+        berth_schemas::key::PublicKey::from_verifying_key(&self.message_key()?.verifying_key())
+            .map_err(|e| KeysError::BadSeed(format!("message key: {e}")))
+    }
+
     /// The HotPocket user public key as HotPocket writes it (`ed` + 64 hex).
     pub fn user_pubkey_hex(&self) -> String {
         berth_hotpocket::protocol::pubkey_hex(&self.user.verifying_key())
@@ -181,7 +200,7 @@ pub fn default_home() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".berth"))
 }
 
-/// Sets the account's `MessageKey` to the wallet's public key and waits for validation.
+/// Sets the account's `MessageKey` to the tenant's message key and waits for validation.
 pub async fn set_message_key(
     client: &berth_mb_xrpl::Client,
     keys: &Keys,
@@ -199,7 +218,7 @@ pub async fn set_message_key(
     let tx = serde_json::json!({
         "TransactionType": "AccountSet",
         "Account": keys.wallet.address(),
-        "MessageKey": keys.wallet.public_key_hex(),
+        "MessageKey": keys.message_public()?.to_ledger_hex(),
     });
     let signed = submitter.prepare(tx).await?;
     Ok(submitter.submit_and_wait(&signed).await?)

@@ -6,3 +6,4 @@
 pub mod hosts;
 pub mod instance;
 pub mod keys;
+pub mod settings;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use berth_tenant::hosts::{self, Filter, HostView};
 use berth_tenant::instance::{self, InputView, Instance};
 use berth_tenant::keys::{self, Keys};
+use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
 
@@ -24,6 +25,12 @@ struct Cli {
     /// Print data as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// XRPL server (ws:// or wss://); default from `<home>/settings.json`.
+    #[arg(long, global = true, env = "BERTH_LEDGER")]
+    ledger: Option<String>,
+    /// The registry account hosts register with; default from `<home>/settings.json`.
+    #[arg(long, global = true, env = "BERTH_REGISTRY")]
+    registry: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,21 +131,12 @@ enum KeysCommand {
 #[derive(Args)]
 struct MessageKeyArgs {
     /// Also set the account's MessageKey on the ledger (the account must be funded).
-    #[arg(long, requires = "ledger")]
+    #[arg(long)]
     set_message_key: bool,
-    /// XRPL server (ws:// or wss://) for --set-message-key.
-    #[arg(long, env = "BERTH_LEDGER")]
-    ledger: Option<String>,
 }
 
 #[derive(Args)]
 struct HostsArgs {
-    /// XRPL server (ws:// or wss://).
-    #[arg(long, env = "BERTH_LEDGER")]
-    ledger: String,
-    /// The registry account hosts register with.
-    #[arg(long, env = "BERTH_REGISTRY")]
-    registry: String,
     /// Highest price per moment, in drops.
     #[arg(long)]
     max_price: Option<u64>,
@@ -189,11 +187,51 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the ledger-facing commands connect: flags and environment first, then
+/// `<home>/settings.json`.
+struct Network {
+    ledger: Option<String>,
+    registry: Option<String>,
+}
+
+impl Network {
+    fn resolve(cli: &Cli) -> anyhow::Result<Network> {
+        let settings = match home(cli.home.as_deref()) {
+            Ok(home) => Settings::load(&home)?,
+            Err(_) => Settings::default(),
+        };
+        Ok(Network {
+            ledger: cli.ledger.clone().or(settings.ledger),
+            registry: cli.registry.clone().or(settings.registry),
+        })
+    }
+
+    fn ledger(&self) -> anyhow::Result<&str> {
+        self.ledger.as_deref().context(
+            "no ledger server: pass --ledger ws://host:port, set BERTH_LEDGER, or run `berth sandbox` for a local one",
+        )
+    }
+
+    fn registry(&self) -> anyhow::Result<&str> {
+        self.registry.as_deref().context(
+            "no registry account: pass --registry r…, set BERTH_REGISTRY, or run `berth sandbox` for a local one",
+        )
+    }
+
+    async fn client(&self) -> anyhow::Result<berth_mb_xrpl::Client> {
+        let url = self.ledger()?;
+        berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new([url.to_owned()]))
+            .await
+            .with_context(|| format!("connecting to the ledger at {url}; is it running?"))
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
+    let net = Network::resolve(&cli)?;
     match cli.command {
-        Command::Keys(cmd) => run_keys(&home(cli.home.as_deref())?, cmd, json).await,
-        Command::Hosts(args) => run_hosts(args, json).await,
+        Command::Keys(cmd) => run_keys(&home(cli.home.as_deref())?, cmd, &net, json).await,
+        Command::Hosts(args) => run_hosts(args, &net, json).await,
         Command::Deploy {
             instance,
             bundle,
@@ -304,7 +342,7 @@ async fn connect(url: &str, keys: &Keys, conn: &ConnArgs) -> anyhow::Result<Inst
         })
 }
 
-async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<()> {
+async fn run_keys(home: &Path, cmd: KeysCommand, net: &Network, json: bool) -> anyhow::Result<()> {
     let (keys, show) = match cmd {
         KeysCommand::Show { show_secrets } => (Keys::load(home)?, show_secrets),
         KeysCommand::New {
@@ -316,7 +354,7 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
             let keys = Keys::generate(key_type);
             let path = keys.save(home, force)?;
             eprintln!("keys written to {}", path.display());
-            set_message_key_if_asked(&keys, message_key).await?;
+            set_message_key_if_asked(&keys, message_key, net).await?;
             (keys, show_secrets)
         }
         KeysCommand::Import {
@@ -338,7 +376,7 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
             let keys = Keys::import(&seed, hotpocket_secret.as_deref())?;
             let path = keys.save(home, force)?;
             eprintln!("keys written to {}", path.display());
-            set_message_key_if_asked(&keys, message_key).await?;
+            set_message_key_if_asked(&keys, message_key, net).await?;
             (keys, show_secrets)
         }
     };
@@ -359,16 +397,15 @@ async fn run_keys(home: &Path, cmd: KeysCommand, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-async fn set_message_key_if_asked(keys: &Keys, args: MessageKeyArgs) -> anyhow::Result<()> {
+async fn set_message_key_if_asked(
+    keys: &Keys,
+    args: MessageKeyArgs,
+    net: &Network,
+) -> anyhow::Result<()> {
     if !args.set_message_key {
         return Ok(());
     }
-    let url = args
-        .ledger
-        .context("--set-message-key needs --ledger <url>")?;
-    let client = berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new([url.clone()]))
-        .await
-        .with_context(|| format!("connecting to the ledger at {url}"))?;
+    let client = net.client().await?;
     let result = keys::set_message_key(&client, keys).await;
     client.shutdown().await;
     let address = keys.wallet.address();
@@ -385,12 +422,10 @@ async fn set_message_key_if_asked(keys: &Keys, args: MessageKeyArgs) -> anyhow::
     Ok(())
 }
 
-async fn run_hosts(args: HostsArgs, json: bool) -> anyhow::Result<()> {
-    let client =
-        berth_mb_xrpl::Client::connect(berth_mb_xrpl::ClientConfig::new([args.ledger.clone()]))
-            .await
-            .with_context(|| format!("connecting to the ledger at {}", args.ledger))?;
-    let listed = hosts::list(&client, &args.registry).await;
+async fn run_hosts(args: HostsArgs, net: &Network, json: bool) -> anyhow::Result<()> {
+    let registry = net.registry()?.to_owned();
+    let client = net.client().await?;
+    let listed = hosts::list(&client, &registry).await;
     client.shutdown().await;
     let listed = listed?;
     let now_unix = SystemTime::now()
@@ -409,8 +444,7 @@ async fn run_hosts(args: HostsArgs, json: bool) -> anyhow::Result<()> {
     if found.is_empty() {
         let why = if registered == 0 {
             format!(
-                "no host has registered with the registry {}; check --registry and --ledger",
-                args.registry
+                "no host has registered with the registry {registry}; check --registry and --ledger"
             )
         } else {
             format!(

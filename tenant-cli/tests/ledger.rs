@@ -234,7 +234,12 @@ async fn keys_set_the_message_key_on_the_ledger() {
             .as_str()
             .unwrap()
             .to_uppercase(),
-        wallet.public_key_hex()
+        berth_tenant::keys::Keys::import(&seed, None)
+            .unwrap()
+            .message_public()
+            .unwrap()
+            .to_ledger_hex()
+            .to_uppercase()
     );
     client.shutdown().await;
     net.shutdown().await;
