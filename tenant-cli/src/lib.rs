@@ -3,7 +3,10 @@
 //! The binary (`src/main.rs`) is a thin layer over these modules.
 #![forbid(unsafe_code)]
 
+pub mod book;
 pub mod hosts;
 pub mod instance;
 pub mod keys;
+pub mod lease;
 pub mod settings;
+pub mod demo;

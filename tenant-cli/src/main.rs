@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use berth_tenant::book::{Book, BookError, LeaseRecord};
 use berth_tenant::hosts::{self, Filter, HostView};
 use berth_tenant::instance::{self, InputView, Instance};
 use berth_tenant::keys::{self, Keys};
+use berth_tenant::lease::{self, AcquireOptions, Tenant, Xrp};
 use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
@@ -44,7 +46,8 @@ enum Command {
     Hosts(HostsArgs),
     /// Bundle a contract directory (or take a zip) and upload it to an instance as its owner.
     Deploy {
-        /// The instance's user port: host:port or wss://host:port.
+        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// user port as host:port or wss://host:port.
         instance: String,
         /// A contract directory (with contract.config) or a bundle zip.
         bundle: PathBuf,
@@ -56,7 +59,8 @@ enum Command {
     },
     /// Send a signed input and print the contract's outputs for it.
     Input {
-        /// The instance's user port: host:port or wss://host:port.
+        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// user port as host:port or wss://host:port.
         instance: String,
         /// The input, or `@file` for a file's bytes.
         data: String,
@@ -65,20 +69,74 @@ enum Command {
     },
     /// Send a read request and print the contract's answer.
     Read {
-        /// The instance's user port: host:port or wss://host:port.
+        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// user port as host:port or wss://host:port.
         instance: String,
         /// The request, or `@file` for a file's bytes.
         data: String,
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Buy a lease from a host and wait for its instance (resumable with --resume).
+    Acquire(AcquireArgs),
+    /// Pay for more moments of a lease.
+    Extend {
+        /// The lease: its id or first characters (see `berth leases`).
+        lease: String,
+        /// Moments to add.
+        moments: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// End a lease now (no refund of unused time); the host destroys its instance.
+    Terminate {
+        /// The lease: its id or first characters (see `berth leases`).
+        lease: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List the account's leases, from the ledger (token, host, expiry, instance address).
+    Leases {
+        /// Also show leases that ended (terminated, expired).
+        #[arg(long)]
+        all: bool,
+    },
     /// Show an instance's last closed ledger and status.
     Status {
-        /// The instance's user port: host:port or wss://host:port.
+        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// user port as host:port or wss://host:port.
         instance: String,
         #[command(flatten)]
         conn: ConnArgs,
     },
+}
+
+#[derive(Args)]
+struct AcquireArgs {
+    /// The host's account (r…), from `berth hosts`.
+    #[arg(required_unless_present = "resume")]
+    host: Option<String>,
+    /// Moments to buy in all: the purchase buys one, an extension the rest.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    moments: u32,
+    /// The instance's HotPocket contract id (a UUID); a fresh one when absent.
+    #[arg(long)]
+    contract_id: Option<berth_schemas::field::ContractId>,
+    /// Highest price per moment to pay, in drops.
+    #[arg(long)]
+    max_price: Option<u64>,
+    /// Resume an interrupted purchase by its transaction hash (printed when it started).
+    #[arg(long, value_name = "HASH", conflicts_with_all = ["host", "contract_id", "max_price"])]
+    resume: Option<String>,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// Seconds to wait for the host's answer.
+    #[arg(long = "wait", value_name = "SECS", default_value_t = 180)]
+    wait_secs: u64,
 }
 
 #[derive(Args)]
@@ -232,16 +290,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keys(cmd) => run_keys(&home(cli.home.as_deref())?, cmd, &net, json).await,
         Command::Hosts(args) => run_hosts(args, &net, json).await,
+        command @ (Command::Acquire(_)
+        | Command::Extend { .. }
+        | Command::Terminate { .. }
+        | Command::Leases { .. }) => {
+            run_lease_command(command, &home(cli.home.as_deref())?, &net, json).await
+        }
         Command::Deploy {
             instance,
             bundle,
             contract_id,
             conn,
         } => {
-            let keys = Keys::load(&home(cli.home.as_deref())?)?;
+            let home = home(cli.home.as_deref())?;
+            let keys = Keys::load(&home)?;
             let zip = instance::load_bundle(&bundle)?;
             eprintln!("bundle {}: {} bytes", bundle.display(), zip.len());
-            let node = connect(&instance, &keys, &conn).await?;
+            let (node, record) = open_instance(&instance, &keys, &conn, &home, &net).await?;
+            let contract_id = contract_id.or(record.map(|r| r.contract_id));
             let announced = node.contract_id().to_owned();
             if let Some(want) = contract_id.filter(|want| *want != announced) {
                 node.close().await;
@@ -275,9 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             conn,
         } => {
-            let keys = Keys::load(&home(cli.home.as_deref())?)?;
+            let home = home(cli.home.as_deref())?;
+            let keys = Keys::load(&home)?;
             let data = instance::input_bytes(&data)?;
-            let node = connect(&instance, &keys, &conn).await?;
+            let (node, _) = open_instance(&instance, &keys, &conn, &home, &net).await?;
             let outputs = node.input(&data).await;
             node.close().await;
             let view = InputView::from(outputs?);
@@ -299,9 +366,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             conn,
         } => {
-            let keys = Keys::load(&home(cli.home.as_deref())?)?;
+            let home = home(cli.home.as_deref())?;
+            let keys = Keys::load(&home)?;
             let data = instance::input_bytes(&data)?;
-            let node = connect(&instance, &keys, &conn).await?;
+            let (node, _) = open_instance(&instance, &keys, &conn, &home, &net).await?;
             let answer = node.read(&data).await;
             node.close().await;
             let answer = String::from_utf8_lossy(&answer?).into_owned();
@@ -313,8 +381,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { instance, conn } => {
-            let keys = Keys::load(&home(cli.home.as_deref())?)?;
-            let node = connect(&instance, &keys, &conn).await?;
+            let home = home(cli.home.as_deref())?;
+            let keys = Keys::load(&home)?;
+            let (node, _) = open_instance(&instance, &keys, &conn, &home, &net).await?;
             let status = node.status().await;
             node.close().await;
             let s = status?;
@@ -340,6 +409,183 @@ async fn connect(url: &str, keys: &Keys, conn: &ConnArgs) -> anyhow::Result<Inst
         .with_context(|| {
             format!("is the instance running and its address right? check it with the host (tried {url})")
         })
+}
+
+/// The instance an argument names: an address (`host:port`, `wss://…`) as it is, else a lease
+/// of the tenant's book (or, for a full lease id, of the ledger) that has not ended.
+async fn open_instance(
+    arg: &str,
+    keys: &Keys,
+    conn: &ConnArgs,
+    home: &Path,
+    net: &Network,
+) -> anyhow::Result<(Instance, Option<LeaseRecord>)> {
+    if arg.contains(':') {
+        return Ok((connect(arg, keys, conn).await?, None));
+    }
+    let book = Book::new(home);
+    let record = match book.find(arg) {
+        Ok(record) => record,
+        Err(BookError::NoMatch { .. }) if arg.trim().len() == 64 && net.ledger.is_some() => {
+            let tenant = Tenant::new(net.client().await?, keys, book)?;
+            let found = tenant.find(arg).await;
+            tenant_shutdown(tenant).await;
+            found?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let record = lease::live(record)?;
+    let url = record.instance_url();
+    let instance = Instance::connect(&url, &keys.user, Duration::from_secs(conn.timeout))
+        .await
+        .with_context(|| {
+            format!(
+                "the instance of lease {} at {url} is unreachable: its host may be down or the lease ended early; check `berth leases` and `berth hosts`",
+                record.lease
+            )
+        })?;
+    Ok((instance, Some(record)))
+}
+
+async fn tenant_shutdown(tenant: Tenant) {
+    tenant.client().shutdown().await;
+}
+
+fn wait(args: &WaitArgs) -> Duration {
+    Duration::from_secs(args.wait_secs)
+}
+
+/// Progress lines on stderr.
+fn progress_to_stderr() -> impl FnMut(&str) {
+    |line: &str| eprintln!("{line}")
+}
+
+fn when(unix: u64) -> String {
+    let now = lease::now_unix();
+    if unix > now {
+        format!("{unix} (in {})", span(unix - now))
+    } else {
+        format!("{unix} ({} ago)", span(now - unix))
+    }
+}
+
+fn span(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
+    }
+}
+
+async fn run_lease_command(
+    command: Command,
+    home: &Path,
+    net: &Network,
+    json: bool,
+) -> anyhow::Result<()> {
+    let keys = Keys::load(home)?;
+    let tenant = Tenant::new(net.client().await?, &keys, Book::new(home))?;
+    let result = lease_command(&tenant, command, json).await;
+    tenant_shutdown(tenant).await;
+    result
+}
+
+async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow::Result<()> {
+    let mut progress = progress_to_stderr();
+    match command {
+        Command::Acquire(args) => {
+            let acquired = match &args.resume {
+                Some(hash) => tenant.resume(hash, wait(&args.wait), &mut progress).await?,
+                None => {
+                    let host = args.host.as_deref().context("name the host (r…)")?;
+                    let opts = AcquireOptions {
+                        contract_id: args.contract_id,
+                        max_price_drops: args.max_price,
+                        moments: args.moments,
+                        wait: wait(&args.wait),
+                    };
+                    tenant.acquire(host, &opts, &mut progress).await?
+                }
+            };
+            if json {
+                return print_json(&acquired);
+            }
+            let r = &acquired.record;
+            println!("lease        {}", r.lease);
+            println!("host         {}", r.host);
+            println!("instance     {} ({})", r.instance_url(), r.name);
+            println!("node key     {}", r.node_key);
+            println!("contract     {}", r.contract_id);
+            println!("expires      {}", when(r.expires_at));
+            println!("purchase     {}", acquired.purchase);
+            eprintln!(
+                "next: `berth deploy {} <contract dir or zip>`",
+                lease::short(&r.lease)
+            );
+            Ok(())
+        }
+        Command::Extend {
+            lease,
+            moments,
+            wait: w,
+        } => {
+            let extended = tenant
+                .extend(&lease, moments, wait(&w), &mut progress)
+                .await?;
+            if json {
+                return print_json(&extended);
+            }
+            println!(
+                "lease {} extended by {} moment(s); it now ends at {} ({} returned)",
+                extended.lease,
+                extended.moments,
+                when(extended.expires_at),
+                Xrp(extended.returned_drops)
+            );
+            Ok(())
+        }
+        Command::Terminate { lease, wait: w } => {
+            let record = tenant.find(&lease).await?;
+            let request = tenant.terminate(&lease, wait(&w), &mut progress).await?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "lease": record.lease, "terminated": true, "request": request,
+                }));
+            }
+            println!("lease {} terminated (request {request})", record.lease);
+            Ok(())
+        }
+        Command::Leases { all } => {
+            let leases = tenant.leases(all).await?;
+            if json {
+                return print_json(&leases);
+            }
+            if leases.is_empty() {
+                println!(
+                    "no leases held by {}; buy one with `berth acquire <host>` (see `berth hosts`)",
+                    tenant.address()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<64} {:<11} {:<35} {:<26} EXPIRES",
+                "LEASE", "STATE", "HOST", "INSTANCE"
+            );
+            for l in &leases {
+                println!(
+                    "{:<64} {:<11} {:<35} {:<26} {}",
+                    l.lease,
+                    l.state,
+                    l.host,
+                    l.instance.as_deref().unwrap_or("-"),
+                    l.expires_at.map(when).unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        _ => bail!("not a lease command"),
+    }
 }
 
 async fn run_keys(home: &Path, cmd: KeysCommand, net: &Network, json: bool) -> anyhow::Result<()> {
