@@ -295,7 +295,12 @@ async fn tenant_flow(
         .terminate(&lease_id, env.wait, &mut quiet)
         .await
         .map_err(|e| e.to_string())
-        .map(|request| ((), format!("host confirmed (request {})", lease::short(&request))));
+        .map(|request| {
+            (
+                (),
+                format!("host confirmed (request {})", lease::short(&request)),
+            )
+        });
     r.record("terminate", t, terminated)?;
 
     // 8. the instance is gone

@@ -4,9 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod book;
+pub mod demo;
 pub mod hosts;
 pub mod instance;
 pub mod keys;
 pub mod lease;
 pub mod settings;
-pub mod demo;
