@@ -6,4 +6,5 @@
 pub mod hosts;
 pub mod instance;
 pub mod keys;
+pub mod sandbox;
 pub mod settings;

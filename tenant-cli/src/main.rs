@@ -12,6 +12,8 @@ use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
 
+mod sandbox_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -79,6 +81,9 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Run the whole marketplace locally (ledger, registry, host agent, funded tenant) until
+    /// Ctrl-C; needs the Docker engine and the instance image.
+    Sandbox(sandbox_cmd::SandboxArgs),
 }
 
 #[derive(Args)]
@@ -232,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keys(cmd) => run_keys(&home(cli.home.as_deref())?, cmd, &net, json).await,
         Command::Hosts(args) => run_hosts(args, &net, json).await,
+        Command::Sandbox(args) => sandbox_cmd::run(args, json).await,
         Command::Deploy {
             instance,
             bundle,
