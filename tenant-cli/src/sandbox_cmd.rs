@@ -131,7 +131,8 @@ pub async fn run(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
     };
     eprintln!("stopping the sandbox…");
     let removed = sandbox.shutdown().await?;
-    let stopped = format!("sandbox stopped, {removed} instances removed");
+    let plural = if removed == 1 { "" } else { "s" };
+    let stopped = format!("sandbox stopped, {removed} instance{plural} removed");
     if json {
         eprintln!("{stopped}");
     } else {
