@@ -193,6 +193,8 @@ pub enum SandboxError {
         #[source]
         source: KeysError,
     },
+    #[error("the generated host account {account} has no usable seed")]
+    HostKeys { account: String },
     #[error("setting the tenant's MessageKey on {account}: {problem}")]
     MessageKey { account: String, problem: String },
     #[error(transparent)]
@@ -221,7 +223,8 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts everything and returns once the host has `opts.slots` live offers. `progress`
     /// receives one line per step and while waiting. On an error, what was started is stopped
-    /// again (the directory is kept when the agent's log may explain the error).
+    /// again (the directory is kept when the agent's log may explain the error). Run the
+    /// future to its end: dropping it half-way skips that clean-up.
     pub async fn start(
         opts: SandboxOptions,
         progress: &mut dyn FnMut(&str),
@@ -684,9 +687,8 @@ async fn start(
         .seed()
         .as_deref()
         .and_then(HostKeys::from_seed)
-        .ok_or_else(|| SandboxError::Fund {
+        .ok_or_else(|| SandboxError::HostKeys {
             account: host_key.address(),
-            problem: "the generated host key has no usable seed".to_owned(),
         })?;
     let host = host_keys.address();
     let token = CancellationToken::new();
@@ -828,5 +830,66 @@ async fn wait_for_offers(
             last_line = (Some(offered), Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn default_options_make_a_valid_host_config() {
+        let opts = SandboxOptions::default();
+        let config = host_config(
+            &opts,
+            "ws://127.0.0.1:6006/",
+            berth_localnet::GENESIS_ADDRESS,
+            Path::new("/tmp/x"),
+        )
+        .unwrap();
+        assert_eq!(config.lease.slots.get(), 3);
+        assert_eq!(config.resources.cpu_millicores.get(), 1500);
+        assert_eq!(config.resources.memory_mb.get(), 768);
+        assert_eq!(config.runtime.image, "berth-hotpocket:latest");
+        assert_eq!(config.host.data_dir, Path::new("/tmp/x"));
+        let tight = SandboxOptions {
+            slots: 5,
+            user_ports: PortRange {
+                first: 30000,
+                last: 30001,
+            },
+            ..SandboxOptions::default()
+        };
+        let err = host_config(
+            &tight,
+            "ws://127.0.0.1:6006/",
+            berth_localnet::GENESIS_ADDRESS,
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn a_given_dir_must_be_empty_or_absent_and_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let absent = tmp.path().join("a/b");
+        let dir = Workdir::create(Some(&absent)).unwrap();
+        std::fs::write(dir.path().join("agent.log"), "x").unwrap();
+        dir.finish(false);
+        assert!(absent.join("agent.log").is_file(), "a given dir is kept");
+        let err = Workdir::create(Some(&absent)).err().unwrap().to_string();
+        assert!(err.contains("exists and is not empty"), "{err}");
+        let temp = Workdir::create(None).unwrap();
+        let path = temp.path().to_owned();
+        temp.finish(false);
+        assert!(!path.exists());
+        let kept = Workdir::create(None).unwrap();
+        let path = kept.path().to_owned();
+        kept.finish(true);
+        assert!(path.is_dir());
+        std::fs::remove_dir(path).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! in [`berth_tenant::sandbox`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -178,6 +178,15 @@ fn print_ready(info: &SandboxInfo, took: Duration) {
     );
     println!("  logs       {}", info.log.display());
     println!("next steps (in another shell):");
+    // Run by path (scripts/sandbox.sh, target/…): `berth` may not be on the PATH.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|argv0| Path::new(&argv0).components().count() > 1)
+    {
+        if let Ok(exe) = std::env::current_exe() {
+            println!("  alias berth={}", exe.display());
+        }
+    }
     println!("  export BERTH_HOME={}", info.tenant_home.display());
     println!("  berth hosts");
     println!("  berth acquire {}", info.host);
