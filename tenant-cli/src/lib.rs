@@ -9,4 +9,5 @@ pub mod hosts;
 pub mod instance;
 pub mod keys;
 pub mod lease;
+pub mod sandbox;
 pub mod settings;

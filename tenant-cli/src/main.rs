@@ -14,6 +14,8 @@ use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
 
+mod sandbox_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -109,6 +111,9 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Run the whole marketplace locally (ledger, registry, host agent, funded tenant) until
+    /// Ctrl-C; needs the Docker engine and the instance image.
+    Sandbox(sandbox_cmd::SandboxArgs),
 }
 
 #[derive(Args)]
@@ -296,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Leases { .. }) => {
             run_lease_command(command, &home(cli.home.as_deref())?, &net, json).await
         }
+        Command::Sandbox(args) => sandbox_cmd::run(args, json).await,
         Command::Deploy {
             instance,
             bundle,
