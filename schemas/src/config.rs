@@ -191,7 +191,7 @@ pub struct Runtime {
     /// Docker endpoint. Default none: the `DOCKER_HOST` environment or the local socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_host: Option<String>,
-    /// Instance image (built locally). Default `"berth-instance:latest"`.
+    /// Instance image (built locally by `hotpocket/image/build.sh`). Default `"berth-hotpocket:latest"`.
     #[serde(default = "default_image")]
     pub image: String,
     /// Highest number of processes in one instance. Default 256.
@@ -252,7 +252,7 @@ fn default_peer_ports() -> PortRange {
     }
 }
 fn default_image() -> String {
-    "berth-instance:latest".to_owned()
+    "berth-hotpocket:latest".to_owned()
 }
 fn default_pids_limit() -> NonZeroU64 {
     const {

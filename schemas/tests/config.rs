@@ -60,7 +60,7 @@ fn defaults_fill_a_minimal_file() {
     assert_eq!(config.lease.grace_secs, 300);
     assert_eq!(config.resources.swap_mb, 0);
     assert_eq!(config.ports, defaults.ports);
-    assert_eq!(config.runtime.image, "berth-instance:latest");
+    assert_eq!(config.runtime.image, "berth-hotpocket:latest");
     assert_eq!(config.runtime.pids_limit.get(), 256);
     assert_eq!(config.runtime.docker_host, None);
     assert_eq!(config.housekeeping.schedule, "0 */10 * * * *");
