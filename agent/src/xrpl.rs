@@ -71,20 +71,12 @@ impl XrplLedger {
 
     /// The `MessageKey` currently set on an account, as ledger hex.
     pub async fn message_key_hex(&self, account: &str) -> Result<Option<String>, LedgerError> {
-        match self
+        let data = self
             .client
-            .request(
-                "account_info",
-                json!({"account": account, "ledger_index": "validated"}),
-            )
+            .account_data(account)
             .await
-        {
-            Ok(info) => Ok(info["account_data"]["MessageKey"]
-                .as_str()
-                .map(str::to_ascii_uppercase)),
-            Err(e) if e.rpc_error() == Some("actNotFound") => Ok(None),
-            Err(e) => Err(connection(e)),
-        }
+            .map_err(connection)?;
+        Ok(data.and_then(|d| d["MessageKey"].as_str().map(str::to_ascii_uppercase)))
     }
 
     /// Ids of the live sell offers of a token (none when it has none or no longer exists).

@@ -480,6 +480,22 @@ impl Client {
         }
     }
 
+    /// The `account_data` of `account` in the latest validated ledger; `None` when the account
+    /// does not exist there (`actNotFound`).
+    pub async fn account_data(&self, account: &str) -> Result<Option<Value>, ClientError> {
+        match self
+            .request(
+                "account_info",
+                json!({"account": account, "ledger_index": "validated"}),
+            )
+            .await
+        {
+            Ok(mut info) => Ok(Some(info["account_data"].take())),
+            Err(e) if e.rpc_error() == Some("actNotFound") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The index of the latest validated ledger.
     pub async fn validated_ledger_index(&self) -> Result<u32, ClientError> {
         let method = "ledger";

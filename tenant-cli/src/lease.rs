@@ -283,18 +283,7 @@ impl Tenant {
 
     /// The account's balance and owner count; `None` when the account does not exist.
     async fn account(&self, account: &str) -> Result<Option<Value>, LeaseError> {
-        match self
-            .client
-            .request(
-                "account_info",
-                json!({"account": account, "ledger_index": "validated"}),
-            )
-            .await
-        {
-            Ok(r) => Ok(Some(r["account_data"].clone())),
-            Err(e) if e.rpc_error() == Some("actNotFound") => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.client.account_data(account).await?)
     }
 
     /// (base, increment) reserve in drops, from `server_info`; the XRP Ledger's current
@@ -768,24 +757,14 @@ impl Tenant {
             .lease
             .parse()
             .map_err(|e| LeaseError::Build(format!("lease id: {e}")))?;
-        let message = Message::Extend(Extend { lease });
-        let validated = self.pay(&record.host, amount, &message).await?;
-        progress(&format!(
-            "extension {} ({} for {moments} moment(s) of lease {}) validated in ledger {}; waiting for the host",
-            validated.hash,
-            Xrp(amount),
-            short(&record.lease),
-            validated.ledger_index
-        ));
-        let hint = "the payment is on the ledger; the host answers it (or refunds it) when its agent runs: check with `berth leases`".to_owned();
-        let (answer, returned) = self
-            .wait_answer(
-                &record.host,
-                &validated.hash,
+        let (validated, answer, returned) = self
+            .request(
+                record,
+                amount,
+                &Message::Extend(Extend { lease }),
                 "extension",
-                validated.ledger_index,
+                &format!("{} for {moments} moment(s)", Xrp(amount)),
                 wait,
-                &hint,
                 progress,
             )
             .await?;
@@ -831,24 +810,14 @@ impl Tenant {
             .lease
             .parse()
             .map_err(|e| LeaseError::Build(format!("lease id: {e}")))?;
-        let validated = self
-            .pay(&record.host, 1, &Message::Terminate(Terminate { lease }))
-            .await?;
-        progress(&format!(
-            "termination {} of lease {} validated in ledger {}; waiting for the host",
-            validated.hash,
-            short(&record.lease),
-            validated.ledger_index
-        ));
-        let hint = "the request is on the ledger; the host answers it when its agent runs: check with `berth leases`".to_owned();
-        let (answer, returned) = self
-            .wait_answer(
-                &record.host,
-                &validated.hash,
+        let (validated, answer, returned) = self
+            .request(
+                &record,
+                1,
+                &Message::Terminate(Terminate { lease }),
                 "termination",
-                validated.ledger_index,
+                "1 drop",
                 wait,
-                &hint,
                 progress,
             )
             .await?;
@@ -874,6 +843,43 @@ impl Tenant {
                 validated.hash
             ))),
         }
+    }
+
+    /// Sends a request about `record` to its host (a payment of `amount` carrying `message`)
+    /// and waits for the answer: (the request, the answer, what the answer paid back).
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        record: &LeaseRecord,
+        amount: u64,
+        message: &Message,
+        what: &'static str,
+        paying: &str,
+        wait: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(berth_mb_xrpl::Validated, Message, u64), LeaseError> {
+        let validated = self.pay(&record.host, amount, message).await?;
+        progress(&format!(
+            "{what} {} of lease {} ({paying}) validated in ledger {}; waiting for the host",
+            validated.hash,
+            short(&record.lease),
+            validated.ledger_index
+        ));
+        let hint = format!(
+            "the {what} is on the ledger and the host answers it (or refunds it) when its agent runs: check with `berth leases`"
+        );
+        let (answer, returned) = self
+            .wait_answer(
+                &record.host,
+                &validated.hash,
+                what,
+                validated.ledger_index,
+                wait,
+                &hint,
+                progress,
+            )
+            .await?;
+        Ok((validated, answer, returned))
     }
 
     /// A Berth payment to `host`, submitted and validated; a `tec` is an error.
@@ -1142,6 +1148,23 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4", "{id}");
         assert!(id.parse::<ContractId>().is_ok());
+    }
+
+    #[test]
+    fn a_refusal_names_the_host_code_reason_and_refund() {
+        let failure: Failure = serde_json::from_value(json!({
+            "request": "AB".repeat(32), "code": "no_capacity",
+            "message": "no free slot, the price is refunded",
+        }))
+        .unwrap();
+        let text = refused("rHost", "purchase", &failure, 1_000_000).to_string();
+        assert_eq!(
+            text,
+            format!(
+                "the host rHost refused purchase {}: no_capacity: no free slot, the price is refunded; 1.000000 XRP paid back",
+                "AB".repeat(32)
+            )
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ enum Command {
     Keys(KeysCommand),
     /// List hosts from the registry with their live lease offers.
     Hosts(HostsArgs),
+    /// Buy a lease from a host and wait for its instance (resumable with --resume).
+    Acquire(AcquireArgs),
     /// Bundle a contract directory (or take a zip) and upload it to an instance as its owner.
     Deploy {
         /// A lease (its id or first characters, see `berth leases`), or an instance's
@@ -79,8 +81,14 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Buy a lease from a host and wait for its instance (resumable with --resume).
-    Acquire(AcquireArgs),
+    /// Show an instance's last closed ledger and status.
+    Status {
+        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// user port as host:port or wss://host:port.
+        instance: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Pay for more moments of a lease.
     Extend {
         /// The lease: its id or first characters (see `berth leases`).
@@ -102,14 +110,6 @@ enum Command {
         /// Also show leases that ended (terminated, expired).
         #[arg(long)]
         all: bool,
-    },
-    /// Show an instance's last closed ledger and status.
-    Status {
-        /// A lease (its id or first characters, see `berth leases`), or an instance's
-        /// user port as host:port or wss://host:port.
-        instance: String,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Run the whole marketplace locally (ledger, registry, host agent, funded tenant) until
     /// Ctrl-C; needs the Docker engine and the instance image.
@@ -438,6 +438,10 @@ async fn open_instance(
             tenant_shutdown(tenant).await;
             found?
         }
+        Err(BookError::NoMatch { dir, .. }) => bail!(
+            "`{arg}` is neither a lease in {} (list them with `berth leases`) nor an instance address (host:port or wss://host:port)",
+            dir.display()
+        ),
         Err(e) => return Err(e.into()),
     };
     let record = lease::live(record)?;

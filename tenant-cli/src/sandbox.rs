@@ -757,14 +757,15 @@ async fn fund(client: &Client, account: &str, drops: u64) -> Result<(), SandboxE
 async fn wait_funded(client: &Client, account: &str) -> Result<(), SandboxError> {
     let started = Instant::now();
     loop {
-        let info = client
-            .request(
-                "account_info",
-                json!({"account": account, "ledger_index": "validated"}),
-            )
-            .await;
-        match info {
-            Ok(_) => return Ok(()),
+        match client.account_data(account).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if started.elapsed() > Duration::from_secs(30) => {
+                return Err(SandboxError::Fund {
+                    account: account.to_owned(),
+                    problem: "not in a validated ledger after 30 s".into(),
+                })
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(e) if started.elapsed() > Duration::from_secs(30) => {
                 return Err(SandboxError::Fund {
                     account: account.to_owned(),

@@ -183,7 +183,9 @@ fn unreachable_instances_and_missing_keys_say_what_to_do() {
 
     let err = fails(berth(&home, &["status", "not-an-address"]));
     assert!(
-        err.contains("bad instance address `not-an-address`"),
+        err.contains("`not-an-address` is neither a lease")
+            && err.contains("berth leases")
+            && err.contains("host:port"),
         "{err}"
     );
 
