@@ -130,6 +130,31 @@ fn a_tenant_buys_deploys_talks_extends_and_terminates_and_every_error_says_what_
     // The first tenant's contract state is untouched.
     assert_eq!(ok(berth(&home, &["read", short, "get hits"])).trim(), "2");
 
+    // Instance unreachable, by lease: a second lease whose container is stopped behind the
+    // tenant's back.
+    let second = json(berth(&home, &["acquire", &host, "--json"]));
+    let second_lease = second["record"]["lease"].as_str().unwrap().to_owned();
+    let second_port = second["record"]["user_port"].to_string();
+    let ids = Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("publish={second_port}"))
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&ids.stdout).trim().to_owned();
+    assert!(!id.is_empty(), "no container publishes {second_port}");
+    let stopped = Command::new("docker")
+        .args(["stop", "-t", "1", &id])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let err = fails(berth(&home, &["status", &second_lease, "--timeout", "5"]));
+    assert!(
+        err.contains(&format!("the instance of lease {second_lease}"))
+            && err.contains("unreachable")
+            && err.contains("berth leases"),
+        "{err}"
+    );
+
     // Extend by two moments.
     let moment = record["moment_secs"].as_u64().unwrap();
     let extended = json(berth(&home, &["extend", short, "2", "--json"]));

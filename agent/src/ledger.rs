@@ -136,6 +136,10 @@ pub trait Ledger: Send + Sync {
     ) -> Result<TxOutcome, LedgerError>;
     /// The `MessageKey` of an account, when it has an ed25519 one.
     async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError>;
+    /// Whether `account` held the NFToken `token` in validated ledger `ledger` (in the latest
+    /// validated ledger when the server no longer keeps that one). The holder of a lease
+    /// token is the tenant of record, also after a resale.
+    async fn holds(&self, account: &str, token: &str, ledger: u32) -> Result<bool, LedgerError>;
 }
 
 /// A validated transaction or ledger close, decoded into what the agent handles.

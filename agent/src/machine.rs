@@ -235,7 +235,10 @@ impl Machine {
                 amount_drops,
                 memos,
                 ..
-            } => self.payment(tx_hash, *ledger, from, *amount_drops, memos),
+            } => {
+                self.payment(tx_hash, *ledger, from, *amount_drops, memos)
+                    .await
+            }
             LedgerEvent::LedgerClosed { ledger, close_time } => {
                 self.ledger_closed(*ledger, *close_time)
             }
@@ -519,7 +522,7 @@ impl Machine {
         Ok(Vec::new())
     }
 
-    fn payment(
+    async fn payment(
         &self,
         tx_hash: &str,
         ledger: u32,
@@ -555,6 +558,7 @@ impl Machine {
             }
             Ok(Message::Terminate(terminate)) => {
                 self.terminate(tx_hash, ledger, from, amount, &terminate.lease)
+                    .await
             }
             Ok(message) if message.answers().is_some() => {
                 // An answer (of another host, or our own echoed): never answer an answer.
@@ -679,7 +683,7 @@ impl Machine {
         Ok(Vec::new())
     }
 
-    fn terminate(
+    async fn terminate(
         &self,
         tx_hash: &str,
         ledger: u32,
@@ -690,7 +694,13 @@ impl Machine {
         let Some(lease) = self.live_lease(token)? else {
             return self.unknown_lease(tx_hash, ledger, from, amount, "terminate", token);
         };
-        if lease.tenant != from {
+        // The holder of the token when the request validated is the tenant of record: the
+        // buyer, or whoever bought the token from them since.
+        let holds = self.ledger.holds(from, &token.to_string(), ledger).await?;
+        if holds && lease.tenant != from {
+            info!(request = tx_hash, lease = %token, buyer = %lease.tenant, holder = from, "termination by a later holder of the token");
+        }
+        if !holds {
             let why = refusal(
                 ReasonCode::NotLeaseOwner,
                 "the sender does not hold the lease token",

@@ -268,6 +268,43 @@ impl Ledger for XrplLedger {
             .await?
             .and_then(|hex| hex.parse().ok()))
     }
+
+    async fn holds(&self, account: &str, token: &str, ledger: u32) -> Result<bool, LedgerError> {
+        let mut at = json!(ledger);
+        let mut marker: Option<Value> = None;
+        loop {
+            let mut params = json!({"account": account, "ledger_index": at, "limit": 400});
+            if let Some(m) = marker.take() {
+                params["marker"] = m;
+            }
+            let page = match self.client.request("account_nfts", params).await {
+                Ok(page) => page,
+                Err(e) if e.rpc_error() == Some("actNotFound") => return Ok(false),
+                // History no longer kept by the server: the holder now is the best answer.
+                Err(e) if e.rpc_error() == Some("lgrNotFound") && at != json!("validated") => {
+                    at = json!("validated");
+                    continue;
+                }
+                Err(e) => return Err(connection(e)),
+            };
+            let found = page["account_nfts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|nft| {
+                    nft["NFTokenID"]
+                        .as_str()
+                        .is_some_and(|id| id.eq_ignore_ascii_case(token))
+                });
+            if found {
+                return Ok(true);
+            }
+            match page.get("marker") {
+                Some(m) if !m.is_null() => marker = Some(m.clone()),
+                _ => return Ok(false),
+            }
+        }
+    }
 }
 
 /// The memos of a transaction's JSON (unreadable memos are left out: the machine then

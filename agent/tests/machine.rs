@@ -388,6 +388,36 @@ async fn termination_by_the_holder_destroys_and_recycles_and_others_are_refused(
 }
 
 #[tokio::test]
+async fn after_a_resale_the_new_holder_terminates_and_the_buyer_no_longer_can() {
+    let h = Harness::new(1);
+    let token = leased(&h, &key(1)).await;
+    let lease: berth_schemas::field::NfTokenId = token.parse().unwrap();
+    // The buyer sells the token on the DEX; the host sees none of it.
+    h.ledger.transfer(&token, OTHER);
+    let terminate = || Some(Message::Terminate(Terminate { lease }));
+    h.handle(payment(5, BUYER, 1, terminate())).await;
+    h.handle(payment(6, OTHER, 1, terminate())).await;
+    for _ in 0..4 {
+        h.machine.flush_outbox().await.unwrap();
+    }
+    let payments = h.ledger.payments();
+    let kinds: Vec<_> = payments
+        .iter()
+        .map(|(to, _, m)| (to.as_str(), m.kind().as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (BUYER, "berth/acquire-ok"),
+            (BUYER, "berth/terminate-err"),
+            (OTHER, "berth/terminate-ok"),
+        ]
+    );
+    assert_eq!(failure_code(&payments[1].2), ReasonCode::NotLeaseOwner);
+    assert!(destroyed(&h, 1));
+}
+
+#[tokio::test]
 async fn expiry_waits_for_the_grace_period_and_pauses_while_the_ledger_stalls() {
     let h = Harness::new(1);
     leased(&h, &key(1)).await;

@@ -198,9 +198,15 @@ async fn tenant_flow(
     let timeout = Duration::from_secs(20);
     let deployed = async {
         let zip = instance::load_bundle(&env.bundle).map_err(|e| e.to_string())?;
-        let node = Instance::connect(&record.instance_url(), &keys.user, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let node = Instance::connect_expecting(
+            &record.instance_url(),
+            &keys.user,
+            timeout,
+            &record.node_key,
+            &record.contract_id,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let reply = node.upload(&zip).await;
         let result = match reply {
             Ok(reply) if reply.status == "ok" => Ok((

@@ -30,6 +30,13 @@ pub enum InstanceError {
     },
     #[error("instance {addr} sent no bootstrap answer to the upload: a contract is installed and only its owner's uploads reach the bootstrap; deploy with the owner's keys")]
     NoBootstrapAnswer { addr: String },
+    #[error("instance {addr} is not the one the host's sealed details name: it announced {what} {got}, the details say {expected}; nothing was sent to it (another service on that port, or a stale lease record?)")]
+    NotTheLeasedInstance {
+        addr: String,
+        what: &'static str,
+        expected: String,
+        got: String,
+    },
     #[error("bad bundle {path}: {problem}")]
     BadBundle { path: PathBuf, problem: String },
     #[error("{step} {path}: {source}")]
@@ -93,8 +100,50 @@ impl Instance {
         }
     }
 
+    /// Connects like [`Instance::connect`], then checks that the node is the one a lease's
+    /// sealed instance details name: it proved it holds `node_key` (signed the client's
+    /// challenge) and announced `contract_id`. The TLS certificate is self-signed, so this
+    /// is what tells a tenant it talks to its own instance before it uploads or signs
+    /// anything.
+    pub async fn connect_expecting(
+        url: &str,
+        key: &SigningKey,
+        timeout: Duration,
+        node_key: &str,
+        contract_id: &str,
+    ) -> Result<Self, InstanceError> {
+        let instance = Self::connect(url, key, timeout).await?;
+        let mismatch =
+            |what: &'static str, expected: &str, got: &str| InstanceError::NotTheLeasedInstance {
+                addr: instance.addr.clone(),
+                what,
+                expected: expected.to_owned(),
+                got: got.to_owned(),
+            };
+        let announced = instance.client.node_pubkey.clone().unwrap_or_default();
+        let problem = if !announced.eq_ignore_ascii_case(node_key) {
+            Some(mismatch("node key", node_key, &announced))
+        } else if !instance.contract_id().eq_ignore_ascii_case(contract_id) {
+            Some(mismatch("contract id", contract_id, instance.contract_id()))
+        } else {
+            None
+        };
+        match problem {
+            Some(e) => {
+                instance.close().await;
+                Err(e)
+            }
+            None => Ok(instance),
+        }
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The node's public key (`ed…`), proven by its signature in the handshake.
+    pub fn node_key(&self) -> Option<&str> {
+        self.client.node_pubkey.as_deref()
     }
 
     /// The contract id the instance announced in the handshake.

@@ -413,6 +413,7 @@ impl Tenant {
             signed,
         };
         self.book.save_pending(&pending)?;
+        tracing::info!(purchase = %pending.signed.hash, lease = %pending.lease, offer = %pending.offer, host, "purchase recorded before submitting");
         progress(&format!(
             "buying lease {} (slot {}, {} per {} s moment) from {host}: purchase {}; if this is interrupted, `berth acquire --resume {}` picks it up",
             pending.lease,
@@ -685,10 +686,17 @@ impl Tenant {
                     }) = decode(tx, &self.address)
                     {
                         if from == host && answered.to_string().eq_ignore_ascii_case(request) {
+                            tracing::info!(request, answer = %tx.hash, kind = message.kind().as_str(), amount_drops, "answer found");
                             return Ok((message, amount_drops));
                         }
                     }
                 }
+                tracing::debug!(
+                    request,
+                    from = cursor,
+                    through = history.validated_ledger,
+                    "no answer yet"
+                );
                 cursor = history.validated_ledger.saturating_add(1);
             }
             if started.elapsed() >= wait {
@@ -899,6 +907,7 @@ impl Tenant {
                 "Memos": memos_json(message)?,
             }))
             .await?;
+        tracing::info!(tx = %signed.hash, host, amount, kind = message.kind().as_str(), "submitting a request");
         let validated = match self.submitter.submit_and_wait(&signed).await {
             Ok(v) => v,
             Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use berth_tenant::book::{Book, BookError, LeaseRecord};
 use berth_tenant::hosts::{self, Filter, HostView};
-use berth_tenant::instance::{self, InputView, Instance};
+use berth_tenant::instance::{self, InputView, Instance, InstanceError};
 use berth_tenant::keys::{self, Keys};
 use berth_tenant::lease::{self, AcquireOptions, Tenant, Xrp};
 use berth_tenant::settings::Settings;
@@ -216,6 +216,16 @@ struct HostsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The sandbox logs to its own file; every other command logs to stderr, quiet unless
+    // RUST_LOG asks (e.g. RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
+    if !matches!(cli.command, Command::Sandbox(_)) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -446,14 +456,24 @@ async fn open_instance(
     };
     let record = lease::live(record)?;
     let url = record.instance_url();
-    let instance = Instance::connect(&url, &keys.user, Duration::from_secs(conn.timeout))
-        .await
-        .with_context(|| {
-            format!(
+    let connected = Instance::connect_expecting(
+        &url,
+        &keys.user,
+        Duration::from_secs(conn.timeout),
+        &record.node_key,
+        &record.contract_id,
+    )
+    .await;
+    let instance = match connected {
+        Ok(instance) => instance,
+        Err(e @ InstanceError::Unreachable { .. }) => {
+            return Err(anyhow::Error::from(e).context(format!(
                 "the instance of lease {} at {url} is unreachable: its host may be down or the lease ended early; check `berth leases` and `berth hosts`",
                 record.lease
-            )
-        })?;
+            )))
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("lease {}", record.lease))),
+    };
     Ok((instance, Some(record)))
 }
 

@@ -195,3 +195,56 @@ fn unreachable_instances_and_missing_keys_say_what_to_do() {
     let o = berth(&home, &["deploy", "--help"]);
     assert_eq!(o.status.code(), Some(0));
 }
+
+/// Connecting through a lease checks what the host's sealed details promise: the node's key
+/// (proven by its signature over the client's challenge) and the contract id.
+#[tokio::test]
+async fn a_lease_connection_refuses_a_node_that_is_not_the_leased_instance() {
+    use berth_tenant::instance::{Instance, InstanceError};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let user = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let user_hex = berth_hotpocket::protocol::pubkey_hex(&user.verifying_key());
+    let node = Node::create(&tmp.path().join("node"), &user_hex);
+    let url = format!("wss://{}", node.addr);
+    // The node's secret in `Node::create` is 0x42 × 32.
+    let node_key = berth_hotpocket::protocol::pubkey_hex(
+        &ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]).verifying_key(),
+    );
+    let timeout = Duration::from_secs(10);
+
+    let good = Instance::connect_expecting(&url, &user, timeout, &node_key, common::CONTRACT_ID)
+        .await
+        .unwrap();
+    assert_eq!(good.node_key(), Some(node_key.as_str()));
+    good.close().await;
+
+    let impostor = berth_hotpocket::protocol::pubkey_hex(
+        &ed25519_dalek::SigningKey::from_bytes(&[0x43; 32]).verifying_key(),
+    );
+    match Instance::connect_expecting(&url, &user, timeout, &impostor, common::CONTRACT_ID).await {
+        Err(
+            e @ InstanceError::NotTheLeasedInstance {
+                what: "node key", ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&impostor) && text.contains("nothing was sent"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a node with another key was accepted"),
+    }
+    let other_contract = "00000000-0000-4000-8000-000000000000";
+    match Instance::connect_expecting(&url, &user, timeout, &node_key, other_contract).await {
+        Err(InstanceError::NotTheLeasedInstance {
+            what: "contract id",
+            ..
+        }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a node of another contract was accepted"),
+    }
+}

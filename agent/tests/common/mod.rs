@@ -58,6 +58,9 @@ pub struct FakeLedger {
     /// validates; (old hash, new hash) pairs are recorded.
     pub resign_next: Mutex<bool>,
     pub resigned: Mutex<Vec<(String, String)>>,
+    /// Token → holding account, as the ledger would know it: set by purchases handled
+    /// through [`Harness::handle`] and by [`FakeLedger::transfer`].
+    pub holders: Mutex<BTreeMap<String, String>>,
 }
 
 fn kind(action: &LedgerAction) -> &'static str {
@@ -91,6 +94,14 @@ impl FakeLedger {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The token changes hands (a resale on the DEX, which the host does not see).
+    pub fn transfer(&self, token: &str, to: &str) {
+        self.holders
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), to.to_owned());
     }
 
     pub fn count(&self, which: &str) -> usize {
@@ -187,6 +198,10 @@ impl Ledger for FakeLedger {
 
     async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError> {
         Ok(self.message_keys.lock().unwrap().get(account).copied())
+    }
+
+    async fn holds(&self, account: &str, token: &str, _ledger: u32) -> Result<bool, LedgerError> {
+        Ok(self.holders.lock().unwrap().get(token).map(String::as_str) == Some(account))
     }
 }
 
@@ -285,6 +300,12 @@ impl Harness {
 
     /// Handles an event and runs its jobs, as `run` does.
     pub async fn handle(&self, event: LedgerEvent) {
+        if let LedgerEvent::Purchase {
+            buyer, token_id, ..
+        } = &event
+        {
+            self.ledger.transfer(token_id, buyer);
+        }
         for job in self.machine.handle(&event).await.unwrap() {
             self.machine.run_job(job).await.unwrap();
         }
