@@ -142,13 +142,18 @@ impl Book {
         Ok(all)
     }
 
-    /// The one record whose lease id is `arg` or starts with it (case-insensitive).
+    /// The one record whose lease id is `arg` or contains it (case-insensitive). The ids of
+    /// one host's tokens share their first 48 hex digits (flags, fee, issuer), so the
+    /// distinguishing part is the end: `berth` shows leases by their last 8 digits.
     pub fn find(&self, arg: &str) -> Result<LeaseRecord, BookError> {
         let want = arg.trim().to_uppercase();
         let all = self.leases()?;
+        if let Some(exact) = all.iter().find(|r| r.lease == want) {
+            return Ok(exact.clone());
+        }
         let matches: Vec<&LeaseRecord> = all
             .iter()
-            .filter(|r| !want.is_empty() && r.lease.starts_with(&want))
+            .filter(|r| !want.is_empty() && r.lease.contains(&want))
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
@@ -162,7 +167,7 @@ impl Book {
                 examples: many
                     .iter()
                     .take(3)
-                    .map(|r| r.lease.as_str())
+                    .map(|r| format!("…{}", short_lease(&r.lease)))
                     .collect::<Vec<_>>()
                     .join(", "),
             }),
@@ -200,6 +205,12 @@ impl Book {
             }),
         }
     }
+}
+
+/// The last 8 hex digits of a lease id (the token's sequence number on its host), which is
+/// how `berth` shows a lease and what its commands accept.
+pub fn short_lease(lease: &str) -> &str {
+    lease.get(lease.len().saturating_sub(8)..).unwrap_or(lease)
 }
 
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BookError {
@@ -293,9 +304,13 @@ mod tests {
         book.save_lease(&record(&b, 10)).unwrap();
         assert_eq!(book.leases().unwrap()[0].lease, b, "sorted by expiry");
         assert_eq!(book.find(&a.to_lowercase()[..8]).unwrap().lease, a);
+        assert_eq!(book.find(short_lease(&b)).unwrap().lease, b, "by its end");
         assert_eq!(book.lease(&b).unwrap().unwrap().expires_at, 10);
         let err = book.find("000800").unwrap_err().to_string();
-        assert!(err.contains("matches 2 leases"), "{err}");
+        assert!(
+            err.contains("matches 2 leases") && err.contains("give more"),
+            "{err}"
+        );
         let err = book.find("FFFF").unwrap_err().to_string();
         assert!(
             err.contains("no lease matches") && err.contains("berth leases"),

@@ -183,7 +183,7 @@ async fn tenant_flow(
         .map(|a| {
             let detail = format!(
                 "lease {} → instance {}",
-                lease::short(&a.record.lease),
+                crate::book::short_lease(&a.record.lease),
                 a.record.instance_url()
             );
             (a, detail)

@@ -720,7 +720,7 @@ impl Tenant {
         }
     }
 
-    /// The lease the argument names: a lease id or its first characters, from the local
+    /// The lease the argument names: a lease id or a unique part of it, from the local
     /// book; a full id not in the book is looked up on the ledger.
     pub async fn find(&self, arg: &str) -> Result<LeaseRecord, LeaseError> {
         match self.book.find(arg) {
@@ -870,7 +870,7 @@ impl Tenant {
         progress(&format!(
             "{what} {} of lease {} ({paying}) validated in ledger {}; waiting for the host",
             validated.hash,
-            short(&record.lease),
+            crate::book::short_lease(&record.lease),
             validated.ledger_index
         ));
         let hint = format!(

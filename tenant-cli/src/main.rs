@@ -50,7 +50,7 @@ enum Command {
     Acquire(AcquireArgs),
     /// Bundle a contract directory (or take a zip) and upload it to an instance as its owner.
     Deploy {
-        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// A lease (its id or a unique part of it such as its last 8 digits, see `berth leases`), or an instance's
         /// user port as host:port or wss://host:port.
         instance: String,
         /// A contract directory (with contract.config) or a bundle zip.
@@ -63,7 +63,7 @@ enum Command {
     },
     /// Send a signed input and print the contract's outputs for it.
     Input {
-        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// A lease (its id or a unique part of it such as its last 8 digits, see `berth leases`), or an instance's
         /// user port as host:port or wss://host:port.
         instance: String,
         /// The input, or `@file` for a file's bytes.
@@ -73,7 +73,7 @@ enum Command {
     },
     /// Send a read request and print the contract's answer.
     Read {
-        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// A lease (its id or a unique part of it such as its last 8 digits, see `berth leases`), or an instance's
         /// user port as host:port or wss://host:port.
         instance: String,
         /// The request, or `@file` for a file's bytes.
@@ -83,7 +83,7 @@ enum Command {
     },
     /// Show an instance's last closed ledger and status.
     Status {
-        /// A lease (its id or first characters, see `berth leases`), or an instance's
+        /// A lease (its id or a unique part of it such as its last 8 digits, see `berth leases`), or an instance's
         /// user port as host:port or wss://host:port.
         instance: String,
         #[command(flatten)]
@@ -91,7 +91,7 @@ enum Command {
     },
     /// Pay for more moments of a lease.
     Extend {
-        /// The lease: its id or first characters (see `berth leases`).
+        /// The lease: its id or a unique part of it such as its last 8 digits (see `berth leases`).
         lease: String,
         /// Moments to add.
         moments: u32,
@@ -100,7 +100,7 @@ enum Command {
     },
     /// End a lease now (no refund of unused time); the host destroys its instance.
     Terminate {
-        /// The lease: its id or first characters (see `berth leases`).
+        /// The lease: its id or a unique part of it such as its last 8 digits (see `berth leases`).
         lease: String,
         #[command(flatten)]
         wait: WaitArgs,
@@ -551,7 +551,7 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
             println!("purchase     {}", acquired.purchase);
             eprintln!(
                 "next: `berth deploy {} <contract dir or zip>`",
-                lease::short(&r.lease)
+                berth_tenant::book::short_lease(&r.lease)
             );
             Ok(())
         }
