@@ -27,6 +27,14 @@ fn in_state(h: &Harness, state: LeaseState) -> usize {
     h.machine.store().read().leases(&[state]).unwrap().len()
 }
 
+/// (recipient, memo type) of each payment prepared.
+fn kinds(payments: &[(String, u64, Message)]) -> Vec<(&str, &str)> {
+    payments
+        .iter()
+        .map(|(to, _, m)| (to.as_str(), m.kind().as_str()))
+        .collect()
+}
+
 fn destroyed(h: &Harness, purchase: u8) -> bool {
     h.provisioner
         .calls()
@@ -367,12 +375,8 @@ async fn termination_by_the_holder_destroys_and_recycles_and_others_are_refused(
         h.machine.flush_outbox().await.unwrap();
     }
     let payments = h.ledger.payments();
-    let kinds: Vec<_> = payments
-        .iter()
-        .map(|(to, _, m)| (to.as_str(), m.kind().as_str()))
-        .collect();
     assert_eq!(
-        kinds,
+        kinds(&payments),
         vec![
             (BUYER, "berth/acquire-ok"),
             (OTHER, "berth/terminate-err"),
@@ -401,12 +405,8 @@ async fn after_a_resale_the_new_holder_terminates_and_the_buyer_no_longer_can() 
         h.machine.flush_outbox().await.unwrap();
     }
     let payments = h.ledger.payments();
-    let kinds: Vec<_> = payments
-        .iter()
-        .map(|(to, _, m)| (to.as_str(), m.kind().as_str()))
-        .collect();
     assert_eq!(
-        kinds,
+        kinds(&payments),
         vec![
             (BUYER, "berth/acquire-ok"),
             (BUYER, "berth/terminate-err"),

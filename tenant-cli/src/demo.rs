@@ -175,6 +175,7 @@ async fn tenant_flow(
         max_price_drops: None,
         moments: 1,
         wait: env.wait,
+        allow_silent: false,
     };
     let mut quiet = |_: &str| {};
     let acquired = tenant

@@ -58,9 +58,22 @@ pub struct HostView {
     pub offers: Vec<Offer>,
 }
 
+/// A host that has sent nothing to the registry for this many of its moments is silent: it
+/// heartbeats once per moment, so its agent has missed two beats and would likely not
+/// answer a purchase.
+pub const SILENT_AFTER_MOMENTS: u64 = 3;
+
 impl HostView {
     pub fn free_slots(&self) -> usize {
         self.offers.len()
+    }
+
+    /// Whether the host has been silent (no registration or heartbeat) for
+    /// [`SILENT_AFTER_MOMENTS`] of its moments at `now_unix`.
+    pub fn silent(&self, now_unix: u64) -> bool {
+        let limit = SILENT_AFTER_MOMENTS.saturating_mul(u64::from(self.moment_secs));
+        self.last_seen_unix
+            .is_none_or(|t| now_unix.saturating_sub(t) > limit)
     }
 
     /// The cheapest live offer's price per moment.
@@ -77,6 +90,8 @@ pub struct Filter {
     pub min_memory_mb: Option<u32>,
     /// Hosts seen (heartbeat or registration) within this many seconds of `now_unix`.
     pub seen_within_secs: Option<u64>,
+    /// Also list silent hosts ([`HostView::silent`]); they are left out by default.
+    pub include_silent: bool,
     pub now_unix: u64,
 }
 
@@ -93,7 +108,8 @@ impl Filter {
             host.last_seen_unix
                 .is_some_and(|t| self.now_unix.saturating_sub(t) <= within)
         });
-        (enough && recent).then_some(host)
+        let alive = self.include_silent || !host.silent(self.now_unix);
+        (enough && recent && alive).then_some(host)
     }
 }
 
@@ -337,6 +353,17 @@ mod tests {
             }),
             None
         );
+        // Silent for more than three moments (60 s each): left out unless asked for.
+        let silent = || host(Some(now - 181), vec![offer(10, 512)]);
+        assert!(base.apply(silent()).is_none());
+        assert!(base
+            .apply(host(Some(now - 180), vec![offer(10, 512)]))
+            .is_some());
+        let with_silent = Filter {
+            include_silent: true,
+            ..base.clone()
+        };
+        assert!(with_silent.apply(silent()).is_some());
         // No offer at all: not listed; never seen: not listed when recency is asked.
         assert!(base.apply(host(Some(900), vec![])).is_none());
         let recent = Filter {

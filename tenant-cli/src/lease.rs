@@ -47,6 +47,12 @@ pub enum LeaseError {
     NoMessageKey { host: String },
     #[error("no host found: {host} has no live lease offer{filter} (all its slots are leased, or its agent is not running); pick another with `berth hosts`")]
     NoOffer { host: String, filter: String },
+    #[error("host {host} has sent nothing to the ledger for {silent} (it heartbeats once per {moment_secs} s moment): its agent looks down and would not answer a purchase; pick another host with `berth hosts`, or pass --allow-silent to buy anyway")]
+    HostSilent {
+        host: String,
+        silent: String,
+        moment_secs: u32,
+    },
     #[error("insufficient balance: {address} holds {balance}, and this needs {needed} ({spend} to pay, {reserve} of reserve the ledger keeps on the account, fees); fund {address} and try again")]
     InsufficientBalance {
         address: String,
@@ -161,6 +167,8 @@ pub struct AcquireOptions {
     pub moments: u32,
     /// How long to wait for each answer.
     pub wait: Duration,
+    /// Buy even from a host silent for more than three of its moments.
+    pub allow_silent: bool,
 }
 
 /// A lease bought and its instance's details opened.
@@ -346,6 +354,35 @@ impl Tenant {
             })
     }
 
+    /// Fails with [`LeaseError::HostSilent`] when the host's latest validated transaction
+    /// (heartbeats, answers, mints) is older than
+    /// [`hosts::SILENT_AFTER_MOMENTS`] of its moments.
+    async fn check_alive(&self, host: &str, moment_secs: u32) -> Result<(), LeaseError> {
+        let page = self
+            .client
+            .request(
+                "account_tx",
+                json!({"account": host, "ledger_index_min": -1, "ledger_index_max": -1,
+                       "limit": 1, "forward": false}),
+            )
+            .await?;
+        let latest = page["transactions"]
+            .as_array()
+            .and_then(|t| t.first())
+            .and_then(berth_mb_xrpl::ValidatedTx::from_json)
+            .and_then(|tx| tx.close_time_unix);
+        let limit = hosts::SILENT_AFTER_MOMENTS.saturating_mul(u64::from(moment_secs));
+        let silent = latest.map(|t| now_unix().saturating_sub(t));
+        match silent {
+            Some(secs) if secs <= limit => Ok(()),
+            _ => Err(LeaseError::HostSilent {
+                host: host.to_owned(),
+                silent: silent.map_or_else(|| "ever".to_owned(), |s| format!("{s} s")),
+                moment_secs,
+            }),
+        }
+    }
+
     /// Buys the cheapest live lease offer of `host` and waits for the instance.
     pub async fn acquire(
         &self,
@@ -369,6 +406,9 @@ impl Tenant {
                     .map(|max| format!(" at or below {max} drops per moment"))
                     .unwrap_or_default(),
             })?;
+        if !opts.allow_silent {
+            self.check_alive(host, offer.moment_secs).await?;
+        }
         let moments = opts.moments.max(1);
         let extra = u64::from(moments - 1)
             .checked_mul(offer.amount_drops)

@@ -130,8 +130,12 @@ struct AcquireArgs {
     /// Highest price per moment to pay, in drops.
     #[arg(long)]
     max_price: Option<u64>,
+    /// Buy even from a host silent for more than three of its moments (its agent is likely
+    /// down: the price would wait for a refund until it comes back).
+    #[arg(long)]
+    allow_silent: bool,
     /// Resume an interrupted purchase by its transaction hash (printed when it started).
-    #[arg(long, value_name = "HASH", conflicts_with_all = ["host", "contract_id", "max_price"])]
+    #[arg(long, value_name = "HASH", conflicts_with_all = ["host", "contract_id", "max_price", "allow_silent"])]
     resume: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
@@ -212,6 +216,10 @@ struct HostsArgs {
     /// Only hosts heard from (heartbeat or registration) within this many seconds.
     #[arg(long)]
     seen_within: Option<u64>,
+    /// Also list hosts silent for more than three of their moments (they heartbeat once per
+    /// moment; a silent host's agent is likely down and would not answer a purchase).
+    #[arg(long)]
+    include_silent: bool,
 }
 
 fn main() -> ExitCode {
@@ -534,6 +542,7 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         max_price_drops: args.max_price,
                         moments: args.moments,
                         wait: wait(&args.wait),
+                        allow_silent: args.allow_silent,
                     };
                     tenant.acquire(host, &opts, &mut progress).await?
                 }
@@ -713,6 +722,7 @@ async fn run_hosts(args: HostsArgs, net: &Network, json: bool) -> anyhow::Result
         min_free: args.min_free,
         min_memory_mb: args.min_memory,
         seen_within_secs: args.seen_within,
+        include_silent: args.include_silent,
         now_unix,
     };
     let registered = listed.len();
@@ -724,7 +734,7 @@ async fn run_hosts(args: HostsArgs, net: &Network, json: bool) -> anyhow::Result
             )
         } else {
             format!(
-                "{registered} registered host(s), none with a live offer matching the filters; relax --max-price/--min-free/--min-memory/--seen-within or try again later"
+                "{registered} registered host(s), none with a live offer matching the filters; relax --max-price/--min-free/--min-memory/--seen-within, add --include-silent, or try again later"
             )
         };
         bail!("no host found: {why}");

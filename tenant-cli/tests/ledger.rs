@@ -428,3 +428,90 @@ async fn hosts_lists_registered_hosts_with_live_offers_and_filters() {
     client.shutdown().await;
     net.shutdown().await;
 }
+
+/// A host that stopped heartbeating (silent for three of its moments) still has live offers
+/// on the ledger, but `hosts` leaves it out and `acquire` refuses to pay it, each saying
+/// how to insist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_is_left_out_and_not_paid() {
+    // Closes every second, so that ledger close times follow the wall clock (a close time
+    // is at least one second after its parent's).
+    let net = Localnet::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        close_interval: Duration::from_millis(1000),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(ClientConfig::new([net.url()]))
+        .await
+        .unwrap();
+    let url = net.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().to_path_buf();
+    let (registry, host) = (
+        KeyPair::generate(KeyType::Ed25519),
+        KeyPair::generate(KeyType::Ed25519),
+    );
+    for k in [&registry, &host] {
+        fund(&client, &k.address()).await;
+    }
+    let reg = registry.address();
+    // Moments of one second: silent after three.
+    let mut info = host_info("h.example.com", 1000);
+    info.moment_secs = NonZeroU32::new(1).unwrap();
+    let message_key = berth_schemas::key::PublicKey::from_verifying_key(
+        &ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    )
+    .unwrap();
+    submit(
+        &client,
+        &host,
+        json!({"TransactionType": "AccountSet", "Account": host.address(),
+               "MessageKey": message_key.to_ledger_hex()}),
+    )
+    .await;
+    let mut uri = lease(0, 1024, 1000);
+    uri.moment_secs = NonZeroU32::new(1).unwrap();
+    mint(&client, &host, uri, true).await;
+    submit(
+        &client,
+        &host,
+        json!({"TransactionType": "Payment", "Account": host.address(), "Destination": reg,
+               "Amount": "1", "Memos": memo_json(&Message::HostReg(info))}),
+    )
+    .await;
+    ok(berth_async(&home, &["keys", "new"]).await);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+
+    let flags = ["--ledger", url.as_str(), "--registry", reg.as_str()];
+    let with = |extra: &[&str]| {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend_from_slice(&flags);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let home = home.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            berth_async(&home, &args).await
+        }
+    };
+    let err = fails(run(with(&["hosts"])).await);
+    assert!(
+        err.contains("no host found") && err.contains("--include-silent"),
+        "{err}"
+    );
+    let listed = json(run(with(&["hosts", "--include-silent", "--json"])).await);
+    assert_eq!(listed[0]["address"], host.address(), "{listed}");
+    let err = fails(run(with(&["acquire", &host.address()])).await);
+    assert!(
+        err.contains(&host.address())
+            && err.contains("has sent nothing")
+            && err.contains("--allow-silent")
+            && err.contains("berth hosts"),
+        "{err}"
+    );
+    client.shutdown().await;
+    net.shutdown().await;
+}
