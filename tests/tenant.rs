@@ -165,6 +165,35 @@ fn a_tenant_buys_deploys_talks_extends_and_terminates_and_every_error_says_what_
         expires_at + 2 * moment
     );
 
+    // An extension killed right after it was recorded is finished by the next `extend`,
+    // not paid twice: one more moment in all.
+    let mut child = Command::new(berth_bin())
+        .args(["extend", short, "1"])
+        .env("BERTH_HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("recorded") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let in_flight = std::fs::read_dir(home.join("requests")).unwrap().count();
+    assert_eq!(in_flight, 1, "the extension was not recorded");
+    let out = berth(&home, &["extend", short, "1", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let resumed = json(out);
+    assert!(stderr.contains("instead of paying again"), "{stderr}");
+    assert_eq!(
+        resumed["expires_at"].as_u64().unwrap(),
+        expires_at + 3 * moment,
+        "{resumed}"
+    );
+    assert_eq!(std::fs::read_dir(home.join("requests")).unwrap().count(), 0);
+
     // Terminate; the lease is then refused by name, and its instance is gone.
     let out = ok(berth(&home, &["terminate", short]));
     assert!(out.contains("terminated"), "{out}");

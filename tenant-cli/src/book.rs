@@ -101,6 +101,19 @@ pub struct PendingPurchase {
     pub signed: SignedTx,
 }
 
+/// An extension or termination submitted (or about to be) whose answer has not been read:
+/// the next command about the same lease finishes it instead of paying again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub lease: String,
+    pub host: String,
+    /// `extension` or `termination`.
+    pub what: String,
+    pub amount_drops: u64,
+    /// The signed payment, submitted again as it is if it never reached the ledger.
+    pub signed: SignedTx,
+}
+
 /// The tenant's lease book in `<home>`.
 #[derive(Debug, Clone)]
 pub struct Book {
@@ -192,18 +205,42 @@ impl Book {
 
     /// Forgets a pending purchase (its answer was read, or it provably never happened).
     pub fn remove_pending(&self, hash: &str) -> Result<(), BookError> {
-        let path = self
-            .pending_dir()
-            .join(format!("{}.json", hash.to_uppercase()));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(BookError::Io {
-                step: "removing",
-                path,
-                source,
-            }),
-        }
+        remove_json(&self.pending_dir(), hash)
+    }
+
+    fn requests_dir(&self) -> PathBuf {
+        self.home.join("requests")
+    }
+
+    pub fn save_request(&self, request: &PendingRequest) -> Result<PathBuf, BookError> {
+        write_json(&self.requests_dir(), &request.signed.hash, request)
+    }
+
+    /// Requests about `lease` still in flight.
+    pub fn requests_for(&self, lease: &str) -> Result<Vec<PendingRequest>, BookError> {
+        let all: Vec<PendingRequest> = list_json(&self.requests_dir())?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.lease.eq_ignore_ascii_case(lease))
+            .collect())
+    }
+
+    /// Forgets a request (its answer was read, or it provably never happened).
+    pub fn remove_request(&self, hash: &str) -> Result<(), BookError> {
+        remove_json(&self.requests_dir(), hash)
+    }
+}
+
+fn remove_json(dir: &Path, name: &str) -> Result<(), BookError> {
+    let path = dir.join(format!("{}.json", name.to_uppercase()));
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BookError::Io {
+            step: "removing",
+            path,
+            source,
+        }),
     }
 }
 

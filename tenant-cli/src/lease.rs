@@ -27,7 +27,7 @@ use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::book::{Book, BookError, Ended, LeaseRecord, PendingPurchase};
+use crate::book::{Book, BookError, Ended, LeaseRecord, PendingPurchase, PendingRequest};
 use crate::hosts::{self, HostsError, Offer};
 use crate::keys::{Keys, KeysError};
 
@@ -106,6 +106,12 @@ pub enum LeaseError {
     Expired { lease: String, at: u64, ago: u64 },
     #[error("lease {lease} was terminated; acquire a new lease with `berth acquire <host>`")]
     Terminated { lease: String },
+    #[error("a {what} of lease {lease} is still in flight (transaction {hash}); finish it first by running that command again")]
+    InFlight {
+        lease: String,
+        what: String,
+        hash: String,
+    },
     #[error("transaction {hash} is not a lease purchase by {account}: {problem}")]
     NotAPurchase {
         hash: String,
@@ -676,7 +682,16 @@ impl Tenant {
                         got,
                     });
                 }
-                let record = record_of(host, hash, &details, price_drops, moment_secs);
+                let mut record = record_of(host, hash, &details, price_drops, moment_secs);
+                // A resume after the lease moved on (extended, ended) keeps what is known.
+                if let Some(known) = self.book.lease(&record.lease)? {
+                    record.expires_at = record.expires_at.max(known.expires_at);
+                    record.ended = known.ended;
+                    if record.price_drops == 0 {
+                        (record.price_drops, record.moment_secs) =
+                            (known.price_drops, known.moment_secs);
+                    }
+                }
                 self.book.save_lease(&record)?;
                 self.book.remove_pending(hash)?;
                 Ok(Acquired {
@@ -894,7 +909,9 @@ impl Tenant {
     }
 
     /// Sends a request about `record` to its host (a payment of `amount` carrying `message`)
-    /// and waits for the answer: (the request, the answer, what the answer paid back).
+    /// and waits for the answer: (the request, the answer, what the answer paid back). The
+    /// signed payment is recorded before it is submitted; a request of the same kind about
+    /// the lease left in flight by an interrupted run is finished instead of paying again.
     #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
@@ -906,19 +923,110 @@ impl Tenant {
         wait: Duration,
         progress: Progress<'_>,
     ) -> Result<(berth_mb_xrpl::Validated, Message, u64), LeaseError> {
-        let validated = self.pay(&record.host, amount, message).await?;
+        if let Some(earlier) = self.book.requests_for(&record.lease)?.into_iter().next() {
+            if earlier.what != what {
+                return Err(LeaseError::InFlight {
+                    lease: record.lease.clone(),
+                    what: earlier.what,
+                    hash: earlier.signed.hash,
+                });
+            }
+            progress(&format!(
+                "an earlier {what} {} of lease {} was interrupted: finishing it instead of paying again (run the command again for more)",
+                earlier.signed.hash,
+                crate::book::short_lease(&record.lease)
+            ));
+            return self.finish_request(earlier, wait, progress).await;
+        }
+        let signed = self
+            .submitter
+            .prepare(json!({
+                "TransactionType": "Payment",
+                "Account": self.address,
+                "Destination": record.host,
+                "Amount": amount.to_string(),
+                "Memos": memos_json(message)?,
+            }))
+            .await?;
+        let pending = PendingRequest {
+            lease: record.lease.clone(),
+            host: record.host.clone(),
+            what: what.to_owned(),
+            amount_drops: amount,
+            signed,
+        };
+        self.book.save_request(&pending)?;
+        tracing::info!(tx = %pending.signed.hash, host = %record.host, amount, what, "request recorded before submitting");
         progress(&format!(
-            "{what} {} of lease {} ({paying}) validated in ledger {}; waiting for the host",
-            validated.hash,
+            "{what} {} of lease {} ({paying}) recorded; submitting",
+            pending.signed.hash,
             crate::book::short_lease(&record.lease),
-            validated.ledger_index
         ));
+        self.finish_request(pending, wait, progress).await
+    }
+
+    /// Submits a recorded request (unless it is validated already) and waits for its answer.
+    async fn finish_request(
+        &self,
+        pending: PendingRequest,
+        wait: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(berth_mb_xrpl::Validated, Message, u64), LeaseError> {
+        let hash = pending.signed.hash.clone();
+        let validated = match self.submitter.status_of(&pending.signed).await? {
+            TxStatus::Validated(v) => v,
+            _ => {
+                let book = self.book.clone();
+                let mut latest = pending.clone();
+                let submitted = self
+                    .submitter
+                    .submit_and_wait_with(&pending.signed, |resigned: &SignedTx| {
+                        latest.signed = resigned.clone();
+                        book.save_request(&latest).map(|_| ())
+                    })
+                    .await;
+                match submitted {
+                    Ok(v) => v,
+                    Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {
+                        self.book.remove_request(&hash)?;
+                        return Err(LeaseError::NeverValidated {
+                            hash,
+                            detail: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if !validated.is_success() {
+            self.book.remove_request(&hash)?;
+            return Err(LeaseError::TxFailed {
+                meaning: meaning(&validated.result).into(),
+                hash: validated.hash,
+                result: validated.result,
+            });
+        }
+        let what = if pending.what == "termination" {
+            "termination"
+        } else {
+            "extension"
+        };
+        progress(&format!(
+            "{what} {} validated in ledger {}; waiting for the host",
+            validated.hash, validated.ledger_index
+        ));
+        let command = if what == "termination" {
+            "terminate"
+        } else {
+            "extend"
+        };
         let hint = format!(
-            "the {what} is on the ledger and the host answers it (or refunds it) when its agent runs: check with `berth leases`"
+            "the {what} is on the ledger and the host answers it (or refunds it) when its agent runs: `berth {command} {}` waits again without paying twice",
+            crate::book::short_lease(&pending.lease)
         );
         let (answer, returned) = self
             .wait_answer(
-                &record.host,
+                &pending.host,
                 &validated.hash,
                 what,
                 validated.ledger_index,
@@ -927,45 +1035,8 @@ impl Tenant {
                 progress,
             )
             .await?;
+        self.book.remove_request(&hash)?;
         Ok((validated, answer, returned))
-    }
-
-    /// A Berth payment to `host`, submitted and validated; a `tec` is an error.
-    async fn pay(
-        &self,
-        host: &str,
-        amount: u64,
-        message: &Message,
-    ) -> Result<berth_mb_xrpl::Validated, LeaseError> {
-        let signed = self
-            .submitter
-            .prepare(json!({
-                "TransactionType": "Payment",
-                "Account": self.address,
-                "Destination": host,
-                "Amount": amount.to_string(),
-                "Memos": memos_json(message)?,
-            }))
-            .await?;
-        tracing::info!(tx = %signed.hash, host, amount, kind = message.kind().as_str(), "submitting a request");
-        let validated = match self.submitter.submit_and_wait(&signed).await {
-            Ok(v) => v,
-            Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {
-                return Err(LeaseError::NeverValidated {
-                    hash: signed.hash,
-                    detail: e.to_string(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if !validated.is_success() {
-            return Err(LeaseError::TxFailed {
-                meaning: meaning(&validated.result).into(),
-                hash: validated.hash,
-                result: validated.result,
-            });
-        }
-        Ok(validated)
     }
 
     /// Lease tokens the account holds: (id, issuer, URI).
