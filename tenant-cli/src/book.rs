@@ -199,10 +199,6 @@ impl Book {
         )
     }
 
-    pub fn pendings(&self) -> Result<Vec<PendingPurchase>, BookError> {
-        list_json(&self.pending_dir())
-    }
-
     /// Forgets a pending purchase (its answer was read, or it provably never happened).
     pub fn remove_pending(&self, hash: &str) -> Result<(), BookError> {
         remove_json(&self.pending_dir(), hash)

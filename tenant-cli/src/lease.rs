@@ -291,10 +291,6 @@ impl Tenant {
         &self.client
     }
 
-    pub fn book(&self) -> &Book {
-        &self.book
-    }
-
     /// The account's balance and owner count; `None` when the account does not exist.
     async fn account(&self, account: &str) -> Result<Option<Value>, LeaseError> {
         Ok(self.client.account_data(account).await?)
@@ -559,43 +555,18 @@ impl Tenant {
         progress: Progress<'_>,
     ) -> Result<Acquired, LeaseError> {
         let hash = pending.signed.hash.clone();
-        let validated = match self.submitter.status_of(&pending.signed).await? {
-            TxStatus::Validated(v) => v,
-            _ => {
-                let book = self.book.clone();
-                let mut latest = pending.clone();
-                let submitted = self
-                    .submitter
-                    .submit_and_wait_with(&pending.signed, |resigned: &SignedTx| {
-                        latest.signed = resigned.clone();
-                        book.save_pending(&latest).map(|_| ())
-                    })
-                    .await;
-                match submitted {
-                    Ok(v) => v,
-                    Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {
-                        self.book.remove_pending(&hash)?;
-                        return Err(LeaseError::NeverValidated {
-                            hash,
-                            detail: e.to_string(),
-                        });
-                    }
-                    Err(SubmitError::Rejected {
-                        hash: h, result, ..
-                    }) if result == "tecOBJECT_NOT_FOUND" || result == "tecNO_ENTRY" => {
-                        self.book.remove_pending(&hash)?;
-                        return Err(LeaseError::OfferGone {
-                            lease: pending.lease,
-                            hash: h,
-                            result,
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let mut latest = pending.clone();
+        let validated = self
+            .settle(
+                &pending.signed,
+                |resigned| {
+                    latest.signed = resigned.clone();
+                    self.book.save_pending(&latest).map(|_| ())
+                },
+                |hash| self.book.remove_pending(hash),
+            )
+            .await?;
         if !validated.is_success() {
-            self.book.remove_pending(&hash)?;
             let result = validated.result;
             return Err(match result.as_str() {
                 "tecOBJECT_NOT_FOUND" | "tecNO_ENTRY" | "tecNO_PERMISSION" => {
@@ -965,6 +936,37 @@ impl Tenant {
         self.finish_request(pending, wait, progress).await
     }
 
+    /// Brings a transaction recorded in the book to a validated ledger: nothing to submit
+    /// when it is validated already, else it is submitted as recorded, `record` getting each
+    /// re-signed version (raised fee) before it is submitted. `forget` drops the book's
+    /// record once the transaction provably did nothing: never validated, or a `tec` result
+    /// (returned as the validated outcome for the caller to explain).
+    async fn settle(
+        &self,
+        signed: &SignedTx,
+        record: impl FnMut(&SignedTx) -> Result<(), BookError>,
+        forget: impl Fn(&str) -> Result<(), BookError>,
+    ) -> Result<berth_mb_xrpl::Validated, LeaseError> {
+        let validated = match self.submitter.status_of(signed).await? {
+            TxStatus::Validated(v) => v,
+            _ => match self.submitter.submit_and_wait_with(signed, record).await {
+                Ok(v) => v,
+                Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {
+                    forget(&signed.hash)?;
+                    return Err(LeaseError::NeverValidated {
+                        hash: signed.hash.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if !validated.is_success() {
+            forget(&signed.hash)?;
+        }
+        Ok(validated)
+    }
+
     /// Submits a recorded request (unless it is validated already) and waits for its answer.
     async fn finish_request(
         &self,
@@ -973,33 +975,18 @@ impl Tenant {
         progress: Progress<'_>,
     ) -> Result<(berth_mb_xrpl::Validated, Message, u64), LeaseError> {
         let hash = pending.signed.hash.clone();
-        let validated = match self.submitter.status_of(&pending.signed).await? {
-            TxStatus::Validated(v) => v,
-            _ => {
-                let book = self.book.clone();
-                let mut latest = pending.clone();
-                let submitted = self
-                    .submitter
-                    .submit_and_wait_with(&pending.signed, |resigned: &SignedTx| {
-                        latest.signed = resigned.clone();
-                        book.save_request(&latest).map(|_| ())
-                    })
-                    .await;
-                match submitted {
-                    Ok(v) => v,
-                    Err(e @ (SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. })) => {
-                        self.book.remove_request(&hash)?;
-                        return Err(LeaseError::NeverValidated {
-                            hash,
-                            detail: e.to_string(),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let mut latest = pending.clone();
+        let validated = self
+            .settle(
+                &pending.signed,
+                |resigned| {
+                    latest.signed = resigned.clone();
+                    self.book.save_request(&latest).map(|_| ())
+                },
+                |hash| self.book.remove_request(hash),
+            )
+            .await?;
         if !validated.is_success() {
-            self.book.remove_request(&hash)?;
             return Err(LeaseError::TxFailed {
                 meaning: meaning(&validated.result).into(),
                 hash: validated.hash,
