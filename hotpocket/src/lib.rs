@@ -19,6 +19,7 @@ mod fsutil;
 pub mod image;
 pub mod ledger;
 pub mod node;
+pub mod peer;
 pub mod protocol;
 mod server;
 pub mod store;
