@@ -130,6 +130,8 @@ fn start_node(
             "3c349abe-4d70-4f50-9fa6-018f1f2530ab",
             "--user-port",
             "0",
+            "--peer-port",
+            "0",
         ])
         .args(["--roundtime-ms", &roundtime.to_string()])
         .stdout(Stdio::null())

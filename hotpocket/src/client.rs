@@ -124,10 +124,18 @@ pub struct NodeStat {
     pub roundtime: u64,
     pub contract_execution_enabled: bool,
     pub current_unl: Vec<String>,
+    /// Whether the node follows the UNL's ledgers.
+    pub in_sync: bool,
+    /// What the node's last round said.
+    pub vote_status: String,
+    /// `host:port` of the node's connected peers.
+    pub peers: Vec<String>,
 }
 
 #[derive(Default)]
 struct Inbox {
+    /// Each `unl_change` received: the new UNL as `ed…` keys.
+    unl_changes: Vec<Vec<String>>,
     statuses: HashMap<String, InputOutcome>,
     status_order: VecDeque<String>,
     status_waiters: HashMap<String, oneshot::Sender<InputOutcome>>,
@@ -453,6 +461,11 @@ impl Client {
         self.inner.lcl_seq.load(Ordering::Relaxed)
     }
 
+    /// Every `unl_change` received so far (each the new UNL as `ed…` keys).
+    pub fn unl_changes(&self) -> Vec<Vec<String>> {
+        self.inner.inbox().unl_changes.clone()
+    }
+
     /// Every output received so far, by ledger.
     pub fn received_outputs(&self) -> Vec<LedgerOutputs> {
         self.inner.inbox().outputs.values().cloned().collect()
@@ -553,6 +566,9 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
         };
         let mut inbox = inner.inbox();
         match msg {
+            Reply::UnlChange { unl } => inbox
+                .unl_changes
+                .push(unl.iter().map(hex::encode).collect()),
             Reply::InputStatus {
                 status,
                 reason,
@@ -644,6 +660,9 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                 roundtime,
                 contract_execution_enabled,
                 unl,
+                in_sync,
+                vote_status,
+                peers,
             } => {
                 if let Some(waiter) = inbox.stat_waiters.pop_front() {
                     let _ = waiter.send(NodeStat {
@@ -653,6 +672,9 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                         roundtime,
                         contract_execution_enabled,
                         current_unl: unl.iter().map(hex::encode).collect(),
+                        in_sync,
+                        vote_status,
+                        peers,
                     });
                 }
             }

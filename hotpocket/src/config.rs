@@ -177,6 +177,13 @@ pub struct NewNode {
     pub user_port: u16,
     pub peer_port: u16,
     pub roundtime_ms: Option<u64>,
+    /// The UNL (`ed…` keys); this node's own key is added when missing. Empty: this node
+    /// alone.
+    pub unl: Vec<String>,
+    /// Peers to dial (`host:port`).
+    pub peers: Vec<String>,
+    /// Percent of the UNL that must agree (1–100).
+    pub threshold: Option<u32>,
 }
 
 /// Settings an environment may change on a later start.
@@ -186,6 +193,8 @@ pub struct Overrides {
     pub peer_port: Option<u16>,
     pub roundtime_ms: Option<u64>,
     pub listen: Option<String>,
+    /// Replaces `mesh.known_peers`.
+    pub peers: Option<Vec<String>>,
 }
 
 /// File name of the config inside the state directory.
@@ -213,6 +222,21 @@ impl NodeConfig {
         if let Some(ms) = new.roundtime_ms {
             consensus.roundtime = ms;
         }
+        if let Some(t) = new.threshold {
+            consensus.threshold = t;
+        }
+        let mut unl = Vec::with_capacity(new.unl.len() + 1);
+        for key in &new.unl {
+            let key =
+                parse_pubkey_hex(key.trim()).map_err(|e| invalid("contract.unl", e.to_string()))?;
+            let hex = pubkey_hex(&key);
+            if !unl.contains(&hex) {
+                unl.push(hex);
+            }
+        }
+        if !unl.contains(&node_pk) {
+            unl.push(node_pk.clone());
+        }
         let cfg = NodeConfig {
             node: NodeSection {
                 public_key: node_pk.clone(),
@@ -221,7 +245,7 @@ impl NodeConfig {
             contract: ContractSection {
                 id: id.to_string(),
                 version: "1.0".to_owned(),
-                unl: vec![node_pk],
+                unl,
                 bin_path: String::new(),
                 bin_args: String::new(),
                 environment: BTreeMap::new(),
@@ -244,7 +268,7 @@ impl NodeConfig {
             },
             mesh: MeshSection {
                 port: new.peer_port,
-                known_peers: Vec::new(),
+                known_peers: new.peers.clone(),
             },
         };
         cfg.validate()?;
@@ -264,6 +288,9 @@ impl NodeConfig {
         }
         if let Some(listen) = &o.listen {
             self.user.listen = listen.clone();
+        }
+        if let Some(peers) = &o.peers {
+            self.mesh.known_peers = peers.clone();
         }
     }
 
@@ -297,6 +324,31 @@ impl NodeConfig {
                 "contract.consensus.roundtime",
                 format!("{rt} not in 1..=3600000"),
             ));
+        }
+        let threshold = self.contract.consensus.threshold;
+        if !(1..=100).contains(&threshold) {
+            return Err(invalid(
+                "contract.consensus.threshold",
+                format!("{threshold} not in 1..=100"),
+            ));
+        }
+        let slice = self.contract.consensus.stage_slice;
+        if !(1..=33).contains(&slice) {
+            return Err(invalid(
+                "contract.consensus.stage_slice",
+                format!("{slice} not in 1..=33"),
+            ));
+        }
+        for peer in &self.mesh.known_peers {
+            let ok = peer.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(invalid(
+                    "mesh.known_peers",
+                    format!("`{peer}` is not host:port"),
+                ));
+            }
         }
         if self.contract.max_input_ledger_offset == 0 {
             return Err(invalid(
@@ -380,6 +432,7 @@ mod tests {
             user_port: 8081,
             peer_port: 22861,
             roundtime_ms: Some(200),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(cfg.contract.unl, vec![cfg.node.public_key.clone()]);

@@ -85,12 +85,25 @@ pub struct RunResult {
     pub truncated: Vec<String>,
 }
 
+/// The node's side of a run's NPL socket: what the contract sends goes to `outgoing` (one
+/// item per packet); what arrives on `incoming` (sender's `ed…` key, data) is written to the
+/// contract as HotPocket delivers it, two packets: the sender's key, then the data.
+#[derive(Debug)]
+pub struct NplLink {
+    pub outgoing: tokio::sync::mpsc::Sender<Vec<u8>>,
+    pub incoming: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+}
+
+/// Largest NPL packet read from a contract.
+pub const MAX_NPL_PACKET: usize = 128 * 1024;
+
 /// Runs the contract once with `users` (every user of the round with their inputs, in
-/// consensus order).
+/// consensus order). `npl` connects the run's NPL socket (absent in read-only runs).
 pub async fn run_contract(
     cmd: &ContractCommand,
     ctx: &RunContext,
     users: &BTreeMap<String, Vec<Vec<u8>>>,
+    npl_link: Option<NplLink>,
 ) -> Result<RunResult, ExecError> {
     if cmd.bin_path.trim().is_empty() {
         return Err(ExecError::NoBinary(cmd.bin_path.clone()));
@@ -201,6 +214,13 @@ pub async fn run_contract(
     let mut child = command.spawn().map_err(io("starting the contract"))?;
     // The child holds its ends now; drop ours so EOF arrives when the contract exits.
     drop(command);
+    let npl_task = match (npl.as_ref(), npl_link) {
+        (Some((_, parent)), Some(link)) => {
+            let fd = parent.try_clone().map_err(io("sharing the npl socket"))?;
+            Some(tokio::spawn(serve_npl(fd, link)))
+        }
+        _ => None,
+    };
     let pid = child.id();
     if let Some(mut stdin) = child.stdin.take() {
         // A contract that exits without reading its args is not our error.
@@ -219,6 +239,9 @@ pub async fn run_contract(
     // Descendants that keep output sockets open are cut off by the reader timeout below.
     drop(control_parent);
     drop(npl);
+    if let Some(task) = npl_task {
+        task.abort();
+    }
 
     let mut outputs = BTreeMap::new();
     let mut truncated = Vec::new();
@@ -237,6 +260,62 @@ pub async fn run_contract(
         end,
         truncated,
     })
+}
+
+/// Moves NPL packets between the contract's socket and the node until the run ends (the
+/// caller aborts the task).
+async fn serve_npl(fd: OwnedFd, mut link: NplLink) {
+    if rustix::io::ioctl_fionbio(&fd, true).is_err() {
+        tracing::warn!("npl socket could not be made non-blocking; NPL disabled for this run");
+        return;
+    }
+    // `AsyncFd::new` is deprecated for I/O safety: the fd must stay open while registered.
+    // Here the AsyncFd owns the fd for its whole life, so that cannot happen.
+    #[allow(deprecated)]
+    let Ok(afd) = tokio::io::unix::AsyncFd::new(fd) else {
+        tracing::warn!("npl socket could not be registered; NPL disabled for this run");
+        return;
+    };
+    let mut buf = vec![0u8; MAX_NPL_PACKET + 1];
+    loop {
+        tokio::select! {
+            ready = afd.readable() => {
+                let Ok(mut guard) = ready else { return };
+                match guard.try_io(|inner| {
+                    rustix::net::recv(inner.get_ref(), &mut buf, rustix::net::RecvFlags::DONTWAIT)
+                        .map_err(std::io::Error::from)
+                }) {
+                    Ok(Ok(0)) => return,
+                    Ok(Ok(n)) if n > MAX_NPL_PACKET => {
+                        tracing::warn!(bytes = n, "contract npl message over 128 KiB; dropped");
+                    }
+                    Ok(Ok(n)) => {
+                        if link.outgoing.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_would_block) => continue,
+                }
+            }
+            msg = link.incoming.recv() => {
+                let Some((sender, data)) = msg else { return };
+                for packet in [sender.as_bytes(), data.as_slice()] {
+                    loop {
+                        let Ok(mut guard) = afd.writable().await else { return };
+                        match guard.try_io(|inner| {
+                            rustix::net::send(inner.get_ref(), packet, rustix::net::SendFlags::DONTWAIT)
+                                .map_err(std::io::Error::from)
+                        }) {
+                            Ok(Ok(_)) => break,
+                            Ok(Err(_)) => return,
+                            Err(_would_block) => continue,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {

@@ -26,7 +26,7 @@ pub fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Hash {
 }
 
 /// The id of a ledger: sequence number and hash (`"<seq>-<hex>"` in HotPocket's logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LclId {
     pub seq_no: u64,
     pub hash: Hash,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use berth_hotpocket::clock::SkewedClock;
 use berth_hotpocket::config::{NewNode, NodeConfig, Overrides, CONFIG_FILE};
 use berth_hotpocket::exec::{exec_with_limits, ProcLimits};
 use berth_hotpocket::node::{self, StartOptions};
@@ -39,6 +40,15 @@ enum Command {
         /// 64-hex ed25519 secret seed; generated when absent.
         #[arg(long)]
         node_secret: Option<String>,
+        /// The UNL: comma-separated `ed…` keys (this node's own is added when missing).
+        #[arg(long, value_delimiter = ',')]
+        unl: Vec<String>,
+        /// Peers to dial: comma-separated host:port.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Percent of the UNL that must agree for a ledger to close (1–100, default 80).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        threshold: Option<u32>,
     },
     /// Run a node. Creates the config from HP_* variables on first start.
     Run {
@@ -59,6 +69,23 @@ enum Command {
         /// Address to listen on (default 0.0.0.0).
         #[arg(long, env = "HP_LISTEN")]
         listen: Option<String>,
+        /// The UNL at creation: comma-separated `ed…` keys.
+        #[arg(long, env = "HP_UNL", value_delimiter = ',')]
+        unl: Vec<String>,
+        /// Peers to dial: comma-separated host:port (replaces the configured ones).
+        #[arg(long, env = "HP_PEERS", value_delimiter = ',')]
+        peers: Option<Vec<String>>,
+        /// Percent of the UNL that must agree, at creation (1–100).
+        #[arg(long, env = "HP_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..=100))]
+        threshold: Option<u32>,
+        /// Testing only: run this node's clock this many ms ahead (negative: behind).
+        #[arg(
+            long,
+            env = "HP_CLOCK_SKEW_MS",
+            hide = true,
+            allow_hyphen_values = true
+        )]
+        clock_skew_ms: Option<i64>,
     },
     /// Make a contract bundle zip from one executable (as `contract`) and optional files.
     Bundle {
@@ -146,6 +173,9 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             peer_port,
             roundtime_ms,
             node_secret,
+            unl,
+            peers,
+            threshold,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if dir.join(CONFIG_FILE).exists() {
@@ -158,6 +188,9 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 user_port,
                 peer_port,
                 roundtime_ms,
+                unl,
+                peers,
+                threshold,
             })?;
             cfg.save(&dir)?;
             println!("created node {} in {}", cfg.node.public_key, dir.display());
@@ -172,6 +205,10 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             peer_port,
             roundtime_ms,
             listen,
+            unl,
+            peers,
+            threshold,
+            clock_skew_ms,
         } => {
             let mut cfg = if state_dir.join(CONFIG_FILE).exists() {
                 NodeConfig::load(&state_dir)?
@@ -188,6 +225,9 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     user_port: user_port.unwrap_or(8081),
                     peer_port: peer_port.unwrap_or(22861),
                     roundtime_ms,
+                    unl,
+                    peers: peers.clone().unwrap_or_default(),
+                    threshold,
                 })?;
                 cfg.save(&state_dir)?;
                 tracing::info!(node = %cfg.node.public_key, "created node config");
@@ -198,14 +238,21 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 peer_port,
                 roundtime_ms,
                 listen,
+                peers: peers.map(|p| p.into_iter().filter(|s| !s.trim().is_empty()).collect()),
             });
             cfg.validate()?;
             let wrapper = std::env::current_exe().context("locating the hotpocket executable")?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let shutdown = shutdown_signal()?;
-                let running = node::start(cfg, StartOptions { state_dir, wrapper }).await?;
+                let mut opts = StartOptions::new(state_dir, wrapper);
+                if let Some(skew_ms) = clock_skew_ms {
+                    tracing::warn!(skew_ms, "clock skewed for testing");
+                    opts.clock = std::sync::Arc::new(SkewedClock { skew_ms });
+                }
+                let running = node::start(cfg, opts).await?;
                 println!("hotpocket user port listening on {}", running.user_addr);
+                println!("hotpocket peer port listening on {}", running.peer_addr);
                 tracing::info!(version = env!("CARGO_PKG_VERSION"), "hotpocket running");
                 running.run_until(shutdown).await?;
                 anyhow::Ok(())

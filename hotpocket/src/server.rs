@@ -254,23 +254,35 @@ async fn handle(
                 let _ = tx.try_send(rejected(RejectReason::BadMsgFormat, hash.to_vec()));
                 return;
             }
-            let signature = <[u8; 64]>::try_from(sig.as_slice())
-                .ok()
-                .map(|b| Signature::from_bytes(&b));
+            let sig64 = <[u8; 64]>::try_from(sig.as_slice()).ok();
             let valid = parse_pubkey_hex(user)
                 .ok()
-                .zip(signature)
-                .is_some_and(|(key, sig)| key.verify(&container, &sig).is_ok());
-            if !valid {
+                .zip(sig64)
+                .is_some_and(|(key, sig)| {
+                    key.verify(&container, &Signature::from_bytes(&sig)).is_ok()
+                });
+            let (true, Some(sig64), Some(user_key)) =
+                (valid, sig64, crate::peer::wire::NodeKey::parse(user))
+            else {
                 let _ = tx.try_send(rejected(RejectReason::BadSig, hash.to_vec()));
                 return;
-            }
+            };
+            let relay = crate::peer::wire::RelayedInput {
+                user: user_key,
+                protocol: match protocol {
+                    Protocol::Json => 0,
+                    Protocol::Bson => 1,
+                },
+                sig: crate::peer::wire::Sig(sig64),
+                container,
+            };
             let input = SignedInput {
                 user: user.to_owned(),
                 nonce: parsed.nonce,
                 max_ledger_seq_no: parsed.max_ledger_seq_no,
                 input: parsed.input,
                 hash,
+                relay,
             };
             if round_tx.send(RoundMsg::Input(input)).await.is_err() {
                 tracing::warn!("round loop gone; input dropped");
@@ -283,7 +295,16 @@ async fn handle(
         Request::Stat => {
             let lcl = shared.lcl();
             let contract = shared.contract();
+            let sync = shared.sync_status();
             let _ = tx.try_send(Reply::Stat {
+                in_sync: sync.in_sync,
+                vote_status: sync.vote_status,
+                peers: shared
+                    .net
+                    .peers()
+                    .iter()
+                    .map(|p| p.addr.to_string())
+                    .collect(),
                 ledger_seq_no: lcl.seq_no,
                 ledger_hash: lcl.hash.to_vec(),
                 roundtime: contract.consensus.roundtime,
@@ -328,7 +349,7 @@ async fn read_request(
     let ctx = shared.run_context(true, crate::node::now_ms(), None);
     let mut users = BTreeMap::new();
     users.insert(user.clone(), vec![content]);
-    match exec::run_contract(&cmd, &ctx, &users).await {
+    match exec::run_contract(&cmd, &ctx, &users, None).await {
         Ok(result) => {
             if result.end != RunEnd::Exited(0) {
                 tracing::debug!(user, end = ?result.end, "read-only run ended abnormally");

@@ -53,7 +53,19 @@ CREATE TABLE IF NOT EXISTS outputs (
     ledger_seq INTEGER NOT NULL, pubkey TEXT NOT NULL, ord INTEGER NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY (ledger_seq, pubkey, ord));
 CREATE TABLE IF NOT EXISTS users (pubkey TEXT PRIMARY KEY, last_nonce INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS executions (
+    seq_no INTEGER PRIMARY KEY, state_hash BLOB NOT NULL, patch_hash BLOB NOT NULL,
+    output_hash BLOB NOT NULL);
 ";
+
+/// What executing a ledger's inputs left: the hashes the next round proposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
+    pub seq_no: u64,
+    pub state_hash: Hash,
+    pub patch_hash: Hash,
+    pub output_hash: Hash,
+}
 
 fn to_hash(bytes: Vec<u8>) -> Option<Hash> {
     bytes.try_into().ok()
@@ -240,6 +252,79 @@ impl Store {
             }
         }
         tx.commit().map_err(err("commit"))
+    }
+
+    /// Records the result of executing ledger `exec.seq_no`, with the outputs it produced, in
+    /// one transaction.
+    pub fn record_execution(
+        &mut self,
+        exec: &Execution,
+        outputs: &[StoredOutputs],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO executions VALUES (?1, ?2, ?3, ?4)",
+            params![
+                exec.seq_no,
+                exec.state_hash.as_slice(),
+                exec.patch_hash.as_slice(),
+                exec.output_hash.as_slice()
+            ],
+        )
+        .map_err(err("insert execution"))?;
+        tx.execute("DELETE FROM outputs WHERE ledger_seq = ?1", [exec.seq_no])
+            .map_err(err("clear outputs"))?;
+        {
+            let mut out = tx
+                .prepare_cached("INSERT INTO outputs VALUES (?1, ?2, ?3, ?4)")
+                .map_err(err("prepare output insert"))?;
+            for user in outputs {
+                for (i, blob) in user.outputs.iter().enumerate() {
+                    out.execute(params![exec.seq_no, user.pubkey, i as i64, blob])
+                        .map_err(err("insert output"))?;
+                }
+            }
+        }
+        tx.commit().map_err(err("commit"))
+    }
+
+    /// The latest recorded execution, if any.
+    pub fn last_execution(&self) -> Result<Option<Execution>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT seq_no, state_hash, patch_hash, output_hash FROM executions
+                 ORDER BY seq_no DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.err("read last execution"))?;
+        let Some((seq_no, state, patch, output)) = row else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "execution hashes",
+        };
+        Ok(Some(Execution {
+            seq_no,
+            state_hash: to_hash(state).ok_or_else(corrupt)?,
+            patch_hash: to_hash(patch).ok_or_else(corrupt)?,
+            output_hash: to_hash(output).ok_or_else(corrupt)?,
+        }))
     }
 
     /// Inputs of a ledger in consensus order.

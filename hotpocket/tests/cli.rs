@@ -14,7 +14,8 @@ fn run_with_env(dir: &std::path::Path, env: &[(&str, String)]) -> Node {
     let mut cmd = Command::new(hotpocket_bin());
     cmd.args(["run", "--listen", "127.0.0.1"])
         .env("HP_STATE_DIR", dir)
-        .env("HP_USER_PORT", "0");
+        .env("HP_USER_PORT", "0")
+        .env("HP_PEER_PORT", "0");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -18,6 +18,8 @@ pub const PEER_PROTOCOL_VERSION: u16 = 1;
 pub const MAX_PROPOSAL_INPUTS: usize = 65_536;
 /// Largest NPL message a contract may send (hp-nodejs-contract's own cap).
 pub const MAX_NPL_BYTES: usize = 128 * 1024;
+/// Most relayed inputs in one frame.
+pub const MAX_RELAY_BATCH: usize = 4096;
 /// Length of a handshake challenge.
 pub const CHALLENGE_LEN: usize = 16;
 /// Longest detail text in a refusal.
@@ -124,7 +126,7 @@ impl<'de> Deserialize<'de> for Sig {
 }
 
 /// A ledger id on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WireLcl {
     pub seq_no: u64,
     pub hash: Hash,
@@ -384,7 +386,8 @@ pub enum PeerMsg {
     ChallengeResponse(ChallengeResponse),
     Refuse(Refuse),
     Proposal(Proposal),
-    Input(RelayedInput),
+    /// Users' inputs, relayed in batches.
+    Inputs(Vec<RelayedInput>),
     Npl(NplMessage),
     OutputVote(OutputVote),
 }
@@ -397,7 +400,7 @@ impl PeerMsg {
             PeerMsg::ChallengeResponse(_) => "challenge_response",
             PeerMsg::Refuse(_) => "refuse",
             PeerMsg::Proposal(_) => "proposal",
-            PeerMsg::Input(_) => "input",
+            PeerMsg::Inputs(_) => "inputs",
             PeerMsg::Npl(_) => "npl",
             PeerMsg::OutputVote(_) => "output_vote",
         }
@@ -449,10 +452,23 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<PeerMsg, DecodeError> {
     }
     let frame: Frame =
         postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if let PeerMsg::Refuse(r) = &frame.msg {
-        if r.detail.len() > MAX_DETAIL_LEN {
+    match &frame.msg {
+        PeerMsg::Refuse(r) if r.detail.len() > MAX_DETAIL_LEN => {
             return Err(DecodeError::Malformed("refusal detail too long".into()));
         }
+        PeerMsg::Inputs(batch) if batch.len() > MAX_RELAY_BATCH => {
+            return Err(DecodeError::Malformed(format!(
+                "{} relayed inputs in one frame, more than {MAX_RELAY_BATCH}",
+                batch.len()
+            )));
+        }
+        PeerMsg::Proposal(p) if p.inputs.len() > MAX_PROPOSAL_INPUTS => {
+            return Err(DecodeError::Malformed(format!(
+                "proposal with {} inputs, more than {MAX_PROPOSAL_INPUTS}",
+                p.inputs.len()
+            )));
+        }
+        _ => {}
     }
     Ok(frame.msg)
 }

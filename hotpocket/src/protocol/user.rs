@@ -154,13 +154,20 @@ pub enum NodeMessage {
         is_full_history_node: bool,
         current_unl: Vec<String>,
         peers: Vec<String>,
+        #[serde(default)]
+        vote_status: String,
+    },
+    UnlChange {
+        unl: Vec<String>,
     },
     LclResponse {
         ledger_seq_no: u64,
         ledger_hash: String,
     },
     /// Sent when a message cannot be understood at all (not a HotPocket message).
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
 }
 
 /// hpcore's `is_json_string` rule: output text that already looks like JSON (object, array,
@@ -282,6 +289,17 @@ pub enum Reply {
         contract_execution_enabled: bool,
         /// 0xED ‖ pubkey of each UNL node.
         unl: Vec<Vec<u8>>,
+        /// Whether the node follows the UNL's ledgers.
+        in_sync: bool,
+        /// Why not, or what the last round said (`vote_status`).
+        vote_status: String,
+        /// `host:port` of each connected peer.
+        peers: Vec<String>,
+    },
+    /// The UNL changed (a `patch.cfg` reached consensus).
+    UnlChange {
+        /// 0xED ‖ pubkey of each UNL node.
+        unl: Vec<Vec<u8>>,
     },
     Lcl {
         ledger_seq_no: u64,
@@ -359,17 +377,24 @@ impl Reply {
                 roundtime,
                 contract_execution_enabled,
                 unl,
+                in_sync,
+                vote_status,
+                peers,
             } => NodeMessage::StatResponse {
                 hp_version: super::HP_VERSION.to_owned(),
                 ledger_seq_no: *ledger_seq_no,
                 ledger_hash: hex::encode(ledger_hash),
-                in_sync: true,
+                in_sync: *in_sync,
                 roundtime: *roundtime,
                 contract_execution_enabled: *contract_execution_enabled,
                 read_requests_enabled: true,
                 is_full_history_node: true,
                 current_unl: unl.iter().map(|k| ed_hex(k)).collect(),
-                peers: Vec::new(),
+                peers: peers.clone(),
+                vote_status: vote_status.clone(),
+            },
+            Reply::UnlChange { unl } => NodeMessage::UnlChange {
+                unl: unl.iter().map(|k| ed_hex(k)).collect(),
             },
             Reply::Lcl {
                 ledger_seq_no,
@@ -457,6 +482,9 @@ impl Reply {
                 roundtime,
                 contract_execution_enabled,
                 unl,
+                in_sync,
+                vote_status,
+                peers,
             } => ty("stat_response")
                 .with("hp_version", Bson::String(super::HP_VERSION.to_owned()))
                 .with("ledger_seq_no", seq(*ledger_seq_no))
@@ -472,7 +500,16 @@ impl Reply {
                     "current_unl",
                     Bson::Array(unl.iter().map(|k| Bson::Binary(k.clone())).collect()),
                 )
-                .with("peers", Bson::Array(Vec::new())),
+                .with("in_sync", Bson::Bool(*in_sync))
+                .with("vote_status", Bson::String(vote_status.clone()))
+                .with(
+                    "peers",
+                    Bson::Array(peers.iter().map(|p| Bson::String(p.clone())).collect()),
+                ),
+            Reply::UnlChange { unl } => ty("unl_change").with(
+                "unl",
+                Bson::Array(unl.iter().map(|k| Bson::Binary(k.clone())).collect()),
+            ),
             Reply::Lcl {
                 ledger_seq_no,
                 ledger_hash,
@@ -533,6 +570,9 @@ impl Reply {
                 roundtime,
                 contract_execution_enabled,
                 current_unl,
+                in_sync,
+                peers,
+                vote_status,
                 ..
             } => Reply::Stat {
                 ledger_seq_no,
@@ -540,6 +580,12 @@ impl Reply {
                 roundtime,
                 contract_execution_enabled,
                 unl: current_unl.iter().map(|k| unhex(k)).collect(),
+                in_sync,
+                vote_status,
+                peers,
+            },
+            NodeMessage::UnlChange { unl } => Reply::UnlChange {
+                unl: unl.iter().map(|k| unhex(k)).collect(),
             },
             NodeMessage::LclResponse {
                 ledger_seq_no,
@@ -609,6 +655,22 @@ impl Reply {
                     Some(Bson::Bool(true))
                 ),
                 unl: list("current_unl")
+                    .iter()
+                    .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec))
+                    .collect(),
+                in_sync: matches!(doc.get("in_sync"), Some(Bson::Bool(true))),
+                vote_status: doc
+                    .get("vote_status")
+                    .and_then(Bson::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                peers: list("peers")
+                    .iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect(),
+            },
+            "unl_change" => Reply::UnlChange {
+                unl: list("unl")
                     .iter()
                     .filter_map(|k| k.as_bytes().map(<[u8]>::to_vec))
                     .collect(),

@@ -56,6 +56,8 @@ impl Node {
             .args([
                 "--user-port",
                 "0",
+                "--peer-port",
+                "0",
                 "--roundtime-ms",
                 &roundtime_ms.to_string(),
             ])

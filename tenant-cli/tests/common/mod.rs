@@ -121,7 +121,7 @@ impl Node {
             .arg("new")
             .arg(dir)
             .args(["--owner", owner_pubkey, "--contract-id", CONTRACT_ID])
-            .args(["--user-port", "0", "--roundtime-ms", "200"])
+            .args(["--user-port", "0", "--peer-port", "0", "--roundtime-ms", "200"])
             .args(["--node-secret", &"42".repeat(32)])
             .stdout(Stdio::null())
             .status()

@@ -1,0 +1,1235 @@
+//! The round loop: one task per node that owns the ledger store and the contract's state.
+//!
+//! Each round (see [`crate::consensus`]) it proposes, votes with the UNL over the peer port,
+//! and on agreement closes the next ledger, then executes the contract on that ledger's
+//! inputs. The result of an execution (state, `patch.cfg` and output hashes) is what the
+//! node proposes in the next round, and what it signs in an output vote; users get outputs
+//! once enough of the UNL signed the same output root (`unl_sig`).
+//!
+//! **Invariants**: a ledger closes only on stage-3 proposals that `threshold` % of the UNL
+//! signed with one root, and only when this node's last closed ledger and execution result
+//! are those the root names; a node whose view differs says so and stops proposing; a
+//! ledger is in SQLite before its inputs are executed, and an execution before its outputs
+//! reach users.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bootstrap::{self, BootstrapInput, BootstrapReply};
+use crate::clock::Clock;
+use crate::config::{NodeConfig, DEFAULT_ROUND_INPUT_BYTES};
+use crate::consensus::{
+    agreed, stage_verdict, votes_needed, OwnView, RoundProposals, RoundTiming, StageVerdict,
+};
+use crate::exec::{self, NplLink, RunEnd};
+use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
+use crate::node::{NodeError, RoundMsg, Shared, SignedInput, SyncStatus};
+use crate::peer::net::Inbound;
+use crate::peer::wire::{
+    NodeKey, NplMessage, OutputVote, PeerMsg, Proposal, RelayedInput, Sig, WireLcl, MAX_RELAY_BATCH,
+};
+use crate::protocol::bundle::ContractConfig;
+use crate::protocol::pubkey_bytes_from_hex;
+use crate::protocol::user::{InputStatus, ParsedContainer, Protocol, RejectReason, Reply};
+use crate::store::{Execution, Store, StoredInput, StoredOutputs};
+
+/// Relayed inputs are sent in batches of at most this age (ms).
+const RELAY_BATCH_MS: u64 = 5;
+/// Most NPL messages kept for a ledger this node has not started executing yet.
+const MAX_EARLY_NPL: usize = 1024;
+
+/// An input waiting for a ledger.
+struct Pooled {
+    input: SignedInput,
+}
+
+/// What an execution produced, waiting for the UNL's signatures.
+struct Release {
+    ledger: LclId,
+    root: Hash,
+    outputs: BTreeMap<String, Vec<Vec<u8>>>,
+    /// Leaves of the output tree: each user's output hash (by user), then the state hash.
+    leaves: Vec<(Option<String>, Hash)>,
+    /// Past this (clock ms), outputs go out with `threshold` % of the UNL's signatures.
+    deadline: u64,
+}
+
+/// One input of a ledger, as the contract gets it.
+struct LedgerInput {
+    user: String,
+    input: Vec<u8>,
+}
+
+enum Stop {
+    Cancelled,
+    Failed(NodeError),
+}
+
+impl From<NodeError> for Stop {
+    fn from(e: NodeError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<crate::store::StoreError> for Stop {
+    fn from(e: crate::store::StoreError) -> Stop {
+        Stop::Failed(NodeError::Store(e))
+    }
+}
+
+pub(crate) struct RoundLoop {
+    shared: Arc<Shared>,
+    store: Store,
+    cfg: NodeConfig,
+    state_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    user_rx: mpsc::Receiver<RoundMsg>,
+    peer_rx: mpsc::Receiver<Inbound>,
+    me: NodeKey,
+    pool: BTreeMap<Hash, Pooled>,
+    pool_bytes: HashMap<String, u64>,
+    /// Highest nonce per user, pooled or in a ledger.
+    nonces: HashMap<String, u64>,
+    relay_batch: Vec<RelayedInput>,
+    relay_since: u64,
+    hasher: StateHasher,
+    applied_patch: Option<Hash>,
+    /// The last closed ledger and the result of executing it.
+    exec: OwnView,
+    /// Proposals by round start.
+    rounds: BTreeMap<u64, RoundProposals>,
+    /// Output votes by executed ledger.
+    votes: BTreeMap<WireLcl, BTreeMap<NodeKey, OutputVote>>,
+    release: Option<Release>,
+    npl_sink: Option<(LclId, mpsc::Sender<(String, Vec<u8>)>)>,
+    npl_early: Vec<NplMessage>,
+    last_status: String,
+    /// The peer port's channel closed (it only does at shutdown).
+    peer_closed: bool,
+}
+
+/// Wall-clock ms of `clock`.
+fn sleep_for(target: u64, now: u64) -> Duration {
+    Duration::from_millis(target.saturating_sub(now))
+}
+
+fn reject(reason: RejectReason, hash: &Hash) -> Reply {
+    Reply::InputStatus {
+        status: InputStatus::Rejected,
+        reason: Some(reason),
+        input_hash: hash.to_vec(),
+        ledger: None,
+    }
+}
+
+impl RoundLoop {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        store: Store,
+        cfg: NodeConfig,
+        state_dir: PathBuf,
+        clock: Arc<dyn Clock>,
+        user_rx: mpsc::Receiver<RoundMsg>,
+        peer_rx: mpsc::Receiver<Inbound>,
+    ) -> RoundLoop {
+        let me = NodeKey::of(&shared.signing_key);
+        let lcl = shared.lcl();
+        RoundLoop {
+            shared,
+            store,
+            cfg,
+            state_dir,
+            clock,
+            user_rx,
+            peer_rx,
+            me,
+            pool: BTreeMap::new(),
+            pool_bytes: HashMap::new(),
+            nonces: HashMap::new(),
+            relay_batch: Vec::new(),
+            relay_since: 0,
+            hasher: StateHasher::default(),
+            applied_patch: None,
+            exec: OwnView {
+                lcl,
+                state_hash: ZERO_HASH,
+                patch_hash: ZERO_HASH,
+                output_hash: ZERO_HASH,
+            },
+            rounds: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            release: None,
+            npl_sink: None,
+            npl_early: Vec::new(),
+            last_status: String::new(),
+            peer_closed: false,
+        }
+    }
+
+    fn timing(&self) -> RoundTiming {
+        let c = self.shared.contract();
+        RoundTiming::new(&c.id, c.consensus.roundtime, c.consensus.stage_slice)
+    }
+
+    fn unl(&self) -> BTreeSet<NodeKey> {
+        self.shared
+            .contract()
+            .unl
+            .iter()
+            .filter_map(|k| NodeKey::parse(k))
+            .collect()
+    }
+
+    fn fail(&self, cancel: &CancellationToken, e: NodeError) {
+        tracing::error!(error = %e, "round loop failed; node stops");
+        if let Ok(mut g) = self.shared.failure.lock() {
+            *g = Some(format!("ledger {}: {e}", self.shared.lcl().seq_no + 1));
+        }
+        cancel.cancel();
+    }
+
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        match self.recover(&cancel).await {
+            Ok(()) => {}
+            Err(Stop::Cancelled) => return,
+            Err(Stop::Failed(e)) => return self.fail(&cancel, e),
+        }
+        loop {
+            let timing = self.timing();
+            let start = timing.next_round_start(self.clock.now_ms());
+            let result = match self.wait_until(start, &cancel).await {
+                Ok(()) => self.round(start, timing, &cancel).await,
+                Err(stop) => Err(stop),
+            };
+            match result {
+                Ok(()) => {}
+                Err(Stop::Cancelled) => {
+                    tracing::info!("round loop stopped");
+                    return;
+                }
+                Err(Stop::Failed(e)) => return self.fail(&cancel, e),
+            }
+        }
+    }
+
+    /// Finds the result of executing the last closed ledger: recorded, or executed now if
+    /// the node stopped between closing a ledger and executing it.
+    async fn recover(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let lcl = self.store.lcl()?;
+        let last = self.store.last_execution()?;
+        match last {
+            Some(e) if e.seq_no == lcl.seq_no => {
+                self.exec = OwnView {
+                    lcl,
+                    state_hash: e.state_hash,
+                    patch_hash: e.patch_hash,
+                    output_hash: e.output_hash,
+                };
+                self.applied_patch = Some(e.patch_hash);
+            }
+            Some(e) if e.seq_no + 1 == lcl.seq_no => {
+                tracing::info!(seq = lcl.seq_no, "executing the last closed ledger again (stopped before its execution was recorded)");
+                let inputs = self
+                    .store
+                    .inputs_of(lcl.seq_no)?
+                    .into_iter()
+                    .map(|i| LedgerInput {
+                        user: i.pubkey,
+                        input: i.blob,
+                    })
+                    .collect();
+                let time = self.store.ledger(lcl.seq_no)?.map_or(0, |l| l.timestamp);
+                self.applied_patch = Some(e.patch_hash);
+                self.execute(lcl, time, inputs, false, cancel).await?;
+            }
+            _ => {
+                // A new node (genesis), or a store from before executions were recorded:
+                // the state directory as it is is the result of the last closed ledger.
+                let state_hash = self.state_hash()?;
+                let patch_hash = self.patch_hash();
+                let output_hash = ledger::hash_parts([state_hash.as_slice()]);
+                self.store.record_execution(
+                    &Execution {
+                        seq_no: lcl.seq_no,
+                        state_hash,
+                        patch_hash,
+                        output_hash,
+                    },
+                    &[],
+                )?;
+                self.applied_patch = Some(patch_hash);
+                self.exec = OwnView {
+                    lcl,
+                    state_hash,
+                    patch_hash,
+                    output_hash,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    // ----- waiting and events -----
+
+    /// Handles events until the clock reaches `target`.
+    async fn wait_until(&mut self, target: u64, cancel: &CancellationToken) -> Result<(), Stop> {
+        while self.clock.now_ms() < target {
+            self.next_event(target, cancel).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one event, or returns at `deadline`.
+    async fn next_event(&mut self, deadline: u64, cancel: &CancellationToken) -> Result<(), Stop> {
+        let now = self.clock.now_ms();
+        self.try_release(now);
+        let mut wake = deadline;
+        if !self.relay_batch.is_empty() {
+            let flush_at = self.relay_since + RELAY_BATCH_MS;
+            if now >= flush_at || self.relay_batch.len() >= MAX_RELAY_BATCH {
+                self.flush_relay();
+            } else {
+                wake = wake.min(flush_at);
+            }
+        }
+        if let Some(r) = &self.release {
+            wake = wake.min(r.deadline.max(now + 1));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+            _ = tokio::time::sleep(sleep_for(wake, now)) => {}
+            msg = self.user_rx.recv() => match msg {
+                Some(RoundMsg::Input(input)) => self.on_user_input(input),
+                None => return Err(Stop::Cancelled),
+            },
+            msg = self.peer_rx.recv(), if !self.peer_closed => match msg {
+                Some(inbound) => self.on_peer(inbound),
+                None => self.peer_closed = true,
+            },
+        }
+        Ok(())
+    }
+
+    fn flush_relay(&mut self) {
+        if self.relay_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.relay_batch);
+        self.shared.net.broadcast(&PeerMsg::Inputs(batch));
+    }
+
+    fn on_user_input(&mut self, input: SignedInput) {
+        match self.check_input(&input) {
+            Ok(()) => {
+                if self.relay_batch.is_empty() {
+                    self.relay_since = self.clock.now_ms();
+                }
+                self.relay_batch.push(input.relay.clone());
+                self.add_to_pool(input);
+            }
+            Err(reason) => self
+                .shared
+                .send_to(&input.user, reject(reason, &input.hash)),
+        }
+    }
+
+    fn add_to_pool(&mut self, input: SignedInput) {
+        *self.pool_bytes.entry(input.user.clone()).or_default() += input.input.len() as u64;
+        self.nonces.insert(input.user.clone(), input.nonce);
+        self.pool.insert(input.hash, Pooled { input });
+    }
+
+    fn take_from_pool(&mut self, hash: &Hash) -> Option<SignedInput> {
+        let p = self.pool.remove(hash)?;
+        if let Some(b) = self.pool_bytes.get_mut(&p.input.user) {
+            *b = b.saturating_sub(p.input.input.len() as u64);
+        }
+        Some(p.input)
+    }
+
+    /// The rules an input must pass before it is pooled (from a user or a peer).
+    fn check_input(&mut self, input: &SignedInput) -> Result<(), RejectReason> {
+        if self.pool.contains_key(&input.hash) {
+            return Err(RejectReason::AlreadySubmitted);
+        }
+        match self.store.input_recorded(&input.hash) {
+            Ok(true) => return Err(RejectReason::AlreadySubmitted),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "input lookup failed");
+                return Err(RejectReason::BadMsgFormat);
+            }
+        }
+        let contract = self.shared.contract();
+        let lcl = self.shared.lcl();
+        if input.max_ledger_seq_no <= lcl.seq_no {
+            return Err(RejectReason::MaxLedgerExpired);
+        }
+        if input.max_ledger_seq_no > lcl.seq_no + contract.max_input_ledger_offset {
+            return Err(RejectReason::MaxLedgerOffsetExceeded);
+        }
+        let last = match self.nonces.get(&input.user) {
+            Some(n) => *n,
+            None => {
+                let n = self.store.last_nonce(&input.user).unwrap_or(u64::MAX);
+                self.nonces.insert(input.user.clone(), n);
+                n
+            }
+        };
+        if input.nonce <= last {
+            return Err(RejectReason::NonceExpired);
+        }
+        let limit = match contract.round_limits.user_input_bytes {
+            0 => DEFAULT_ROUND_INPUT_BYTES,
+            n => n,
+        };
+        let used = self.pool_bytes.get(&input.user).copied().unwrap_or(0);
+        if used + input.input.len() as u64 > limit {
+            return Err(RejectReason::RoundInputsOverflow);
+        }
+        Ok(())
+    }
+
+    fn on_peer(&mut self, inbound: Inbound) {
+        let Inbound { from, msg } = inbound;
+        match msg {
+            PeerMsg::Proposal(p) => self.on_proposal(from, p),
+            PeerMsg::Inputs(batch) => {
+                for relay in batch {
+                    self.on_relayed_input(from, relay);
+                }
+            }
+            PeerMsg::Npl(m) => self.on_npl(from, m),
+            PeerMsg::OutputVote(v) => self.on_output_vote(from, v),
+            other => {
+                tracing::debug!(peer = %from, kind = other.kind(), "unexpected peer message dropped")
+            }
+        }
+    }
+
+    fn on_proposal(&mut self, from: NodeKey, p: Proposal) {
+        if let Err(why) = p.check() {
+            tracing::warn!(peer = %from, node = %p.node, reason = why, "proposal dropped");
+            return;
+        }
+        if !self.unl().contains(&p.node) {
+            tracing::debug!(peer = %from, node = %p.node, "proposal from a node outside the UNL not counted");
+            return;
+        }
+        let timing = self.timing();
+        let current = timing.round_start(self.clock.now_ms());
+        let aligned = p.time >= timing.offset && (p.time - timing.offset) % timing.roundtime == 0;
+        if !aligned {
+            tracing::warn!(peer = %from, node = %p.node, time = p.time, "proposal dropped: its time is not a round start");
+            return;
+        }
+        // Proposals of the last three rounds and the next one are kept; older ones are
+        // replays or hopelessly late, later ones come from a clock far ahead.
+        if p.time + 3 * timing.roundtime < current || p.time > current + timing.roundtime {
+            tracing::debug!(peer = %from, node = %p.node, time = p.time, current, "proposal outside the round window dropped");
+            return;
+        }
+        self.rounds.entry(p.time).or_default().insert(p);
+    }
+
+    fn on_relayed_input(&mut self, from: NodeKey, relay: RelayedInput) {
+        let protocol = match relay.protocol {
+            0 => Protocol::Json,
+            1 => Protocol::Bson,
+            other => {
+                tracing::warn!(peer = %from, protocol = other, "relayed input with an unknown protocol dropped");
+                return;
+            }
+        };
+        if !relay.user.verifies(&relay.container, &relay.sig) {
+            tracing::warn!(peer = %from, user = %relay.user, "relayed input with a bad user signature dropped");
+            return;
+        }
+        let Some(parsed) = ParsedContainer::decode(protocol, &relay.container) else {
+            tracing::warn!(peer = %from, user = %relay.user, "relayed input container does not parse; dropped");
+            return;
+        };
+        if parsed.nonce == 0 {
+            return;
+        }
+        let hash = ledger::hash_parts([relay.sig.0.as_slice()]);
+        if self.pool.contains_key(&hash) {
+            return;
+        }
+        let input = SignedInput {
+            user: relay.user.hex(),
+            nonce: parsed.nonce,
+            max_ledger_seq_no: parsed.max_ledger_seq_no,
+            input: parsed.input,
+            hash,
+            relay,
+        };
+        match self.check_input(&input) {
+            Ok(()) => self.add_to_pool(input),
+            Err(reason) => {
+                tracing::debug!(peer = %from, user = %input.user, %reason, "relayed input not pooled")
+            }
+        }
+    }
+
+    fn on_npl(&mut self, from: NodeKey, m: NplMessage) {
+        if let Err(why) = m.check() {
+            tracing::warn!(peer = %from, node = %m.node, reason = why, "npl message dropped");
+            return;
+        }
+        if !self.unl().contains(&m.node) {
+            tracing::debug!(peer = %from, node = %m.node, "npl message from a node outside the UNL dropped");
+            return;
+        }
+        let lcl = LclId::from(m.lcl);
+        match &self.npl_sink {
+            Some((running, sink)) if *running == lcl => {
+                if sink.try_send((m.node.hex(), m.data)).is_err() {
+                    tracing::warn!(node = %m.node, "contract npl queue full; message dropped");
+                }
+            }
+            _ if lcl.seq_no > self.exec.lcl.seq_no => {
+                if self.npl_early.len() < MAX_EARLY_NPL {
+                    self.npl_early.push(m);
+                }
+            }
+            _ => tracing::debug!(node = %m.node, lcl = %lcl, "late npl message dropped"),
+        }
+    }
+
+    fn on_output_vote(&mut self, from: NodeKey, v: OutputVote) {
+        if let Err(why) = v.check() {
+            tracing::warn!(peer = %from, node = %v.node, reason = why, "output vote dropped");
+            return;
+        }
+        if !self.unl().contains(&v.node) {
+            return;
+        }
+        let seq = v.ledger.seq_no;
+        let ours = self.exec.lcl.seq_no;
+        if seq + 2 < ours || seq > ours + 2 {
+            tracing::debug!(peer = %from, seq, "output vote for a distant ledger dropped");
+            return;
+        }
+        self.votes.entry(v.ledger).or_default().insert(v.node, v);
+        self.try_release(self.clock.now_ms());
+    }
+
+    // ----- the round -----
+
+    fn set_status(&mut self, in_sync: bool, status: String) {
+        if status != self.last_status {
+            if in_sync {
+                tracing::info!(status = %status, lcl = %self.exec.lcl, "consensus");
+            } else {
+                tracing::warn!(status = %status, lcl = %self.exec.lcl, "consensus");
+            }
+            self.last_status = status.clone();
+        }
+        self.shared.set_sync_status(SyncStatus {
+            in_sync,
+            vote_status: status,
+        });
+    }
+
+    fn propose(&mut self, stage: u8, start: u64, inputs: Vec<Hash>) {
+        let p = Proposal {
+            node: self.me,
+            stage,
+            time: start,
+            lcl: self.exec.lcl.into(),
+            state_hash: self.exec.state_hash,
+            patch_hash: self.exec.patch_hash,
+            output_hash: self.exec.output_hash,
+            output_sig: Sig([0; 64]),
+            inputs,
+            sig: Sig([0; 64]),
+        }
+        .sign(&self.shared.signing_key);
+        self.shared.net.broadcast(&PeerMsg::Proposal(p.clone()));
+        self.rounds.entry(start).or_default().insert(p);
+    }
+
+    /// Inputs this node holds that may go into the next ledger, sorted.
+    fn stage0_inputs(&self) -> Vec<Hash> {
+        let next = self.exec.lcl.seq_no + 1;
+        self.pool
+            .iter()
+            .filter(|(_, p)| p.input.max_ledger_seq_no >= next)
+            .map(|(h, _)| *h)
+            .take(crate::peer::wire::MAX_PROPOSAL_INPUTS)
+            .collect()
+    }
+
+    async fn round(
+        &mut self,
+        start: u64,
+        timing: RoundTiming,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        self.rounds
+            .retain(|t, _| *t + 3 * timing.roundtime >= start);
+        let unl = self.unl();
+        let member = unl.contains(&self.me);
+        let threshold = self.shared.contract().consensus.threshold;
+        self.flush_relay();
+        if member {
+            let inputs = self.stage0_inputs();
+            self.propose(0, start, inputs);
+        }
+        for stage in 1..=3u8 {
+            self.wait_until(timing.stage_start(start, stage), cancel)
+                .await?;
+            self.flush_relay();
+            let empty = RoundProposals::default();
+            let props = self.rounds.get(&start).unwrap_or(&empty);
+            let pool = &self.pool;
+            match stage_verdict(stage, &self.exec, props, &unl, threshold, |h| {
+                pool.contains_key(h)
+            }) {
+                StageVerdict::Propose { inputs } => {
+                    if member {
+                        self.propose(stage, start, inputs);
+                    }
+                }
+                StageVerdict::NotEnoughPeers { have, need } => {
+                    self.set_status(
+                        false,
+                        format!("not enough peers proposing (votes:{have} needed:{need})"),
+                    );
+                    return Ok(());
+                }
+                StageVerdict::OutOfSync(why) => {
+                    self.set_status(false, format!("out of sync: {why}"));
+                    return Ok(());
+                }
+            }
+        }
+        let deadline = start + timing.roundtime;
+        loop {
+            let empty = RoundProposals::default();
+            let props = self.rounds.get(&start).unwrap_or(&empty);
+            match agreed(props, &unl, threshold) {
+                Ok(p) => {
+                    let p = p.clone();
+                    let stage3: Vec<(NodeKey, Sig)> = props
+                        .from_unl(&unl)
+                        .filter(|q| q.stage == 3 && q.root() == p.root())
+                        .map(|q| (q.node, q.output_sig))
+                        .collect();
+                    return self.close(p, stage3, cancel).await;
+                }
+                Err(why) => {
+                    if self.clock.now_ms() >= deadline {
+                        self.set_status(false, why.to_string());
+                        return Ok(());
+                    }
+                    self.next_event(deadline, cancel).await?;
+                }
+            }
+        }
+    }
+
+    /// Closes the ledger the UNL agreed on, then executes it.
+    async fn close(
+        &mut self,
+        agreed: Proposal,
+        stage3_sigs: Vec<(NodeKey, Sig)>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let lcl = self.exec.lcl;
+        if LclId::from(agreed.lcl) != lcl
+            || agreed.state_hash != self.exec.state_hash
+            || agreed.patch_hash != self.exec.patch_hash
+            || agreed.output_hash != self.exec.output_hash
+        {
+            self.set_status(
+                false,
+                format!(
+                    "out of sync: the UNL closed a ledger after {} from a state this node does not have",
+                    LclId::from(agreed.lcl)
+                ),
+            );
+            return Ok(());
+        }
+        let missing = agreed
+            .inputs
+            .iter()
+            .filter(|h| !self.pool.contains_key(*h))
+            .count();
+        if missing > 0 {
+            self.set_status(
+                false,
+                format!("out of sync: {missing} inputs the UNL agreed on never reached this node"),
+            );
+            return Ok(());
+        }
+        let mut inputs: Vec<SignedInput> = agreed
+            .inputs
+            .iter()
+            .filter_map(|h| self.take_from_pool(h))
+            .collect();
+        inputs.sort_by_key(|i| ledger::input_order_key(i.nonce, &i.hash));
+
+        // The same rules on every node, against the ledger chain only.
+        let new_seq = lcl.seq_no + 1;
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut valid = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let prev = match last.get(&input.user) {
+                Some(n) => *n,
+                None => self.store.last_nonce(&input.user)?,
+            };
+            let reason = if input.max_ledger_seq_no < new_seq {
+                Some(RejectReason::MaxLedgerExpired)
+            } else if input.nonce <= prev {
+                Some(RejectReason::NonceExpired)
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => self.shared.send_to(&input.user, reject(r, &input.hash)),
+                None => {
+                    last.insert(input.user.clone(), input.nonce);
+                    valid.push(input);
+                }
+            }
+        }
+        let mut users: Vec<[u8; 33]> = valid
+            .iter()
+            .filter_map(|i| pubkey_bytes_from_hex(&i.user))
+            .collect();
+        users.sort();
+        users.dedup();
+        let input_hashes: Vec<Hash> = valid.iter().map(|i| i.hash).collect();
+        let closed = ledger::close_ledger(
+            lcl,
+            &RoundOutcome {
+                time: agreed.time,
+                state_hash: agreed.state_hash,
+                patch_hash: agreed.patch_hash,
+                users: &users,
+                input_hashes: &input_hashes,
+                output_hash: agreed.output_hash,
+            },
+        );
+        let stored: Vec<StoredInput> = valid
+            .iter()
+            .map(|i| StoredInput {
+                pubkey: i.user.clone(),
+                nonce: i.nonce,
+                hash: i.hash,
+                blob: i.input.clone(),
+            })
+            .collect();
+        self.store.commit(&closed, &stored, &[])?;
+        self.shared.set_lcl(closed.id());
+        for input in &valid {
+            self.shared.send_to(
+                &input.user,
+                Reply::InputStatus {
+                    status: InputStatus::Accepted,
+                    reason: None,
+                    input_hash: input.hash.to_vec(),
+                    ledger: Some((closed.seq_no, closed.hash.to_vec())),
+                },
+            );
+        }
+        self.expire_pool(closed.seq_no);
+        // The previous execution's outputs: the UNL just agreed on their root.
+        if let Some(r) = &self.release {
+            if r.root == agreed.output_hash {
+                let votes = self.votes.entry(r.ledger.into()).or_default();
+                for (node, sig) in stage3_sigs {
+                    votes.entry(node).or_insert(OutputVote {
+                        node,
+                        ledger: r.ledger.into(),
+                        state_hash: agreed.state_hash,
+                        output_hash: agreed.output_hash,
+                        sig,
+                    });
+                }
+                if let Some(r) = self.release.as_mut() {
+                    r.deadline = 0;
+                }
+                self.try_release(self.clock.now_ms());
+            }
+        }
+        self.release = None;
+        self.apply_agreed_patch(agreed.patch_hash);
+        let member = self.unl().contains(&self.me);
+        self.set_status(
+            true,
+            if member {
+                "in sync".to_owned()
+            } else {
+                "in sync (observer)".to_owned()
+            },
+        );
+        tracing::debug!(seq = closed.seq_no, inputs = valid.len(), "ledger closed");
+        let inputs = valid
+            .into_iter()
+            .map(|i| LedgerInput {
+                user: i.user,
+                input: i.input,
+            })
+            .collect();
+        self.execute(closed.id(), agreed.time, inputs, true, cancel)
+            .await
+    }
+
+    /// Drops pooled inputs that can no longer make a ledger after `seq`.
+    fn expire_pool(&mut self, seq: u64) {
+        let expired: Vec<Hash> = self
+            .pool
+            .iter()
+            .filter(|(_, p)| p.input.max_ledger_seq_no <= seq)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in expired {
+            if let Some(i) = self.take_from_pool(&h) {
+                self.shared
+                    .send_to(&i.user, reject(RejectReason::MaxLedgerExpired, &i.hash));
+            }
+        }
+    }
+
+    /// Executes `ledger`'s inputs (the bootstrap's and the contract's), records the result
+    /// and votes for its output root. `live` is false when re-executing at start-up.
+    async fn execute(
+        &mut self,
+        ledger: LclId,
+        time: u64,
+        inputs: Vec<LedgerInput>,
+        live: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let started = std::time::Instant::now();
+        let contract = self.shared.contract();
+        let installed = !contract.bin_path.is_empty();
+        let mut outputs: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut contract_users: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut boot: Vec<(String, BootstrapInput)> = Vec::new();
+        for input in &inputs {
+            let is_owner = input.user == self.shared.owner_pubkey;
+            let request = if !installed || is_owner {
+                bootstrap::parse_request(&input.input)
+            } else {
+                None
+            };
+            match request {
+                Some(req) if is_owner => boot.push((input.user.clone(), req)),
+                Some(req) => push_reply(
+                    &mut outputs,
+                    &input.user,
+                    BootstrapReply::fail(reply_kind(&req), "UserNotAllowed"),
+                ),
+                None if !installed => {
+                    let reply = if is_owner {
+                        BootstrapReply::fail(
+                            "error",
+                            "no contract installed; send {type:\"upload\"} or {type:\"status\"}",
+                        )
+                    } else {
+                        BootstrapReply::fail("error", "UserNotAllowed")
+                    };
+                    push_reply(&mut outputs, &input.user, reply);
+                }
+                None => contract_users
+                    .entry(input.user.clone())
+                    .or_default()
+                    .push(input.input.clone()),
+            }
+        }
+
+        if installed {
+            let cmd = self.shared.contract_command(&contract);
+            let ctx = self.shared.run_context(false, time, Some(ledger));
+            let (npl_out_tx, mut npl_out_rx) = mpsc::channel::<Vec<u8>>(1024);
+            let (npl_in_tx, npl_in_rx) = mpsc::channel(4096);
+            for m in std::mem::take(&mut self.npl_early) {
+                if LclId::from(m.lcl) == ledger {
+                    let _ = npl_in_tx.try_send((m.node.hex(), m.data));
+                } else if m.lcl.seq_no > ledger.seq_no {
+                    self.npl_early.push(m);
+                }
+            }
+            self.npl_sink = Some((ledger, npl_in_tx.clone()));
+            let link = NplLink {
+                outgoing: npl_out_tx,
+                incoming: npl_in_rx,
+            };
+            let run = exec::run_contract(&cmd, &ctx, &contract_users, Some(link));
+            tokio::pin!(run);
+            // Peers' messages keep flowing while the contract runs: NPL reaches it, and
+            // proposals of the next round are collected.
+            let run = loop {
+                tokio::select! {
+                    run = &mut run => break run,
+                    _ = cancel.cancelled() => {
+                        tracing::info!(seq = ledger.seq_no, "execution abandoned for shutdown; it runs again at start");
+                        self.npl_sink = None;
+                        return Err(Stop::Cancelled);
+                    }
+                    msg = self.user_rx.recv() => if let Some(RoundMsg::Input(i)) = msg {
+                        self.on_user_input(i)
+                    },
+                    msg = self.peer_rx.recv(), if !self.peer_closed => match msg {
+                        Some(m) => self.on_peer(m),
+                        None => self.peer_closed = true,
+                    },
+                    data = npl_out_rx.recv() => if let Some(data) = data {
+                        let m = NplMessage::new(&self.shared.signing_key, ledger, data);
+                        if self.unl().contains(&self.me) {
+                            let _ = npl_in_tx.try_send((m.node.hex(), m.data.clone()));
+                            self.shared.net.broadcast(&PeerMsg::Npl(m));
+                        }
+                    },
+                }
+            };
+            self.npl_sink = None;
+            match run {
+                Ok(result) => {
+                    match result.end {
+                        RunEnd::Exited(0) => {}
+                        RunEnd::Exited(code) => tracing::warn!(
+                            code,
+                            seq = ledger.seq_no,
+                            "contract exited with an error code"
+                        ),
+                        RunEnd::Signalled(sig) => {
+                            tracing::warn!(sig, seq = ledger.seq_no, "contract killed by a signal")
+                        }
+                        RunEnd::TimedOut => tracing::warn!(
+                            seq = ledger.seq_no,
+                            "contract passed exec_timeout and was killed"
+                        ),
+                    }
+                    for user in &result.truncated {
+                        tracing::warn!(user, "contract output passed user_output_bytes; cut");
+                    }
+                    for (user, msgs) in result.outputs {
+                        if !msgs.is_empty() {
+                            outputs.entry(user).or_default().extend(msgs);
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "contract could not run"),
+            }
+            self.post_exec(ledger).await;
+        }
+        let executed = started.elapsed();
+        for (user, req) in boot {
+            let reply = self.bootstrap(req).await;
+            push_reply(&mut outputs, &user, reply);
+        }
+
+        let state_hash = self.state_hash()?;
+        let patch_hash = self.patch_hash();
+        let mut leaves: Vec<(Option<String>, Hash)> = outputs
+            .iter()
+            .filter_map(|(user, msgs)| {
+                let key = pubkey_bytes_from_hex(user)?;
+                Some((Some(user.clone()), ledger::user_output_hash(&key, msgs)))
+            })
+            .collect();
+        // As hpcore: user output hashes in byte order, then the state hash.
+        leaves.sort_by(|a, b| a.1.cmp(&b.1));
+        leaves.push((None, state_hash));
+        let root = ledger::hash_parts(leaves.iter().map(|(_, h)| h.as_slice()));
+        let stored: Vec<StoredOutputs> = outputs
+            .iter()
+            .map(|(user, msgs)| StoredOutputs {
+                pubkey: user.clone(),
+                outputs: msgs.clone(),
+            })
+            .collect();
+        self.store.record_execution(
+            &Execution {
+                seq_no: ledger.seq_no,
+                state_hash,
+                patch_hash,
+                output_hash: root,
+            },
+            &stored,
+        )?;
+        self.exec = OwnView {
+            lcl: ledger,
+            state_hash,
+            patch_hash,
+            output_hash: root,
+        };
+        tracing::debug!(
+            seq = ledger.seq_no,
+            exec_ms = executed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "ledger executed"
+        );
+        if !live {
+            return Ok(());
+        }
+        if self.unl().contains(&self.me) {
+            let vote = OutputVote {
+                node: self.me,
+                ledger: ledger.into(),
+                state_hash,
+                output_hash: root,
+                sig: Sig::sign(&self.shared.signing_key, &root),
+            };
+            self.shared
+                .net
+                .broadcast(&PeerMsg::OutputVote(vote.clone()));
+            self.votes
+                .entry(ledger.into())
+                .or_default()
+                .insert(self.me, vote);
+        }
+        let seq = ledger.seq_no;
+        self.votes.retain(|l, _| l.seq_no + 2 >= seq);
+        let roundtime = self.shared.contract().consensus.roundtime;
+        self.release = Some(Release {
+            ledger,
+            root,
+            outputs,
+            leaves,
+            deadline: self.clock.now_ms() + roundtime,
+        });
+        self.try_release(self.clock.now_ms());
+        Ok(())
+    }
+
+    /// Sends the pending outputs once enough of the UNL signed their root: at once with
+    /// 80 % (what HotPocket clients require) and `threshold` %, or after the deadline with
+    /// `threshold` %.
+    fn try_release(&mut self, now: u64) {
+        let Some(r) = &self.release else { return };
+        let unl = self.unl();
+        let threshold = self.shared.contract().consensus.threshold;
+        let need = votes_needed(unl.len(), f64::from(threshold));
+        let full = need.max(votes_needed(unl.len(), 80.0));
+        let sigs: Vec<(NodeKey, Sig)> = self
+            .votes
+            .get(&WireLcl::from(r.ledger))
+            .map(|votes| {
+                votes
+                    .values()
+                    .filter(|v| v.output_hash == r.root && unl.contains(&v.node))
+                    .map(|v| (v.node, v.sig))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if sigs.len() < full && !(sigs.len() >= need && now >= r.deadline) {
+            return;
+        }
+        let Some(r) = self.release.take() else { return };
+        let unl_sig: Vec<(Vec<u8>, Vec<u8>)> = sigs
+            .iter()
+            .map(|(k, s)| (k.prefixed().to_vec(), s.0.to_vec()))
+            .collect();
+        for (user, msgs) in &r.outputs {
+            let Some(own) = r
+                .leaves
+                .iter()
+                .find(|(u, _)| u.as_deref() == Some(user.as_str()))
+                .map(|(_, h)| *h)
+            else {
+                continue;
+            };
+            let tree = r
+                .leaves
+                .iter()
+                .map(|(u, h)| (u.as_deref() != Some(user.as_str())).then(|| h.to_vec()))
+                .collect();
+            self.shared.send_to(
+                user,
+                Reply::Output {
+                    ledger_seq_no: r.ledger.seq_no,
+                    ledger_hash: r.ledger.hash.to_vec(),
+                    outputs: msgs.clone(),
+                    output_hash: own.to_vec(),
+                    hash_tree: tree,
+                    unl_sig: unl_sig.clone(),
+                },
+            );
+        }
+    }
+
+    fn state_hash(&mut self) -> Result<Hash, NodeError> {
+        let state_dir = self.shared.fs.state_dir();
+        self.hasher
+            .hash_dir(&state_dir)
+            .map_err(|source| NodeError::ContractDir {
+                path: state_dir,
+                source,
+            })
+    }
+
+    fn patch_hash(&self) -> Hash {
+        std::fs::read(self.shared.fs.patch_file())
+            .map(|b| ledger::hash_parts([b.as_slice()]))
+            .unwrap_or(ZERO_HASH)
+    }
+
+    /// Applies `../patch.cfg` when the ledger just closed agreed on its current content.
+    fn apply_agreed_patch(&mut self, agreed: Hash) {
+        let path = self.shared.fs.patch_file();
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let hash = ledger::hash_parts([bytes.as_slice()]);
+        if hash != agreed || self.applied_patch == Some(hash) {
+            return;
+        }
+        self.applied_patch = Some(hash);
+        let parsed = serde_json::from_slice::<ContractConfig>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(patch) => {
+                let before = self.shared.contract();
+                let mut contract = before.clone();
+                contract.apply(&patch);
+                if let Err(e) = self.save_contract(contract) {
+                    tracing::warn!(error = %e, "saving patched config failed");
+                    return;
+                }
+                let after = self.shared.contract();
+                tracing::info!(
+                    seq = self.shared.lcl().seq_no,
+                    unl = after.unl.len(),
+                    roundtime = after.consensus.roundtime,
+                    "patch.cfg applied"
+                );
+                if after.unl != before.unl {
+                    let unl = after
+                        .unl
+                        .iter()
+                        .filter_map(|k| pubkey_bytes_from_hex(k).map(|b| b.to_vec()))
+                        .collect();
+                    self.shared.send_to_all(&Reply::UnlChange { unl });
+                }
+                let timing = self.timing();
+                self.shared.net.set_time_config(timing.time_config());
+            }
+            Err(e) => tracing::warn!(error = %e, "patch.cfg is not valid; ignored"),
+        }
+    }
+
+    async fn bootstrap(&mut self, req: BootstrapInput) -> BootstrapReply {
+        match req {
+            BootstrapInput::Status => {
+                let contract = self.shared.contract();
+                let message = if contract.bin_path.is_empty() {
+                    "Bootstrap contract is online".to_owned()
+                } else {
+                    format!("Contract version {} is installed", contract.version)
+                };
+                BootstrapReply::ok("statusResult", message)
+            }
+            BootstrapInput::Upload { zip } => {
+                let Some(zip) = zip else {
+                    return BootstrapReply::fail(
+                        "uploadResult",
+                        "upload content missing: send zip bytes (BSON binary, or base64 in JSON)",
+                    );
+                };
+                let mut contract = self.shared.contract();
+                let bootstrap_cfg = self.cfg.bootstrap.clone();
+                match bootstrap::install_bundle(
+                    &zip,
+                    &self.shared.fs,
+                    &bootstrap_cfg,
+                    &mut contract,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        if let Err(e) = self.save_contract(contract) {
+                            return BootstrapReply::fail(
+                                "uploadResult",
+                                format!("saving the config: {e}"),
+                            );
+                        }
+                        tracing::info!("contract bundle installed");
+                        BootstrapReply::ok(
+                            "uploadResult",
+                            "Contract upload and installation succeeded",
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "contract bundle refused");
+                        BootstrapReply::fail("uploadResult", e.to_string())
+                    }
+                }
+            }
+        }
+    }
+
+    fn save_contract(
+        &mut self,
+        contract: crate::config::ContractSection,
+    ) -> Result<(), crate::config::ConfigError> {
+        self.cfg.contract = contract.clone();
+        self.cfg.save(&self.state_dir)?;
+        let patch = ContractConfig {
+            id: Some(contract.id.clone()),
+            version: Some(contract.version.clone()),
+            unl: Some(contract.unl.clone()),
+            bin_path: contract.bin_path.clone(),
+            bin_args: Some(contract.bin_args.clone()),
+            environment: Some(contract.environment.clone()),
+            max_input_ledger_offset: Some(contract.max_input_ledger_offset),
+            consensus: Some(contract.consensus.clone()),
+            npl: Some(contract.npl.clone()),
+            round_limits: Some(contract.round_limits.clone()),
+        };
+        if let Ok(text) = serde_json::to_vec_pretty(&patch) {
+            let path = self.shared.fs.patch_file();
+            if let Err(e) = crate::fsutil::write_atomic(&path, &text, 0o644) {
+                tracing::warn!(error = %e, path = %path.display(), "writing patch.cfg failed");
+            }
+            self.applied_patch = Some(ledger::hash_parts([text.as_slice()]));
+        }
+        self.shared.set_contract(contract);
+        Ok(())
+    }
+
+    async fn post_exec(&mut self, lcl: LclId) {
+        let dir = self.shared.fs.state_dir();
+        if !dir.join("post_exec.sh").is_file() {
+            return;
+        }
+        let args = vec![(lcl.seq_no).to_string(), hex::encode(lcl.hash)];
+        let timeout = self
+            .shared
+            .contract_command(&self.shared.contract())
+            .timeout;
+        match exec::run_script(&dir, "post_exec.sh", &args, timeout).await {
+            Ok(Some(0)) => {
+                if let Err(e) = std::fs::remove_file(dir.join("post_exec.sh")) {
+                    tracing::warn!(error = %e, "removing post_exec.sh failed");
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "post_exec.sh failed; it stays for the next round"),
+            Err(e) => tracing::warn!(error = %e, "post_exec.sh could not run"),
+        }
+    }
+}
+
+fn reply_kind(req: &BootstrapInput) -> &'static str {
+    match req {
+        BootstrapInput::Upload { .. } => "uploadResult",
+        BootstrapInput::Status => "statusResult",
+    }
+}
+
+fn push_reply(outputs: &mut BTreeMap<String, Vec<Vec<u8>>>, user: &str, reply: BootstrapReply) {
+    if let Ok(bytes) = serde_json::to_vec(&reply) {
+        outputs.entry(user.to_owned()).or_default().push(bytes);
+    }
+}
