@@ -1,7 +1,12 @@
 //! Probe contract for the runtime's tests: commands that exercise limits and failures.
 //!
 //! `echo <text>`, `limits` (its rlimits), `crash`, `sleep <secs>`, `alloc <MiB>`,
-//! `files <count>`, `spam <bytes>`, `args` (the args document it got), `write <name> <text>`.
+//! `files <count>`, `spam <bytes>`, `args` (the args document it got), `write <name> <text>`,
+//! `cat <name>`; for clusters: `npl` (sends its key over NPL and answers with the sorted keys
+//! it heard from in this round, its own included), `random` (writes random bytes to its
+//! state: a non-deterministic contract), `patch-unl <k1,k2,…>` (writes `../patch.cfg` with a
+//! new UNL), `track-unl` (from then on appends `<lcl_seq_no> <unl keys>` to `unl.log` every
+//! round).
 
 #[path = "../common/sdk.rs"]
 mod sdk;
@@ -26,6 +31,28 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
     let args = read_args(stdin().lock())?;
     let raw = args.raw.to_string();
     let inputs = std::fs::File::from(take_fd(args.user_in_fd));
+    let lcl = args.raw.get("lcl_seq_no").and_then(|v| v.as_u64());
+    let mut unl: Vec<String> = args
+        .raw
+        .get("unl")
+        .and_then(|v| v.as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    unl.sort();
+    if let (Some(seq), true) = (lcl, std::path::Path::new("track-unl").exists()) {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("unl.log")?;
+        writeln!(log, "{seq} {}", unl.join(","))?;
+    }
+    let npl_fd = args
+        .raw
+        .get("npl_fd")
+        .and_then(|v| v.as_i64())
+        .and_then(|n| i32::try_from(n).ok());
+    let mut npl = npl_fd.map(|fd| UnixStream::from(take_fd(fd)));
     for (out_fd, spans) in args.users.values() {
         let mut out = UnixStream::from(take_fd(*out_fd));
         for span in spans {
@@ -65,6 +92,29 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
                     format!("opened {}", held.len())
                 }
                 "spam" => "x".repeat(rest.trim().parse()?),
+                "cat" => std::fs::read_to_string(rest.trim()).unwrap_or_default(),
+                "npl" => match npl.as_mut() {
+                    Some(sock) => npl_round(sock, &args.raw, &unl)?,
+                    None => "no npl in this run".to_owned(),
+                },
+                "random" => {
+                    let mut bytes = [0u8; 16];
+                    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+                    std::fs::write("random.bin", bytes)?;
+                    "wrote random.bin".to_owned()
+                }
+                "patch-unl" => {
+                    let mut patch: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read("../patch.cfg")?)?;
+                    let keys: Vec<&str> = rest.trim().split(',').collect();
+                    patch["unl"] = serde_json::json!(keys);
+                    std::fs::write("../patch.cfg", serde_json::to_vec_pretty(&patch)?)?;
+                    "patched".to_owned()
+                }
+                "track-unl" => {
+                    std::fs::write("track-unl", b"")?;
+                    "tracking".to_owned()
+                }
                 "write" => {
                     let mut kv = rest.splitn(2, ' ');
                     let (name, body) = (kv.next().unwrap_or("out"), kv.next().unwrap_or(""));
@@ -77,4 +127,35 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
         }
     }
     Ok(0)
+}
+
+/// Sends this node's key over NPL and collects the keys heard in this run (each NPL
+/// message arrives as two packets: the sender's key, then the data) until every UNL member
+/// was heard or 5 s passed.
+fn npl_round(
+    sock: &mut UnixStream,
+    raw: &serde_json::Value,
+    unl: &[String],
+) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+    let me = raw.get("public_key").and_then(|v| v.as_str()).unwrap_or("");
+    sock.write_all(me.as_bytes())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut heard = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    while heard.len() < unl.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left))?;
+        let Ok(n) = sock.read(&mut buf) else { break };
+        let sender = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let Ok(m) = sock.read(&mut buf) else { break };
+        let data = String::from_utf8_lossy(&buf[..m]).into_owned();
+        if sender == data {
+            heard.insert(sender);
+        }
+    }
+    Ok(heard.into_iter().collect::<Vec<_>>().join(","))
 }
