@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::{Rng, RngCore};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -372,12 +373,7 @@ impl Inner {
     fn register(&self, key: NodeKey, session: Session) -> Result<(), ()> {
         let mut state = self.state();
         if let Some(old) = state.sessions.get(&key) {
-            let dialer = |outbound: bool| if outbound { self.me } else { key };
-            let (old_dialer, new_dialer) = (dialer(old.outbound), dialer(session.outbound));
-            // Different dialers: keep the lower dialer's. Same dialer: the newer (the old
-            // one is most likely left over from a restart).
-            let keep_new = old_dialer == new_dialer || new_dialer < old_dialer;
-            if !keep_new {
+            if !keep_new(self.me, key, old.outbound, session.outbound) {
                 return Err(());
             }
             tracing::debug!(
@@ -405,6 +401,16 @@ impl Inner {
     }
 }
 
+/// Whether a newly verified session with `key` replaces the existing one: between sessions
+/// dialed by different sides, the one dialed by the lower key stays (both ends compute the
+/// same); between two dialed by the same side, the newer (the old one is most likely left
+/// over from a restart).
+fn keep_new(me: NodeKey, key: NodeKey, old_outbound: bool, new_outbound: bool) -> bool {
+    let dialer = |outbound: bool| if outbound { me } else { key };
+    let (old_dialer, new_dialer) = (dialer(old_outbound), dialer(new_outbound));
+    old_dialer == new_dialer || new_dialer < old_dialer
+}
+
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
@@ -428,11 +434,10 @@ async fn accept_loop(
         let (inner2, acceptor) = (inner.clone(), acceptor.clone());
         inner.tracker.spawn(async move {
             let stop = inner2.cancel.clone();
-            let ending = tokio::select! {
-                _ = stop.cancelled() => Ending::Cancelled,
-                ending = accept_one(&inner2, stream, acceptor, addr, deadline, &stop) => ending,
-            };
-            log_ending(&ending, addr, false);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = accept_one(&inner2, stream, acceptor, addr, deadline, &stop) => {}
+            }
         });
     }
     tracing::debug!("peer port closed");
@@ -446,9 +451,14 @@ async fn accept_one(
     deadline: Instant,
     stop: &CancellationToken,
 ) -> Ending {
+    let failed = |e: SessionError| {
+        let ending = Ending::Failed(e);
+        log_ending(&ending, addr, false);
+        ending
+    };
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Err(_) => return Ending::Failed(SessionError::Timeout),
-        Ok(Err(e)) => return Ending::Failed(SessionError::Tls(e)),
+        Err(_) => return failed(SessionError::Timeout),
+        Ok(Err(e)) => return failed(SessionError::Tls(e)),
         Ok(Ok(tls)) => tls,
     };
     let ws = match tokio::time::timeout_at(
@@ -457,8 +467,8 @@ async fn accept_one(
     )
     .await
     {
-        Err(_) => return Ending::Failed(SessionError::Timeout),
-        Ok(Err(e)) => return Ending::Failed(SessionError::Ws(e)),
+        Err(_) => return failed(SessionError::Timeout),
+        Ok(Err(e)) => return failed(SessionError::Ws(e)),
         Ok(Ok(ws)) => ws,
     };
     run_session(inner, ws, addr, false, deadline, stop).await
@@ -569,7 +579,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: String, stop: CancellationToken) {
                     RefuseReason::ContractIdMismatch | RefuseReason::OwnKey => {
                         tracing::warn!(
                             peer = %peer,
-                            key = ?known_key,
+                            key = known_key.map(|k| k.hex()),
                             reason = reason.as_str(),
                             "no longer dialing this peer"
                         );
@@ -594,9 +604,20 @@ async fn dial_loop(inner: Arc<Inner>, peer: String, stop: CancellationToken) {
     }
 }
 
+/// Logs a connection that ended unverified for another reason than a refusal (refusals
+/// and verified sessions are logged where they happen).
 fn log_ending(ending: &Ending, addr: SocketAddr, outbound: bool) {
-    if let Ending::Failed(e) = ending {
-        tracing::info!(peer = %addr, outbound, reason = %e, "peer connection dropped before verification");
+    match ending {
+        Ending::Failed(e) if outbound => {
+            tracing::debug!(peer = %addr, outbound, reason = %e, "peer connection dropped before verification")
+        }
+        Ending::Failed(e) => {
+            tracing::info!(peer = %addr, outbound, reason = %e, "peer connection dropped before verification")
+        }
+        Ending::Cancelled => {
+            tracing::debug!(peer = %addr, outbound, "peer connection closed on shutdown")
+        }
+        _ => {}
     }
 }
 
@@ -628,7 +649,7 @@ fn detail(mut text: String) -> String {
     text
 }
 
-/// Sends a refusal and closes, within [`CLOSE_TIMEOUT`].
+/// Sends a refusal (the session is closed after it), within [`CLOSE_TIMEOUT`].
 async fn refuse<K>(sink: &mut K, reason: RefuseReason, text: String)
 where
     K: Sink<Message, Error = tungstenite::Error> + Unpin,
@@ -637,21 +658,33 @@ where
         reason,
         detail: detail(text),
     });
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        sink.send(Message::Binary(wire::encode(&msg))),
+    )
+    .await;
+}
+
+/// Closes cleanly within [`CLOSE_TIMEOUT`]: the WebSocket close handshake, then the TLS
+/// close_notify.
+async fn finish<S>(
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    source: SplitStream<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(mut ws) = sink.reunite(source) else {
+        return;
+    };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        sink.send(Message::Binary(wire::encode(&msg))).await?;
-        sink.close().await
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+        let _ = ws.get_mut().shutdown().await;
     })
     .await;
 }
 
-async fn close<K>(sink: &mut K)
-where
-    K: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-}
-
-/// Runs the handshake, then the verified session until it ends.
+/// Runs the handshake, then the verified session until it ends; closes the connection.
 async fn run_session<S>(
     inner: &Arc<Inner>,
     ws: WebSocketStream<S>,
@@ -664,30 +697,49 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut source) = ws.split();
-    let key = match tokio::time::timeout_at(
+    let ending = session(
+        inner,
+        &mut sink,
+        &mut source,
+        addr,
+        outbound,
         deadline,
-        handshake(inner, &mut sink, &mut source, addr, outbound),
+        stop,
     )
-    .await
-    {
-        Err(_) => {
-            close(&mut sink).await;
-            return Ending::Failed(SessionError::Timeout);
-        }
-        Ok(Err(ending)) => {
-            if !matches!(ending, Ending::WeRefused { .. }) {
-                close(&mut sink).await;
-            }
-            return ending;
-        }
-        Ok(Ok(key)) => key,
-    };
+    .await;
+    log_ending(&ending, addr, outbound);
+    finish(sink, source).await;
+    ending
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session<K, R>(
+    inner: &Arc<Inner>,
+    sink: &mut K,
+    source: &mut R,
+    addr: SocketAddr,
+    outbound: bool,
+    deadline: Instant,
+    stop: &CancellationToken,
+) -> Ending
+where
+    K: Sink<Message, Error = tungstenite::Error> + Unpin,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let key =
+        match tokio::time::timeout_at(deadline, handshake(inner, sink, source, addr, outbound))
+            .await
+        {
+            Err(_) => return Ending::Failed(SessionError::Timeout),
+            Ok(Err(ending)) => return ending,
+            Ok(Ok(key)) => key,
+        };
 
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Frame>(SEND_QUEUE_LEN);
     let kick = stop.child_token();
     let done = CancellationToken::new();
-    let session = Session {
+    let entry = Session {
         id,
         addr,
         outbound,
@@ -695,7 +747,8 @@ where
         kick: kick.clone(),
         done: done.clone(),
     };
-    if inner.register(key, session).is_err() {
+    let duplicate = || format!("a session with {} exists", inner.me.hex());
+    if inner.register(key, entry).is_err() {
         tracing::debug!(
             peer = %addr,
             key = %key,
@@ -703,12 +756,7 @@ where
             reason = RefuseReason::DuplicateSession.as_str(),
             "refusing peer: the session dialed by the lower key is kept"
         );
-        refuse(
-            &mut sink,
-            RefuseReason::DuplicateSession,
-            format!("a session with {} exists", inner.me.hex()),
-        )
-        .await;
+        refuse(sink, RefuseReason::DuplicateSession, duplicate()).await;
         return Ending::WeRefused {
             reason: RefuseReason::DuplicateSession,
             key: Some(key),
@@ -735,18 +783,9 @@ where
     };
     tracing::info!(peer = %addr, key = %key, outbound, "peer session verified");
 
-    let ending = verified(inner, &mut sink, &mut source, rx, key, addr, &kick, stop).await;
-    match &ending {
-        Ending::Cancelled => close(&mut sink).await,
-        Ending::WeRefused { reason, .. } => {
-            refuse(
-                &mut sink,
-                *reason,
-                format!("a session with {} exists", inner.me.hex()),
-            )
-            .await
-        }
-        _ => close(&mut sink).await,
+    let ending = verified(inner, sink, source, rx, key, addr, &kick, stop).await;
+    if let Ending::WeRefused { reason, .. } = &ending {
+        refuse(sink, *reason, duplicate()).await;
     }
     ending
 }
@@ -876,7 +915,7 @@ where
 {
     tracing::warn!(
         peer = %addr,
-        key = ?key,
+        key = key.map(|k| k.hex()),
         outbound,
         reason = reason.as_str(),
         detail = %text,
@@ -931,7 +970,14 @@ where
                 Ok(Some(Err(e))) => return format!("websocket: {e}"),
                 Ok(Some(Ok(Message::Close(_)))) => return "closed by the peer".to_owned(),
                 Ok(Some(Ok(Message::Binary(b)))) => b,
-                Ok(Some(Ok(Message::Text(t)))) => t.into_bytes(),
+                Ok(Some(Ok(Message::Text(_)))) => {
+                    bad += 1;
+                    tracing::warn!(peer = %addr, key = %key, reason = "text frame", bad_frames = bad, "peer frame dropped");
+                    if bad >= MAX_BAD_FRAMES {
+                        return format!("{bad} bad frames");
+                    }
+                    continue;
+                }
                 Ok(Some(Ok(_))) => continue,
             };
             let problem = match wire::decode(&payload, inner.max_frame_bytes) {
@@ -969,6 +1015,7 @@ where
         }
     };
     let ended = tokio::select! {
+        biased;
         _ = stop.cancelled() => return Ending::Cancelled,
         _ = kick.cancelled() => {
             tracing::debug!(peer = %addr, key = %key, "peer session replaced by the one dialed by the lower key");
@@ -982,4 +1029,38 @@ where
     };
     tracing::info!(peer = %addr, key = %key, reason = %ended, "peer session ended");
     Ending::Ended { key }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_keep_the_session_dialed_by_the_lower_key() {
+        let (low, high) = (NodeKey([1; 32]), NodeKey([2; 32]));
+        // `low` holds a session it was dialed on (by `high`); now its own dial verifies.
+        assert!(keep_new(low, high, false, true));
+        // `high` holds the session it dialed; now `low`'s dial verifies.
+        assert!(keep_new(high, low, true, false));
+        // And the other order of arrival.
+        assert!(!keep_new(low, high, true, false));
+        assert!(!keep_new(high, low, false, true));
+        // Same dialer: the newer.
+        assert!(keep_new(low, high, true, true));
+        assert!(keep_new(low, high, false, false));
+    }
+
+    #[test]
+    fn hosts_details_and_jitter() {
+        assert_eq!(host_of("node1.example:22860"), "node1.example");
+        assert_eq!(host_of("[::1]:22860"), "::1");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        let long = "é".repeat(MAX_DETAIL_LEN);
+        let cut = detail(long);
+        assert!(cut.len() <= MAX_DETAIL_LEN && cut.chars().all(|c| c == 'é'));
+        for _ in 0..100 {
+            let d = jittered(BACKOFF_START);
+            assert!(d >= BACKOFF_START / 2 && d <= BACKOFF_START * 3 / 2);
+        }
+    }
 }
