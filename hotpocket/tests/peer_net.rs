@@ -257,9 +257,8 @@ async fn three_nodes_verify_each_other_once_and_get_broadcasts() {
         TestNode::any(3).await,
     ];
     let addrs: Vec<String> = nodes.iter().map(TestNode::addr).collect();
-    for (i, node) in nodes.iter().enumerate() {
-        // Everyone dials everyone (itself too: refused as its own key).
-        let _ = i;
+    // Everyone dials everyone (itself too: refused as its own key).
+    for node in &nodes {
         node.net.set_known_peers(addrs.clone());
     }
     until("every pair keeps exactly one shared session", || {
@@ -270,9 +269,10 @@ async fn three_nodes_verify_each_other_once_and_get_broadcasts() {
     })
     .await;
     for n in &nodes {
-        let mut keys = n.peer_keys();
-        keys.dedup();
-        assert_eq!(keys.len(), 2);
+        let keys = n.peer_keys();
+        for other in nodes.iter().filter(|o| o.key != n.key) {
+            assert_eq!(keys.iter().filter(|k| **k == other.key).count(), 1);
+        }
         assert!(!keys.contains(&n.key), "a node never lists itself");
     }
 
@@ -407,6 +407,21 @@ async fn a_bad_challenge_answer_is_refused_and_silence_is_dropped() {
     .await;
     let refusal = raw_refusal(&mut ws).await.expect("a refusal");
     assert_eq!(refusal.reason, RefuseReason::BadChallengeResponse);
+
+    // Another protocol version is refused as such.
+    let mut ws = raw_connect(&a.addr()).await;
+    let Some(PeerMsg::Hello(_)) = raw_recv(&mut ws).await else {
+        panic!("a hello first");
+    };
+    let mut hello = wire::encode(&PeerMsg::Hello(Hello {
+        contract_id: CONTRACT.to_owned(),
+        time_config: TIME_CONFIG,
+        challenge: [7; 16],
+    }));
+    hello[0] = 2;
+    ws.send(Message::Binary(hello)).await.unwrap();
+    let refusal = raw_refusal(&mut ws).await.expect("a refusal");
+    assert_eq!(refusal.reason, RefuseReason::Version);
 
     // Its own key is refused.
     let mut ws = raw_verified(&a.addr(), &key(1)).await;
@@ -544,4 +559,50 @@ async fn bad_frames_from_a_verified_peer_are_dropped() {
     assert!(a.inbound.try_recv().is_err(), "no bad frame was delivered");
     a.shutdown().await;
     c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_session_of_a_key_replaces_the_first_dialed_the_same_way() {
+    init_tracing();
+    let a = TestNode::any(1).await;
+    let raw_key = key(2);
+    let mut first = raw_verified(&a.addr(), &raw_key).await;
+    until("a lists the raw peer", || {
+        a.peer_keys().contains(&NodeKey::of(&raw_key))
+    })
+    .await;
+    // Both dialed by the raw side: the newer stays, the older is refused.
+    let _second = raw_verified(&a.addr(), &raw_key).await;
+    let refusal = raw_refusal(&mut first).await.expect("a refusal");
+    assert_eq!(refusal.reason, RefuseReason::DuplicateSession);
+    assert!(
+        raw_recv(&mut first).await.is_none(),
+        "closed after the refusal"
+    );
+    let peers = a.net.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].key, NodeKey::of(&raw_key));
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_known_peer_keeps_its_inbound_session() {
+    init_tracing();
+    let a = TestNode::any(1).await;
+    let b = TestNode::any(2).await;
+    a.net.set_known_peers(vec![b.addr()]);
+    b.net.set_known_peers(vec![a.addr()]);
+    until("a and b peer", || one_session_each(&a, &b)).await;
+    // a stops dialing b; b still dials a, so a ends up with b's inbound session.
+    a.net.set_known_peers(Vec::new());
+    until("a holds b's inbound session", || {
+        one_session_each(&a, &b) && !a.net.peers()[0].outbound
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peers = a.net.peers();
+    assert_eq!(peers.len(), 1);
+    assert!(!peers[0].outbound, "the inbound session stays");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -1018,7 +1018,7 @@ where
         biased;
         _ = stop.cancelled() => return Ending::Cancelled,
         _ = kick.cancelled() => {
-            tracing::debug!(peer = %addr, key = %key, "peer session replaced by the one dialed by the lower key");
+            tracing::debug!(peer = %addr, key = %key, "peer session replaced by another session of its key");
             return Ending::WeRefused { reason: RefuseReason::DuplicateSession, key: Some(key) };
         }
         why = reader => why,
