@@ -983,7 +983,7 @@ where
             let problem = match wire::decode(&payload, inner.max_frame_bytes) {
                 Ok(
                     msg @ (PeerMsg::Proposal(_)
-                    | PeerMsg::Input(_)
+                    | PeerMsg::Inputs(_)
                     | PeerMsg::Npl(_)
                     | PeerMsg::OutputVote(_)),
                 ) => {
