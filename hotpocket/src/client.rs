@@ -113,6 +113,45 @@ pub struct LedgerOutputs {
     pub ledger_seq_no: u64,
     pub ledger_hash: String,
     pub outputs: Vec<Vec<u8>>,
+    /// The nodes (`ed…`) whose `unl_sig` signature over the output tree's root verified,
+    /// checked as hp-js-client checks them ([`output_signers`]); a client trusts the outputs
+    /// when these are at least 80 % of the UNL.
+    pub signers: Vec<String>,
+}
+
+/// The keys whose signatures in `unl_sig` verify over the root of an output's hash tree, as
+/// HotPocket clients compute it: the user's output hash is `blake3(0xED‖key ‖ outputs…)` and
+/// must equal `output_hash`; the root is blake3 over the tree's hashes with that hash in the
+/// tree's one empty place. Empty when the outputs do not match their hash or the tree has no
+/// (or more than one) empty place.
+pub fn output_signers(
+    me: &[u8; 33],
+    outputs: &[Vec<u8>],
+    output_hash: &[u8],
+    hash_tree: &[Option<Vec<u8>>],
+    unl_sig: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<String> {
+    let own = crate::ledger::user_output_hash(me, outputs);
+    if own.as_slice() != output_hash || hash_tree.iter().filter(|h| h.is_none()).count() != 1 {
+        return Vec::new();
+    }
+    let root = crate::ledger::hash_parts(hash_tree.iter().map(|h| match h {
+        Some(h) => h.as_slice(),
+        None => own.as_slice(),
+    }));
+    let mut signers: Vec<String> = unl_sig
+        .iter()
+        .filter_map(|(key, sig)| {
+            let key: [u8; 32] = key.get(1..)?.try_into().ok()?;
+            let sig: [u8; 64] = sig.as_slice().try_into().ok()?;
+            let node = crate::peer::wire::NodeKey(key);
+            node.verifies(&root, &crate::peer::wire::Sig(sig))
+                .then(|| node.hex())
+        })
+        .collect();
+    signers.sort();
+    signers.dedup();
+    signers
 }
 
 /// `stat_response` fields.
@@ -148,6 +187,8 @@ struct Inbox {
 }
 
 struct Inner {
+    /// This user's key, 0xED ‖ 32 bytes.
+    me: [u8; 33],
     inbox: Mutex<Inbox>,
     outputs_changed: Notify,
     lcl_seq: AtomicU64,
@@ -283,6 +324,7 @@ impl Client {
             unl = reply.unl;
         }
         let inner = Arc::new(Inner {
+            me: crate::protocol::pubkey_bytes(&key.verifying_key()),
             inbox: Mutex::new(Inbox::default()),
             outputs_changed: Notify::new(),
             lcl_seq: AtomicU64::new(0),
@@ -437,6 +479,7 @@ impl Client {
             ledger_seq_no,
             ledger_hash: String::new(),
             outputs: Vec::new(),
+            signers: Vec::new(),
         }
     }
 
@@ -614,8 +657,12 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                 ledger_seq_no,
                 ledger_hash,
                 outputs,
-                ..
+                output_hash,
+                hash_tree,
+                unl_sig,
             } => {
+                let signers =
+                    output_signers(&inner.me, &outputs, &output_hash, &hash_tree, &unl_sig);
                 inner.lcl_seq.fetch_max(ledger_seq_no, Ordering::Relaxed);
                 let ledger_hash = hex::encode(ledger_hash);
                 let entry = inbox
@@ -625,8 +672,10 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                         ledger_seq_no,
                         ledger_hash: ledger_hash.clone(),
                         outputs: Vec::new(),
+                        signers: Vec::new(),
                     });
                 entry.outputs.extend(outputs.iter().cloned());
+                entry.signers = signers.clone();
                 while inbox.outputs.len() > 10_000 {
                     inbox.outputs.pop_first();
                 }
@@ -636,6 +685,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                     ledger_seq_no,
                     ledger_hash,
                     outputs,
+                    signers,
                 });
                 inner.outputs_changed.notify_waiters();
             }

@@ -111,6 +111,8 @@ pub(crate) struct RoundLoop {
     last_status: String,
     /// The peer port's channel closed (it only does at shutdown).
     peer_closed: bool,
+    /// A stage-3 proposal of an earlier round arrived: that round may close late.
+    late_check: bool,
 }
 
 /// Wall-clock ms of `clock`.
@@ -168,6 +170,7 @@ impl RoundLoop {
             npl_early: Vec::new(),
             last_status: String::new(),
             peer_closed: false,
+            late_check: false,
         }
     }
 
@@ -280,6 +283,34 @@ impl RoundLoop {
     async fn wait_until(&mut self, target: u64, cancel: &CancellationToken) -> Result<(), Stop> {
         while self.clock.now_ms() < target {
             self.next_event(target, cancel).await?;
+            self.follow_late(cancel).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes an earlier round whose stage-3 proposals reached the threshold only after
+    /// this node gave up on it (they arrived late), if it builds on this node's ledger.
+    async fn follow_late(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        if !std::mem::take(&mut self.late_check) {
+            return Ok(());
+        }
+        let unl = self.unl();
+        let threshold = self.shared.contract().consensus.threshold;
+        let found = self.rounds.values().find_map(|props| {
+            let p = agreed(props, &unl, threshold).ok()?;
+            if LclId::from(p.lcl) != self.exec.lcl {
+                return None;
+            }
+            let sigs: Vec<(NodeKey, Sig)> = props
+                .from_unl(&unl)
+                .filter(|q| q.stage == 3 && q.root() == p.root())
+                .map(|q| (q.node, q.output_sig))
+                .collect();
+            Some((p.clone(), sigs))
+        });
+        if let Some((p, sigs)) = found {
+            tracing::info!(round = p.time, lcl = %self.exec.lcl, "closing a ledger whose stage 3 proposals arrived late");
+            self.close(p, sigs, cancel).await?;
         }
         Ok(())
     }
@@ -434,7 +465,10 @@ impl RoundLoop {
             tracing::debug!(peer = %from, node = %p.node, time = p.time, current, "proposal outside the round window dropped");
             return;
         }
-        self.rounds.entry(p.time).or_default().insert(p);
+        let late = p.stage == 3 && p.time < current;
+        if self.rounds.entry(p.time).or_default().insert(p) && late {
+            self.late_check = true;
+        }
     }
 
     fn on_relayed_input(&mut self, from: NodeKey, relay: RelayedInput) {
@@ -630,6 +664,7 @@ impl RoundLoop {
                         return Ok(());
                     }
                     self.next_event(deadline, cancel).await?;
+                    self.follow_late(cancel).await?;
                 }
             }
         }

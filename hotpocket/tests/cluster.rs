@@ -1,0 +1,545 @@
+//! Consensus among several `hotpocket` processes on 127.0.0.1: every node a real process
+//! with its own user and peer ports, peering over TLS WebSocket.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_hotpocket::client::{Client, ConnectOptions, LedgerOutputs};
+use berth_hotpocket::protocol::pubkey_hex;
+use common::*;
+use ed25519_dalek::SigningKey;
+
+const OWNER: u8 = 1;
+
+/// Cluster tests run one at a time: each starts several processes with sub-second rounds,
+/// and the machine they share is small.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    dir: PathBuf,
+    child: Option<Child>,
+    addr: String,
+    key: SigningKey,
+}
+
+/// A cluster of `hotpocket` processes sharing a UNL and peering with each other.
+struct Cluster {
+    _root: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+struct Settings {
+    nodes: usize,
+    roundtime: u64,
+    threshold: u32,
+    /// Clock skew (ms) per node, when any.
+    skews: Vec<i64>,
+}
+
+impl Settings {
+    fn new(nodes: usize, roundtime: u64) -> Settings {
+        Settings {
+            nodes,
+            roundtime,
+            threshold: 80,
+            skews: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    fn start(s: Settings) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let keys: Vec<SigningKey> = (0..s.nodes).map(|i| key(100 + i as u8)).collect();
+        let unl: Vec<String> = keys
+            .iter()
+            .map(|k| pubkey_hex(&k.verifying_key()))
+            .collect();
+        let ports: Vec<u16> = (0..s.nodes).map(|_| free_port()).collect();
+        let mut members = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let dir = root.path().join(format!("node{i}"));
+            let peers: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("127.0.0.1:{p}"))
+                .collect();
+            let status = Command::new(hotpocket_bin())
+                .arg("new")
+                .arg(&dir)
+                .args(["--owner", &pubkey_hex(&key(OWNER).verifying_key())])
+                .args(["--contract-id", CONTRACT_ID, "--user-port", "0"])
+                .args(["--peer-port", &ports[i].to_string()])
+                .args(["--roundtime-ms", &s.roundtime.to_string()])
+                .args(["--threshold", &s.threshold.to_string()])
+                .args(["--node-secret", &hex::encode(k.to_bytes())])
+                .args(["--unl", &unl.join(",")])
+                .args(["--peers", &peers.join(",")])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            members.push(Member {
+                dir,
+                child: None,
+                addr: String::new(),
+                key: k.clone(),
+            });
+        }
+        let mut cluster = Cluster {
+            _root: root,
+            members,
+        };
+        for i in 0..s.nodes {
+            cluster.run(i, s.skews.get(i).copied());
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `i`; its log goes to `<dir>/node.log`.
+    fn run(&mut self, i: usize, skew: Option<i64>) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("node.log"))
+            .unwrap();
+        let mut cmd = Command::new(hotpocket_bin());
+        cmd.args(["run", "--state-dir"])
+            .arg(&m.dir)
+            .args(["--listen", "127.0.0.1", "--user-port", "0"])
+            .env(
+                "RUST_LOG",
+                "info,berth_hotpocket::peer=debug,berth_hotpocket::round=debug",
+            )
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(skew) = skew {
+            cmd.env("HP_CLOCK_SKEW_MS", skew.to_string());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("hotpocket user port listening on ") {
+                addr = Some(rest.trim().to_owned());
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        m.addr = addr.expect("node printed its address");
+        m.child = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.members[i].dir.join("node.log")).unwrap_or_default()
+    }
+
+    fn key_hex(&self, i: usize) -> String {
+        pubkey_hex(&self.members[i].key.verifying_key())
+    }
+
+    async fn connect(&self, i: usize, user: &SigningKey) -> Client {
+        let opts = ConnectOptions {
+            output_grace: Duration::from_secs(8),
+            ..ConnectOptions::default()
+        };
+        Client::connect(&self.members[i].addr, user.clone(), opts)
+            .await
+            .unwrap()
+    }
+
+    /// The lcl of each live node (through a fresh monitor connection each).
+    async fn lcls(&self, live: &[usize]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for &i in live {
+            let c = self.connect(i, &key(200 + i as u8)).await;
+            out.push(c.lcl().await.unwrap().0);
+        }
+        out
+    }
+
+    /// Waits until every node in `live` reached ledger `seq`.
+    async fn wait_for_ledger(&self, live: &[usize], seq: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let lcls = self.lcls(live).await;
+            if lcls.iter().all(|l| *l >= seq) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {live:?} did not reach ledger {seq}: {lcls:?}\n{}",
+                self.logs_tail()
+            );
+            sleep_ms(200).await;
+        }
+    }
+
+    fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.members.len() {
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!("--- node {i} ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Installs `zip` through node `via` as the owner, and checks every node installed it.
+async fn install_everywhere(cluster: &Cluster, via: usize, zip: &[u8], live: &[usize]) {
+    let owner = cluster.connect(via, &key(OWNER)).await;
+    let reply = match owner.upload_bundle(zip).await {
+        Ok(r) => r,
+        Err(e) => panic!("upload through node {via}: {e}\n{}", cluster.logs_tail()),
+    };
+    assert_eq!(reply.status, "ok", "upload failed: {}", reply.message);
+    for &i in live {
+        let c = cluster.connect(i, &key(210 + i as u8)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.stat().await.unwrap().contract_execution_enabled {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not install the bundle"
+            );
+            sleep_ms(100).await;
+        }
+    }
+}
+
+fn text(out: &LedgerOutputs) -> String {
+    out.outputs
+        .iter()
+        .map(|o| String::from_utf8_lossy(o).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_sent_to_node_2_is_output_by_every_node_signed_by_the_whole_unl() {
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    let user = key(9);
+    let clients = [
+        cluster.connect(0, &user).await,
+        cluster.connect(1, &user).await,
+        cluster.connect(2, &user).await,
+    ];
+    let stat = clients[1].stat().await.unwrap();
+    assert!(stat.in_sync, "{}", stat.vote_status);
+    assert_eq!(stat.peers.len(), 2, "node 2 peers with the other two");
+    let out = clients[1]
+        .submit_and_wait(b"echo hello cluster")
+        .await
+        .unwrap();
+    assert_eq!(text(&out), "hello cluster");
+    let unl: Vec<String> = (0..3).map(|i| cluster.key_hex(i)).collect();
+    let mut sorted = unl.clone();
+    sorted.sort();
+    for (i, c) in clients.iter().enumerate() {
+        let got = c
+            .outputs_of(out.ledger_seq_no, Duration::from_secs(8))
+            .await;
+        assert_eq!(got.outputs, out.outputs, "node {i} sent the same output");
+        assert_eq!(
+            got.ledger_hash, out.ledger_hash,
+            "node {i} names the same ledger"
+        );
+        assert_eq!(
+            got.signers, sorted,
+            "node {i}: unl_sig from every UNL node, verified"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_of_five_down_ledgers_close_and_with_two_none_close_on_the_minority() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(Settings::new(5, 400));
+    let all = [0, 1, 2, 3, 4];
+    cluster
+        .wait_for_ledger(&all, 2, Duration::from_secs(20))
+        .await;
+    cluster.kill(4);
+    let before = cluster.lcls(&[0, 1, 2, 3]).await;
+    let target = before.iter().max().unwrap() + 3;
+    cluster
+        .wait_for_ledger(&[0, 1, 2, 3], target, Duration::from_secs(20))
+        .await;
+
+    cluster.kill(3);
+    // Let the round in flight finish, then watch: no ledger may close on 3 of 5.
+    sleep_ms(1200).await;
+    let stalled = cluster.lcls(&[0, 1, 2]).await;
+    sleep_ms(2400).await;
+    let later = cluster.lcls(&[0, 1, 2]).await;
+    assert_eq!(
+        stalled, later,
+        "no ledger closes with 3 of 5 (threshold 80)"
+    );
+    let c = cluster.connect(0, &key(9)).await;
+    let stat = c.stat().await.unwrap();
+    assert!(!stat.in_sync);
+    assert!(
+        stat.vote_status.contains("not enough peers proposing"),
+        "{}",
+        stat.vote_status
+    );
+
+    // Node 3 stopped on the same ledger as the rest: when it returns, the cluster resumes.
+    cluster.run(3, None);
+    let max = later.iter().max().unwrap() + 2;
+    cluster
+        .wait_for_ledger(&[0, 1, 2, 3], max, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_deterministic_contract_is_reported_and_no_ledger_closes_on_split_state() {
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    let user = cluster.connect(1, &key(9)).await;
+    let submitted = user.submit(b"random").await.unwrap();
+    let accepted = user.wait_status(&submitted.input_hash).await.unwrap();
+    let berth_hotpocket::client::InputOutcome::Accepted { ledger_seq_no, .. } = accepted else {
+        panic!("random input rejected: {accepted:?}");
+    };
+    // Each node wrote its own random bytes: their states split and stay split.
+    sleep_ms(2000).await;
+    let lcls = cluster.lcls(&[0, 1, 2]).await;
+    assert!(
+        lcls.iter().all(|l| *l == ledger_seq_no),
+        "no ledger after the divergent one: {lcls:?}"
+    );
+    let out = user
+        .outputs_of(ledger_seq_no, Duration::from_millis(500))
+        .await;
+    assert!(
+        out.outputs.is_empty(),
+        "outputs of a divergent execution are never released"
+    );
+    let stat = user.stat().await.unwrap();
+    assert!(!stat.in_sync);
+    assert!(
+        stat.vote_status.contains("different states"),
+        "{}",
+        stat.vote_status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nodes_contract_hears_every_other_nodes_npl_message() {
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 500));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    let user = cluster.connect(2, &key(9)).await;
+    let out = user.submit_and_wait(b"npl").await.unwrap();
+    let mut unl: Vec<String> = (0..3).map(|i| cluster.key_hex(i)).collect();
+    unl.sort();
+    // The output is agreed (same on every node) only if every contract heard all three.
+    assert_eq!(text(&out), unl.join(","));
+    assert_eq!(out.signers.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unl_change_in_patch_cfg_takes_effect_at_the_same_ledger_everywhere() {
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    let user = cluster.connect(0, &key(9)).await;
+    let watcher = cluster.connect(1, &key(10)).await;
+    assert_eq!(
+        text(&user.submit_and_wait(b"track-unl").await.unwrap()),
+        "tracking"
+    );
+    // Node 2 leaves the UNL: it becomes an observer and follows.
+    let new_unl = format!("{},{}", cluster.key_hex(0), cluster.key_hex(1));
+    let out = user
+        .submit_and_wait(format!("patch-unl {new_unl}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(text(&out), "patched");
+    cluster
+        .wait_for_ledger(&[0, 1, 2], out.ledger_seq_no + 4, Duration::from_secs(20))
+        .await;
+    let mut logs = Vec::new();
+    for i in 0..3 {
+        let c = cluster.connect(i, &key(20 + i as u8)).await;
+        logs.push(String::from_utf8(c.read("cat unl.log").await.unwrap()).unwrap());
+    }
+    let switch_at = |log: &str| {
+        log.lines()
+            .find(|l| !l.contains(&cluster.key_hex(2)))
+            .and_then(|l| l.split(' ').next())
+            .map(str::to_owned)
+    };
+    let first = switch_at(&logs[0]).expect("the UNL changed");
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(
+            switch_at(log).as_deref(),
+            Some(first.as_str()),
+            "node {i}:\n{log}"
+        );
+    }
+    let changes = watcher.unl_changes();
+    assert_eq!(changes.len(), 1, "users got one unl_change");
+    assert_eq!(changes[0].len(), 2);
+    let observer = cluster.connect(2, &key(11)).await.stat().await.unwrap();
+    assert!(
+        observer.in_sync,
+        "the observer follows: {}",
+        observer.vote_status
+    );
+    assert!(observer.vote_status.contains("observer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_skewed_by_a_tenth_of_the_roundtime_still_close_ledgers() {
+    let _serial = serial();
+    let mut s = Settings::new(3, 500);
+    s.skews = vec![50, 0, -50];
+    let cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 5, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_proposals_are_never_counted() {
+    let _serial = serial();
+    // Three UNL nodes, one of them down: 2 of 3 is below the 80 % threshold. A stranger
+    // running the same contract with all four keys in its own UNL must not tip it.
+    let mut cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    cluster.kill(2);
+    let root = tempfile::tempdir().unwrap();
+    let stranger_dir = root.path().join("stranger");
+    let unl: Vec<String> = (0..3)
+        .map(|i| cluster.key_hex(i))
+        .chain([pubkey_hex(&key(99).verifying_key())])
+        .collect();
+    let peers: Vec<String> = (0..2)
+        .map(|i| {
+            let cfg: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(cluster.members[i].dir.join("hp.cfg")).unwrap(),
+            )
+            .unwrap();
+            format!("127.0.0.1:{}", cfg["mesh"]["port"])
+        })
+        .collect();
+    let status = Command::new(hotpocket_bin())
+        .arg("new")
+        .arg(&stranger_dir)
+        .args(["--owner", &pubkey_hex(&key(OWNER).verifying_key())])
+        .args([
+            "--contract-id",
+            CONTRACT_ID,
+            "--user-port",
+            "0",
+            "--peer-port",
+            "0",
+        ])
+        .args(["--roundtime-ms", "400", "--node-secret", &"99".repeat(32)])
+        .args(["--unl", &unl.join(","), "--peers", &peers.join(",")])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _stranger = start_logged(&stranger_dir);
+    sleep_ms(1200).await;
+    let stalled = cluster.lcls(&[0, 1]).await;
+    sleep_ms(2000).await;
+    assert_eq!(
+        stalled,
+        cluster.lcls(&[0, 1]).await,
+        "no ledger with the stranger's votes"
+    );
+    let log = cluster.log(0);
+    assert!(
+        log.contains("outside the UNL not counted"),
+        "the stranger's proposals are named in the log"
+    );
+}
+
+fn start_logged(dir: &Path) -> Node {
+    Node::start(dir)
+}
