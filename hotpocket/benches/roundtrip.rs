@@ -1,12 +1,15 @@
-//! One node, 100 users, the echo contract: inputs/s and input-to-output latency (p50, p95)
-//! at roundtimes 1000, 200 and 50 ms. Runs the real `hotpocket` binary over TLS WebSocket.
+//! Clusters of 1, 3 and 5 nodes, 100 users, the echo contract: inputs/s and input-to-output
+//! latency (p50, p95) at roundtimes 1000 and 200 ms. Runs real `hotpocket` processes over TLS
+//! WebSocket on 127.0.0.1, peering with each other; users are spread over the nodes and an
+//! output counts when it reaches its user with the UNL's signatures.
 //!
 //! Each roundtime runs twice: a latency run at a moderate offered load (BENCH_LATENCY_RATE,
 //! default 1000 inputs/s) and a throughput run at a high one (BENCH_RATE, default 6000 inputs/s,
 //! where latency includes queueing once the node saturates).
 //!
-//! `cargo bench -p berth-hotpocket --bench roundtrip` (env BENCH_RATE, BENCH_LATENCY_RATE; BENCH_SECS = measuring seconds per roundtime, default 8; BENCH_ROUNDTIMES =
-//! comma-separated list; BENCH_NODE_LOG = the node's RUST_LOG).
+//! `cargo bench -p berth-hotpocket --bench roundtrip` (env BENCH_RATE, BENCH_LATENCY_RATE;
+//! BENCH_SECS = measuring seconds per run, default 8; BENCH_ROUNDTIMES and BENCH_NODES =
+//! comma-separated lists, default 1000,200 and 1,3,5; BENCH_NODE_LOG = the nodes' RUST_LOG).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -48,30 +51,47 @@ fn main() -> anyhow::Result<()> {
          latency run offers {latency_rate} inputs/s, throughput run {rate} inputs/s"
     );
     println!(
-        "{:>10} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>10} {:>7}",
-        "roundtime", "lat p50", "lat p95", "p50/rt", "inputs/s", "sat p50", "sat p95", "lost"
+        "{:>5} {:>10} | {:>10} {:>10} {:>8} | {:>10} {:>10} {:>10} {:>7}",
+        "nodes",
+        "roundtime",
+        "lat p50",
+        "lat p95",
+        "p50/rt",
+        "inputs/s",
+        "sat p50",
+        "sat p95",
+        "lost"
     );
-    let roundtimes: Vec<u64> = match std::env::var("BENCH_ROUNDTIMES") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|v| v.trim().parse().ok())
-            .collect(),
-        Err(_) => vec![1000, 200, 50],
+    let list = |name: &str, default: &[u64]| -> Vec<u64> {
+        match std::env::var(name) {
+            Ok(list) => list
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .collect(),
+            Err(_) => default.to_vec(),
+        }
     };
-    for roundtime in roundtimes {
-        let lat = runtime.block_on(run(&hotpocket, &echo, roundtime, latency_rate, secs))?;
-        let thr = runtime.block_on(run(&hotpocket, &echo, roundtime, rate, secs))?;
-        println!(
-            "{:>8}ms | {:>8.1}ms {:>8.1}ms {:>8.2} | {:>10.0} {:>8.1}ms {:>8.1}ms {:>7}",
-            roundtime,
-            lat.p50,
-            lat.p95,
-            lat.p50 / roundtime as f64,
-            thr.throughput,
-            thr.p50,
-            thr.p95,
-            thr.lost + lat.lost
-        );
+    let roundtimes = list("BENCH_ROUNDTIMES", &[1000, 200]);
+    let node_counts = list("BENCH_NODES", &[1, 3, 5]);
+    for nodes in node_counts {
+        let nodes = nodes.max(1) as usize;
+        for &roundtime in &roundtimes {
+            let lat =
+                runtime.block_on(run(&hotpocket, &echo, nodes, roundtime, latency_rate, secs))?;
+            let thr = runtime.block_on(run(&hotpocket, &echo, nodes, roundtime, rate, secs))?;
+            println!(
+                "{:>5} {:>8}ms | {:>8.1}ms {:>8.1}ms {:>8.2} | {:>10.0} {:>8.1}ms {:>8.1}ms {:>7}",
+                nodes,
+                roundtime,
+                lat.p50,
+                lat.p95,
+                lat.p50 / roundtime as f64,
+                thr.throughput,
+                thr.p50,
+                thr.p95,
+                thr.lost + lat.lost
+            );
+        }
     }
     Ok(())
 }
@@ -115,11 +135,66 @@ impl Drop for NodeProc {
     }
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `n` nodes sharing a UNL, each dialing the others; returns them and their user
+/// addresses.
+fn start_cluster(
+    hotpocket: &Path,
+    root: &Path,
+    owner: &SigningKey,
+    roundtime: u64,
+    n: usize,
+) -> anyhow::Result<(Vec<NodeProc>, Vec<String>)> {
+    let keys: Vec<SigningKey> = (0..n)
+        .map(|i| SigningKey::from_bytes(&[200 + i as u8; 32]))
+        .collect();
+    let unl: Vec<String> = keys
+        .iter()
+        .map(|k| pubkey_hex(&k.verifying_key()))
+        .collect();
+    let ports = (0..n)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    let mut nodes = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let peers: Vec<String> = (0..n)
+            .filter(|j| *j != i)
+            .map(|j| format!("127.0.0.1:{}", ports[j]))
+            .collect();
+        let (node, addr) = start_node(
+            hotpocket,
+            &root.join(format!("node{i}")),
+            owner,
+            roundtime,
+            &[
+                "--peer-port".to_owned(),
+                ports[i].to_string(),
+                "--node-secret".to_owned(),
+                hex::encode(keys[i].to_bytes()),
+                "--unl".to_owned(),
+                unl.join(","),
+                "--peers".to_owned(),
+                peers.join(","),
+            ],
+        )?;
+        nodes.push(node);
+        addrs.push(addr);
+    }
+    Ok((nodes, addrs))
+}
+
 fn start_node(
     hotpocket: &Path,
     dir: &Path,
     owner: &SigningKey,
     roundtime: u64,
+    extra: &[String],
 ) -> anyhow::Result<(NodeProc, String)> {
     let status = Command::new(hotpocket)
         .arg("new")
@@ -130,10 +205,9 @@ fn start_node(
             "3c349abe-4d70-4f50-9fa6-018f1f2530ab",
             "--user-port",
             "0",
-            "--peer-port",
-            "0",
         ])
         .args(["--roundtime-ms", &roundtime.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .status()?;
     if !status.success() {
@@ -184,13 +258,15 @@ struct Figures {
 async fn run(
     hotpocket: &Path,
     echo: &Path,
+    nodes: usize,
     roundtime: u64,
     rate: f64,
     secs: u64,
 ) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let owner = SigningKey::from_bytes(&[1; 32]);
-    let (_node, addr) = start_node(hotpocket, dir.path(), &owner, roundtime)?;
+    let (_nodes, addrs) = start_cluster(hotpocket, dir.path(), &owner, roundtime, nodes)?;
+    let addr = addrs[0].clone();
     let opts = ConnectOptions {
         timeout: Duration::from_secs(30),
         ..Default::default()
@@ -200,10 +276,22 @@ async fn run(
     if reply.status != "ok" {
         bail!("upload failed: {}", reply.message);
     }
+    // Every node installs the bundle at the same ledger; wait until each says so.
+    for at in &addrs {
+        let probe = Client::connect(at, SigningKey::from_bytes(&[9; 32]), opts.clone()).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !probe.stat().await?.contract_execution_enabled {
+            if Instant::now() > deadline {
+                bail!("node {at} did not install the bundle");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut clients = Vec::new();
     for i in 0..USERS {
         let key = SigningKey::from_bytes(&[(i + 10) as u8; 32]);
-        clients.push(Arc::new(Client::connect(&addr, key, opts.clone()).await?));
+        let at = &addrs[i % addrs.len()];
+        clients.push(Arc::new(Client::connect(at, key, opts.clone()).await?));
     }
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let sent_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
