@@ -543,3 +543,98 @@ async fn a_strangers_proposals_are_never_counted() {
 fn start_logged(dir: &Path) -> Node {
     Node::start(dir)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_unsigned_and_strangers_peer_messages_are_dropped_with_a_reason() {
+    use berth_hotpocket::consensus::RoundTiming;
+    use berth_hotpocket::peer::net::{PeerConfig, PeerNet};
+    use berth_hotpocket::peer::wire::{NodeKey, PeerMsg, RelayedInput, Sig};
+
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.members[0].dir.join("hp.cfg")).unwrap())
+            .unwrap();
+    let node0 = format!("127.0.0.1:{}", cfg["mesh"]["port"]);
+
+    // A stranger completes a real handshake with node 0 (anyone can), hears its broadcasts,
+    // and sends back forgeries.
+    let tls_dir = tempfile::tempdir().unwrap();
+    let stranger = key(77);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let net = PeerNet::start(
+        PeerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            known_peers: vec![node0],
+            contract_id: CONTRACT_ID.to_owned(),
+            time_config: RoundTiming::new(CONTRACT_ID, 400, 25).time_config(),
+            max_frame_bytes: 1 << 20,
+        },
+        stranger.clone(),
+        berth_hotpocket::tls::server_config(tls_dir.path()).unwrap(),
+        berth_hotpocket::tls::client_config_accepting_self_signed().unwrap(),
+        tx,
+        cancel.clone(),
+        tracker.clone(),
+    )
+    .await
+    .unwrap();
+    let captured = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(inbound) = rx.recv().await {
+                if let PeerMsg::Proposal(p) = inbound.msg {
+                    break p;
+                }
+            }
+        }
+    })
+    .await
+    .expect("node 0 broadcasts its proposals to a verified session");
+    let before = cluster.lcls(&[0]).await[0];
+
+    // Forged: node 1's key with the stranger's signature, and an extra input.
+    let mut forged = captured.clone().sign(&stranger);
+    forged.node = NodeKey::of(&cluster.members[1].key);
+    forged.inputs = vec![[7; 32]];
+    net.broadcast(&PeerMsg::Proposal(forged));
+    // Unsigned.
+    let mut unsigned = captured.clone();
+    unsigned.sig = Sig([0; 64]);
+    net.broadcast(&PeerMsg::Proposal(unsigned));
+    // The stranger's own, correctly signed.
+    net.broadcast(&PeerMsg::Proposal(captured.clone().sign(&stranger)));
+    // A user input whose signature is not the user's.
+    net.broadcast(&PeerMsg::Inputs(vec![RelayedInput {
+        user: NodeKey::of(&key(9)),
+        protocol: 0,
+        container: br#"{"input":"aGk=","nonce":1,"max_ledger_seq_no":1000}"#.to_vec(),
+        sig: Sig([1; 64]),
+    }]));
+    // Replayed: node 0's proposal again, four rounds later.
+    sleep_ms(1700).await;
+    net.broadcast(&PeerMsg::Proposal(captured));
+    sleep_ms(1000).await;
+
+    let after = cluster.lcls(&[0, 1, 2]).await;
+    assert!(
+        after.iter().all(|l| *l > before),
+        "the cluster kept closing ledgers: {before} -> {after:?}"
+    );
+    let log = cluster.log(0);
+    for reason in [
+        "bad proposal signature",
+        "outside the UNL not counted",
+        "relayed input with a bad user signature",
+        "proposal outside the round window dropped",
+    ] {
+        assert!(log.contains(reason), "node 0 logs `{reason}`");
+    }
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
