@@ -99,7 +99,10 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
                 },
                 "random" => {
                     let mut bytes = [0u8; 16];
-                    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+                    std::io::Read::read_exact(
+                        &mut std::fs::File::open("/dev/urandom")?,
+                        &mut bytes,
+                    )?;
                     std::fs::write("random.bin", bytes)?;
                     "wrote random.bin".to_owned()
                 }
