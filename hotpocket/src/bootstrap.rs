@@ -120,6 +120,7 @@ pub fn parse_request(input: &[u8]) -> Option<BootstrapInput> {
 }
 
 /// The unpacked, validated bundle waiting in a staging directory.
+#[derive(Debug)]
 struct Staged {
     dir: PathBuf,
     config: ContractConfig,
@@ -146,16 +147,29 @@ impl ContractFs {
     fn backup(&self) -> PathBuf {
         self.root.join(".backup")
     }
+    fn next(&self) -> PathBuf {
+        self.root.join(".next")
+    }
 }
 
-/// Validates and installs a bundle; on success `contract` holds the new contract section.
-/// On any failure the state directory is as before.
-pub async fn install_bundle(
+/// A bundle that passed validation, unpacked in the staging directory.
+#[derive(Debug)]
+pub struct StagedBundle(Staged);
+
+/// A bundle installed into the next state directory (`install.sh` done there), waiting to
+/// replace the live state.
+#[derive(Debug, Clone)]
+pub struct PreparedBundle {
+    config: ContractConfig,
+}
+
+/// Validates a bundle and unpacks it into the staging directory. Every check here depends
+/// on the bundle alone, so every node of a cluster reaches the same verdict.
+pub fn stage_bundle(
     zip_bytes: &[u8],
     fs: &ContractFs,
     limits: &BootstrapSection,
-    contract: &mut ContractSection,
-) -> Result<(), BundleError> {
+) -> Result<StagedBundle, BundleError> {
     let size = zip_bytes.len() as u64;
     if size > limits.max_bundle_bytes {
         return Err(BundleError::TooLarge {
@@ -163,17 +177,27 @@ pub async fn install_bundle(
             limit: limits.max_bundle_bytes,
         });
     }
-    let staged = stage(zip_bytes, fs, limits.max_unpacked_bytes)?;
-    let state = fs.state_dir();
-    remove_tree(&fs.backup()).map_err(io("clearing the backup"))?;
-    std::fs::create_dir_all(&state).map_err(io("creating the state directory"))?;
-    copy_tree(&state, &fs.backup()).map_err(io("backing up the state"))?;
+    stage(zip_bytes, fs, limits.max_unpacked_bytes).map(StagedBundle)
+}
 
+/// Builds the next state directory (the live state, then the bundle over it) and runs
+/// `install.sh` there. The live state is not touched; on failure the next state is removed.
+pub async fn prepare_bundle(
+    staged: StagedBundle,
+    fs: &ContractFs,
+    limits: &BootstrapSection,
+) -> Result<PreparedBundle, BundleError> {
+    let staged = staged.0;
+    let next = fs.next();
     let result = async {
-        copy_tree(&staged.dir, &state).map_err(io("copying the bundle"))?;
+        remove_tree(&next).map_err(io("clearing the next state"))?;
+        let state = fs.state_dir();
+        std::fs::create_dir_all(&state).map_err(io("creating the state directory"))?;
+        copy_tree(&state, &next).map_err(io("copying the state"))?;
+        copy_tree(&staged.dir, &next).map_err(io("copying the bundle"))?;
         if staged.has_install {
             let secs = limits.install_timeout_secs;
-            match crate::exec::run_script(&state, "install.sh", &[], Duration::from_secs(secs))
+            match crate::exec::run_script(&next, "install.sh", &[], Duration::from_secs(secs))
                 .await?
             {
                 Some(0) => {}
@@ -186,17 +210,53 @@ pub async fn install_bundle(
     .await;
     remove_tree(&staged.dir).map_err(io("removing the staging directory"))?;
     match result {
-        Ok(()) => {
-            remove_tree(&fs.backup()).map_err(io("removing the backup"))?;
-            contract.apply(&staged.config);
-            Ok(())
-        }
+        Ok(()) => Ok(PreparedBundle {
+            config: staged.config,
+        }),
         Err(e) => {
-            remove_tree(&state).map_err(io("rolling back the state"))?;
-            std::fs::rename(fs.backup(), &state).map_err(io("restoring the state"))?;
+            let _ = remove_tree(&next);
             Err(e)
         }
     }
+}
+
+/// Makes a prepared bundle live: the next state replaces the state directory, and
+/// `contract` takes the bundle's config.
+pub fn commit_bundle(
+    prepared: PreparedBundle,
+    fs: &ContractFs,
+    contract: &mut ContractSection,
+) -> Result<(), BundleError> {
+    let state = fs.state_dir();
+    remove_tree(&fs.backup()).map_err(io("clearing the backup"))?;
+    std::fs::rename(&state, fs.backup()).map_err(io("setting the old state aside"))?;
+    if let Err(e) = std::fs::rename(fs.next(), &state) {
+        let _ = std::fs::rename(fs.backup(), &state);
+        return Err(io("moving the next state in")(e));
+    }
+    remove_tree(&fs.backup()).map_err(io("removing the old state"))?;
+    contract.apply(&prepared.config);
+    Ok(())
+}
+
+/// Drops a prepared bundle; the live state stays as it is.
+pub fn abort_bundle(fs: &ContractFs) {
+    if let Err(e) = remove_tree(&fs.next()) {
+        tracing::warn!(error = %e, "removing the next state directory failed");
+    }
+}
+
+/// Validates, prepares and commits a bundle in one go (a node alone, or tests); on failure
+/// the state directory is as before.
+pub async fn install_bundle(
+    zip_bytes: &[u8],
+    fs: &ContractFs,
+    limits: &BootstrapSection,
+    contract: &mut ContractSection,
+) -> Result<(), BundleError> {
+    let staged = stage_bundle(zip_bytes, fs, limits)?;
+    let prepared = prepare_bundle(staged, fs, limits).await?;
+    commit_bundle(prepared, fs, contract)
 }
 
 fn stage(zip_bytes: &[u8], fs: &ContractFs, max_unpacked: u64) -> Result<Staged, BundleError> {

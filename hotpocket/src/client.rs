@@ -586,14 +586,41 @@ impl Client {
             .await
     }
 
+    /// Sends a bootstrap request and waits for its answer: in the outputs of the ledger that
+    /// holds the request, or of a later one (an upload is answered once the UNL decided on
+    /// it, one ledger later).
     async fn bootstrap_call(&self, msg: &[u8], kind: &str) -> Result<BootstrapReply, ClientError> {
-        let outputs = self.submit_and_wait(msg).await?;
-        outputs
-            .outputs
-            .iter()
-            .filter_map(|o| serde_json::from_slice::<BootstrapReply>(o).ok())
-            .find(|r| r.kind == kind)
-            .ok_or(ClientError::NoBootstrapReply)
+        let mut events = self.output_events();
+        let submitted = self.submit(msg).await?;
+        let seq = match self.wait_status(&submitted.input_hash).await? {
+            InputOutcome::Accepted { ledger_seq_no, .. } => ledger_seq_no,
+            InputOutcome::Rejected { reason } => return Err(ClientError::Rejected(reason)),
+        };
+        let find = |outputs: &[Vec<u8>]| {
+            outputs
+                .iter()
+                .filter_map(|o| serde_json::from_slice::<BootstrapReply>(o).ok())
+                .find(|r| r.kind == kind)
+        };
+        for out in self.received_outputs() {
+            if out.ledger_seq_no >= seq {
+                if let Some(reply) = find(&out.outputs) {
+                    return Ok(reply);
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(out)) if out.ledger_seq_no >= seq => {
+                    if let Some(reply) = find(&out.outputs) {
+                        return Ok(reply);
+                    }
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => return Err(ClientError::NoBootstrapReply),
+            }
+        }
     }
 
     /// Closes the connection.

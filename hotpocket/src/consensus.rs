@@ -90,6 +90,8 @@ pub struct OwnView {
     pub state_hash: Hash,
     pub patch_hash: Hash,
     pub output_hash: Hash,
+    /// This node's verdict on a bundle waiting to be installed (zero when none).
+    pub install: Hash,
 }
 
 /// The latest proposal of each node for one round.
@@ -334,6 +336,7 @@ mod tests {
             state_hash: [1; 32],
             patch_hash: [2; 32],
             output_hash: [3; 32],
+            install: [0; 32],
         }
     }
 
@@ -348,6 +351,7 @@ mod tests {
             patch_hash: o.patch_hash,
             output_hash: o.output_hash,
             output_sig: Sig([0; 64]),
+            install: [0; 32],
             inputs: inputs.iter().map(|i| [*i; 32]).collect(),
             sig: Sig([0; 64]),
         }

@@ -30,6 +30,7 @@ use crate::exec::{self, NplLink, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
 use crate::node::{NodeError, RoundMsg, Shared, SignedInput, SyncStatus};
 use crate::peer::net::Inbound;
+use crate::peer::wire::install_vote;
 use crate::peer::wire::{
     NodeKey, NplMessage, OutputVote, PeerMsg, Proposal, RelayedInput, Sig, WireLcl, MAX_RELAY_BATCH,
 };
@@ -113,6 +114,21 @@ pub(crate) struct RoundLoop {
     peer_closed: bool,
     /// A stage-3 proposal of an earlier round arrived: that round may close late.
     late_check: bool,
+    /// A bundle waiting for the UNL's verdict.
+    pending_install: Option<PendingInstall>,
+    /// Answers to the owner that go out with the next execution's outputs.
+    boot_replies: Vec<(String, BootstrapReply)>,
+}
+
+/// A bundle this node validated, waiting for the UNL to agree that it goes live.
+struct PendingInstall {
+    /// blake3 of the zip.
+    bundle: Hash,
+    owner: String,
+    /// The next state, when `install.sh` succeeded here.
+    prepared: Option<bootstrap::PreparedBundle>,
+    /// Why it did not, when it did not.
+    local_error: Option<String>,
 }
 
 /// Wall-clock ms of `clock`.
@@ -162,6 +178,7 @@ impl RoundLoop {
                 state_hash: ZERO_HASH,
                 patch_hash: ZERO_HASH,
                 output_hash: ZERO_HASH,
+                install: ZERO_HASH,
             },
             rounds: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -171,6 +188,8 @@ impl RoundLoop {
             last_status: String::new(),
             peer_closed: false,
             late_check: false,
+            pending_install: None,
+            boot_replies: Vec::new(),
         }
     }
 
@@ -223,6 +242,8 @@ impl RoundLoop {
     /// Finds the result of executing the last closed ledger: recorded, or executed now if
     /// the node stopped between closing a ledger and executing it.
     async fn recover(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        // A bundle prepared before a stop was never voted on: it is dropped.
+        bootstrap::abort_bundle(&self.shared.fs);
         let lcl = self.store.lcl()?;
         let last = self.store.last_execution()?;
         match last {
@@ -232,6 +253,7 @@ impl RoundLoop {
                     state_hash: e.state_hash,
                     patch_hash: e.patch_hash,
                     output_hash: e.output_hash,
+                    install: ZERO_HASH,
                 };
                 self.applied_patch = Some(e.patch_hash);
             }
@@ -271,6 +293,7 @@ impl RoundLoop {
                     state_hash,
                     patch_hash,
                     output_hash,
+                    install: ZERO_HASH,
                 };
             }
         }
@@ -581,6 +604,7 @@ impl RoundLoop {
             patch_hash: self.exec.patch_hash,
             output_hash: self.exec.output_hash,
             output_sig: Sig([0; 64]),
+            install: self.exec.install,
             inputs,
             sig: Sig([0; 64]),
         }
@@ -620,6 +644,7 @@ impl RoundLoop {
             self.wait_until(timing.stage_start(start, stage), cancel)
                 .await?;
             self.flush_relay();
+            self.absorb_install_failure(start);
             let empty = RoundProposals::default();
             let props = self.rounds.get(&start).unwrap_or(&empty);
             let pool = &self.pool;
@@ -678,6 +703,28 @@ impl RoundLoop {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let lcl = self.exec.lcl;
+        if agreed.install != self.exec.install {
+            // The only difference a node may follow: the UNL voted against a bundle this
+            // node could install.
+            let against = self
+                .pending_install
+                .as_ref()
+                .map(|p| install_vote(&p.bundle, false));
+            if against == Some(agreed.install) {
+                bootstrap::abort_bundle(&self.shared.fs);
+                if let Some(p) = self.pending_install.as_mut() {
+                    p.prepared = None;
+                }
+                self.exec.install = agreed.install;
+            } else {
+                self.set_status(
+                    false,
+                    "out of sync: the UNL decided on a bundle installation this node cannot follow"
+                        .to_owned(),
+                );
+                return Ok(());
+            }
+        }
         if LclId::from(agreed.lcl) != lcl
             || agreed.state_hash != self.exec.state_hash
             || agreed.patch_hash != self.exec.patch_hash
@@ -796,6 +843,7 @@ impl RoundLoop {
             }
         }
         self.release = None;
+        self.settle_install(agreed.install);
         self.apply_agreed_patch(agreed.patch_hash);
         let member = self.unl().contains(&self.me);
         self.set_status(
@@ -848,6 +896,9 @@ impl RoundLoop {
         let contract = self.shared.contract();
         let installed = !contract.bin_path.is_empty();
         let mut outputs: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+        for (user, reply) in std::mem::take(&mut self.boot_replies) {
+            push_reply(&mut outputs, &user, reply);
+        }
         let mut contract_users: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         let mut boot: Vec<(String, BootstrapInput)> = Vec::new();
         for input in &inputs {
@@ -960,8 +1011,9 @@ impl RoundLoop {
         }
         let executed = started.elapsed();
         for (user, req) in boot {
-            let reply = self.bootstrap(req).await;
-            push_reply(&mut outputs, &user, reply);
+            if let Some(reply) = self.bootstrap(user.clone(), req).await {
+                push_reply(&mut outputs, &user, reply);
+            }
         }
 
         let state_hash = self.state_hash()?;
@@ -998,6 +1050,7 @@ impl RoundLoop {
             state_hash,
             patch_hash,
             output_hash: root,
+            install: self.own_install_vote(),
         };
         tracing::debug!(
             seq = ledger.seq_no,
@@ -1155,7 +1208,7 @@ impl RoundLoop {
         }
     }
 
-    async fn bootstrap(&mut self, req: BootstrapInput) -> BootstrapReply {
+    async fn bootstrap(&mut self, owner: String, req: BootstrapInput) -> Option<BootstrapReply> {
         match req {
             BootstrapInput::Status => {
                 let contract = self.shared.contract();
@@ -1164,45 +1217,139 @@ impl RoundLoop {
                 } else {
                     format!("Contract version {} is installed", contract.version)
                 };
-                BootstrapReply::ok("statusResult", message)
+                Some(BootstrapReply::ok("statusResult", message))
             }
             BootstrapInput::Upload { zip } => {
                 let Some(zip) = zip else {
-                    return BootstrapReply::fail(
+                    return Some(BootstrapReply::fail(
                         "uploadResult",
                         "upload content missing: send zip bytes (BSON binary, or base64 in JSON)",
-                    );
+                    ));
                 };
-                let mut contract = self.shared.contract();
+                if self.pending_install.is_some() {
+                    return Some(BootstrapReply::fail(
+                        "uploadResult",
+                        "another bundle is being installed; upload again once it is answered",
+                    ));
+                }
                 let bootstrap_cfg = self.cfg.bootstrap.clone();
-                match bootstrap::install_bundle(
-                    &zip,
+                // Validation depends on the bundle alone: every node refuses it the same way.
+                let staged = match bootstrap::stage_bundle(&zip, &self.shared.fs, &bootstrap_cfg) {
+                    Ok(staged) => staged,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "contract bundle refused");
+                        return Some(BootstrapReply::fail("uploadResult", e.to_string()));
+                    }
+                };
+                // install.sh may not behave the same everywhere: the UNL votes on it, and the
+                // bundle goes live at the next ledger on every node, or on none.
+                let bundle = ledger::hash_parts([zip.as_slice()]);
+                let pending = match bootstrap::prepare_bundle(
+                    staged,
                     &self.shared.fs,
                     &bootstrap_cfg,
-                    &mut contract,
                 )
                 .await
                 {
-                    Ok(()) => {
-                        if let Err(e) = self.save_contract(contract) {
-                            return BootstrapReply::fail(
-                                "uploadResult",
-                                format!("saving the config: {e}"),
-                            );
+                    Ok(prepared) => PendingInstall {
+                        bundle,
+                        owner,
+                        prepared: Some(prepared),
+                        local_error: None,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "contract bundle could not be installed on this node");
+                        PendingInstall {
+                            bundle,
+                            owner,
+                            prepared: None,
+                            local_error: Some(e.to_string()),
                         }
-                        tracing::info!("contract bundle installed");
+                    }
+                };
+                self.pending_install = Some(pending);
+                None
+            }
+        }
+    }
+
+    /// This node's install vote for its proposals.
+    fn own_install_vote(&self) -> Hash {
+        self.pending_install
+            .as_ref()
+            .map_or(ZERO_HASH, |p| install_vote(&p.bundle, p.prepared.is_some()))
+    }
+
+    /// A UNL member that could not install the waiting bundle votes against it; so does
+    /// everyone who sees that vote, and the bundle goes live nowhere.
+    fn absorb_install_failure(&mut self, start: u64) {
+        let Some(p) = &self.pending_install else {
+            return;
+        };
+        if p.prepared.is_none() {
+            return;
+        }
+        let against = install_vote(&p.bundle, false);
+        let unl = self.unl();
+        let lcl = self.exec.lcl;
+        let seen = self.rounds.get(&start).is_some_and(|props| {
+            props
+                .from_unl(&unl)
+                .any(|q| q.install == against && LclId::from(q.lcl) == lcl)
+        });
+        if seen {
+            tracing::warn!("another node could not install the waiting bundle: voting against it");
+            bootstrap::abort_bundle(&self.shared.fs);
+            if let Some(p) = self.pending_install.as_mut() {
+                p.prepared = None;
+            }
+            self.exec.install = against;
+        }
+    }
+
+    /// Makes the waiting bundle live, or drops it, as the ledger just closed decided; the
+    /// owner's answer goes out with the next execution's outputs.
+    fn settle_install(&mut self, agreed: Hash) {
+        let Some(p) = self.pending_install.take() else {
+            return;
+        };
+        let alone = self.unl().len() == 1;
+        let reply = if agreed == install_vote(&p.bundle, true) {
+            let mut contract = self.shared.contract();
+            let done = p
+                .prepared
+                .map(|prepared| bootstrap::commit_bundle(prepared, &self.shared.fs, &mut contract));
+            match done {
+                Some(Ok(())) => match self.save_contract(contract) {
+                    Ok(()) => {
+                        tracing::info!(seq = self.shared.lcl().seq_no, "contract bundle installed");
                         BootstrapReply::ok(
                             "uploadResult",
                             "Contract upload and installation succeeded",
                         )
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "contract bundle refused");
-                        BootstrapReply::fail("uploadResult", e.to_string())
+                        BootstrapReply::fail("uploadResult", format!("saving the config: {e}"))
                     }
+                },
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "the UNL installed the bundle but this node could not switch to it");
+                    BootstrapReply::fail("uploadResult", e.to_string())
+                }
+                None => {
+                    BootstrapReply::fail("uploadResult", "this node could not install the bundle")
                 }
             }
-        }
+        } else {
+            bootstrap::abort_bundle(&self.shared.fs);
+            let message = match (alone, p.local_error) {
+                (true, Some(e)) => e,
+                _ => "installation failed on at least one node of the cluster; the old contract keeps running".to_owned(),
+            };
+            tracing::warn!(message, "contract bundle not installed");
+            BootstrapReply::fail("uploadResult", message)
+        };
+        self.boot_replies.push((p.owner, reply));
     }
 
     fn save_contract(

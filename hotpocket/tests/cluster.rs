@@ -228,6 +228,11 @@ impl Drop for Cluster {
 /// Installs `zip` through node `via` as the owner, and checks every node installed it.
 async fn install_everywhere(cluster: &Cluster, via: usize, zip: &[u8], live: &[usize]) {
     let owner = cluster.connect(via, &key(OWNER)).await;
+    install_with(cluster, &owner, via, zip, live).await;
+}
+
+/// Installs `zip` with the owner's connection to node `via`, and checks every node did.
+async fn install_with(cluster: &Cluster, owner: &Client, via: usize, zip: &[u8], live: &[usize]) {
     let reply = match owner.upload_bundle(zip).await {
         Ok(r) => r,
         Err(e) => panic!("upload through node {via}: {e}\n{}", cluster.logs_tail()),
@@ -637,4 +642,65 @@ async fn forged_replayed_unsigned_and_strangers_peer_messages_are_dropped_with_a
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_whose_install_fails_on_one_node_goes_live_nowhere() {
+    let _serial = serial();
+    let cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    // install.sh fails on node 2 only (it finds its own key in its hp.cfg).
+    let install = format!(
+        "#!/bin/sh\nif grep -q {} ../../hp.cfg; then exit 9; fi\necho installed > installed.txt\n",
+        cluster.key_hex(2)
+    );
+    let zip = zip_of(&[
+        (
+            "contract.config",
+            basic_config().to_string().into_bytes(),
+            0o644,
+        ),
+        (
+            "contract",
+            std::fs::read(example_bin("probe-contract")).unwrap(),
+            0o755,
+        ),
+        ("install.sh", install.into_bytes(), 0o755),
+    ]);
+    let owner = cluster.connect(0, &key(OWNER)).await;
+    let reply = owner.upload_bundle(&zip).await.unwrap();
+    assert_eq!(reply.status, "fail");
+    assert!(
+        reply.message.contains("failed on at least one node"),
+        "{}",
+        reply.message
+    );
+    let before = cluster.lcls(&[0, 1, 2]).await;
+    for i in 0..3 {
+        let stat = cluster
+            .connect(i, &key(30 + i as u8))
+            .await
+            .stat()
+            .await
+            .unwrap();
+        assert!(
+            !stat.contract_execution_enabled,
+            "node {i} kept the old contract"
+        );
+    }
+    // The cluster goes on, and a bundle that installs everywhere goes live everywhere.
+    let target = before.iter().max().unwrap() + 2;
+    cluster
+        .wait_for_ledger(&[0, 1, 2], target, Duration::from_secs(20))
+        .await;
+    install_with(
+        &cluster,
+        &owner,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
 }

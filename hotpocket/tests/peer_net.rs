@@ -132,6 +132,7 @@ fn proposal(k: &SigningKey, stage: u8) -> Proposal {
         patch_hash: [2; 32],
         output_hash: [3; 32],
         output_sig: Sig([0; 64]),
+        install: [0; 32],
         inputs: vec![[5; 32]],
         sig: Sig([0; 64]),
     }

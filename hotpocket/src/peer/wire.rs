@@ -233,6 +233,9 @@ pub struct Proposal {
     pub output_hash: Hash,
     /// This node's signature over `output_hash` (an `unl_sig` entry).
     pub output_sig: Sig,
+    /// The node's verdict on a bundle waiting to be installed ([`install_vote`]), zero when
+    /// none waits.
+    pub install: Hash,
     /// Input hashes (blake3 of the user's signature) this node votes for, sorted.
     pub inputs: Vec<Hash>,
     /// The node's signature over [`Proposal::signing_hash`].
@@ -252,6 +255,7 @@ impl Proposal {
             self.state_hash.as_slice(),
             self.patch_hash.as_slice(),
             self.output_hash.as_slice(),
+            self.install.as_slice(),
             inputs.as_slice(),
         ])
     }
@@ -293,6 +297,16 @@ impl Proposal {
         }
         Ok(())
     }
+}
+
+/// A node's verdict on installing the bundle with hash `bundle`: `ok` when it validated and
+/// its `install.sh` succeeded on this node.
+pub fn install_vote(bundle: &Hash, ok: bool) -> Hash {
+    hash_parts([
+        b"berth-install-v1".as_slice(),
+        bundle.as_slice(),
+        [u8::from(ok)].as_slice(),
+    ])
 }
 
 /// A user's input, relayed as the user signed it so that no node can forge one.
@@ -495,6 +509,7 @@ mod tests {
             patch_hash: [2; 32],
             output_hash: [3; 32],
             output_sig: Sig([0; 64]),
+            install: [0; 32],
             inputs: vec![[5; 32], [6; 32]],
             sig: Sig([0; 64]),
         }
