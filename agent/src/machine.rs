@@ -555,7 +555,7 @@ impl Machine {
     ) -> Result<Vec<Job>, MachineError> {
         let failure = self.failure(tx_hash, &why)?;
         info!(purchase = tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
-        self.store().transaction(|tx| -> Result<_, MachineError> {
+        self.store().transaction_with(|tx| -> Result<_, MachineError> {
             let outcome = format!("refused: {}", why.message);
             if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
                 return Ok(());
@@ -651,7 +651,7 @@ impl Machine {
             _ => Message::Refund(failure),
         };
         info!(request = tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
-        self.store().transaction(|tx| -> Result<_, MachineError> {
+        self.store().transaction_with(|tx| -> Result<_, MachineError> {
             if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
                 self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)?;
             }
@@ -724,7 +724,7 @@ impl Machine {
             moments: moments_nz,
             expires_at,
         });
-        self.store().transaction(|tx| -> Result<_, MachineError> {
+        self.store().transaction_with(|tx| -> Result<_, MachineError> {
             if tx.record_request(tx_hash, "extend", ledger, &format!("extended by {moments}"))? {
                 tx.extend_lease(lease.id, moments, expires_at)?;
                 self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)?;
@@ -764,7 +764,7 @@ impl Machine {
             request: parse_hash(tx_hash)?,
             lease: *token,
         });
-        let started = self.store().transaction(|tx| -> Result<_, MachineError> {
+        let started = self.store().transaction_with(|tx| -> Result<_, MachineError> {
             if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
                 return Ok(false);
             }
@@ -971,7 +971,7 @@ impl Machine {
                     format!("instance could not be created: {e}"),
                 );
                 let failure = self.failure(&lease.purchase_tx, &why)?;
-                self.store().transaction(|tx| -> Result<_, MachineError> {
+                self.store().transaction_with(|tx| -> Result<_, MachineError> {
                     tx.begin_ending(id, None, "provisioning failed")?;
                     self.answer(
                         tx,
@@ -1048,7 +1048,7 @@ impl Machine {
                 source,
             })?;
         crate::failpoint::hit("end-destroyed");
-        self.store().transaction(|tx| -> Result<_, MachineError> {
+        self.store().transaction_with(|tx| -> Result<_, MachineError> {
             tx.set_lease_state(id, LeaseState::Ended)?;
             if let Some(request) = &lease.end_request {
                 tx.release(answer_key(request))?;
@@ -1473,7 +1473,7 @@ impl Machine {
         }
         let price = self.price();
         let attempt = crate::store::now_secs();
-        self.store().transaction(|tx| -> Result<(), MachineError> {
+        self.store().transaction_with(|tx| -> Result<(), MachineError> {
             let draining = tx.draining()?;
             for slot in tx.slots()? {
                 let lost = failed.iter().any(|row| match &row.action {

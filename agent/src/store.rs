@@ -468,9 +468,17 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `f` in one SQLite transaction: all of its writes land, or none. `f` fails with
-    /// the caller's error, which any [`StoreError`] converts into.
-    pub fn transaction<T, E: From<StoreError>>(
+    /// Runs `f` in one SQLite transaction: all of its writes land, or none.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction_with(f)
+    }
+
+    /// [`Store::transaction`] where `f` fails with the caller's error, which any
+    /// [`StoreError`] converts into.
+    pub fn transaction_with<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
