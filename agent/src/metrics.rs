@@ -178,6 +178,11 @@ impl Metrics {
             (&self.pool, StateTable::Pool),
         ] {
             family.clear();
+            if table == StateTable::Pool {
+                for state in ["creating", "ready"] {
+                    family.get_or_create(&label("state", state)).set(0);
+                }
+            }
             let counts = reader.counts_by_state(table)?;
             if table == StateTable::Slots {
                 let free: u64 = counts

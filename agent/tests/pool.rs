@@ -223,6 +223,8 @@ async fn the_metrics_endpoint_reports_leases_slots_pool_and_refunds_with_recordi
     let refund = payment(9, BUYER, 5, None);
     p.machine.handle(&refund).await.unwrap();
     p.machine.flush_outbox().await.unwrap();
+    // The pool gave its instance to the purchase and is filled again.
+    p.machine.tend_pool().await.unwrap();
 
     let listener = berth_agent::metrics::bind("127.0.0.1:0".parse().unwrap())
         .await
@@ -240,12 +242,14 @@ async fn the_metrics_endpoint_reports_leases_slots_pool_and_refunds_with_recordi
         "berth_leases{state=\"active\"} 1",
         "berth_slots{state=\"leased\"} 1",
         "berth_slots{state=\"free\"} 2",
+        "berth_pool_instances{state=\"creating\"} 0",
         "berth_slots{state=\"offered\"} 2",
         "berth_pool_instances{state=\"ready\"} 1",
         "berth_outbox_depth 0",
         "berth_ledger_lag_ledgers 0",
         "berth_provisioning_seconds_count{source=\"pool\"} 1",
-        "berth_answer_latency_seconds_count 1",
+        // acquire-ok and the refund
+        "berth_answer_latency_seconds_count 2",
     ] {
         assert!(response.contains(line), "{line} missing in\n{response}");
     }
