@@ -416,8 +416,14 @@ impl Machine {
                             ReasonCode::NoCapacity,
                             format!("no free {kind} port in {range}, the price is refunded"),
                         );
-                        return self
-                            .refuse_purchase(tx_hash, ledger, buyer, amount, Some(slot), why);
+                        return self.refuse_purchase(
+                            tx_hash,
+                            ledger,
+                            buyer,
+                            amount,
+                            Some(slot),
+                            why,
+                        );
                     }
                     Err(source) => {
                         return Err(MachineError::Provision {
@@ -555,25 +561,25 @@ impl Machine {
     ) -> Result<Vec<Job>, MachineError> {
         let failure = self.failure(tx_hash, &why)?;
         info!(purchase = tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
-        self.store().transaction_with(|tx| -> Result<_, MachineError> {
-            let outcome = format!("refused: {}", why.message);
-            if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
-                return Ok(());
-            }
-            self.answer(
-                tx,
-                tx_hash,
-                buyer,
-                amount,
-                &Message::AcquireErr(failure),
-                OutboxState::Pending,
-            )
-            ?;
-            if let Some(slot) = slot {
-                self.recycle(tx, slot, Some(buyer))?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                let outcome = format!("refused: {}", why.message);
+                if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
+                    return Ok(());
+                }
+                self.answer(
+                    tx,
+                    tx_hash,
+                    buyer,
+                    amount,
+                    &Message::AcquireErr(failure),
+                    OutboxState::Pending,
+                )?;
+                if let Some(slot) = slot {
+                    self.recycle(tx, slot, Some(buyer))?;
+                }
+                Ok(())
+            })?;
         Ok(Vec::new())
     }
 
@@ -651,12 +657,13 @@ impl Machine {
             _ => Message::Refund(failure),
         };
         info!(request = tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
-        self.store().transaction_with(|tx| -> Result<_, MachineError> {
-            if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
-                self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
+                    self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)?;
+                }
+                Ok(())
+            })?;
         Ok(Vec::new())
     }
 
@@ -724,13 +731,19 @@ impl Machine {
             moments: moments_nz,
             expires_at,
         });
-        self.store().transaction_with(|tx| -> Result<_, MachineError> {
-            if tx.record_request(tx_hash, "extend", ledger, &format!("extended by {moments}"))? {
-                tx.extend_lease(lease.id, moments, expires_at)?;
-                self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if tx.record_request(
+                    tx_hash,
+                    "extend",
+                    ledger,
+                    &format!("extended by {moments}"),
+                )? {
+                    tx.extend_lease(lease.id, moments, expires_at)?;
+                    self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)?;
+                }
+                Ok(())
+            })?;
         info!(request = tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
         crate::failpoint::hit("extend-recorded");
         Ok(Vec::new())
@@ -764,15 +777,16 @@ impl Machine {
             request: parse_hash(tx_hash)?,
             lease: *token,
         });
-        let started = self.store().transaction_with(|tx| -> Result<_, MachineError> {
-            if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
-                return Ok(false);
-            }
-            tx.begin_ending(lease.id, Some(tx_hash), "terminated")?;
-            self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)
-                ?;
-            Ok(true)
-        })?;
+        let started = self
+            .store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
+                    return Ok(false);
+                }
+                tx.begin_ending(lease.id, Some(tx_hash), "terminated")?;
+                self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)?;
+                Ok(true)
+            })?;
         info!(request = tx_hash, lease = %token, "lease terminated by its holder");
         Ok(if started {
             vec![Job::End(lease.id)]
@@ -971,18 +985,22 @@ impl Machine {
                     format!("instance could not be created: {e}"),
                 );
                 let failure = self.failure(&lease.purchase_tx, &why)?;
-                self.store().transaction_with(|tx| -> Result<_, MachineError> {
-                    tx.begin_ending(id, None, "provisioning failed")?;
-                    self.answer(
-                        tx,
-                        &lease.purchase_tx,
-                        &lease.tenant,
-                        self.price(),
-                        &Message::AcquireErr(failure),
-                        OutboxState::Held,
-                    )?;
-                    Ok(tx.set_request_outcome(&lease.purchase_tx, "refused: provisioning failed")?)
-                })?;
+                self.store()
+                    .transaction_with(|tx| -> Result<_, MachineError> {
+                        tx.begin_ending(id, None, "provisioning failed")?;
+                        self.answer(
+                            tx,
+                            &lease.purchase_tx,
+                            &lease.tenant,
+                            self.price(),
+                            &Message::AcquireErr(failure),
+                            OutboxState::Held,
+                        )?;
+                        Ok(tx.set_request_outcome(
+                            &lease.purchase_tx,
+                            "refused: provisioning failed",
+                        )?)
+                    })?;
                 self.end(id).await
             }
         }
@@ -1048,14 +1066,15 @@ impl Machine {
                 source,
             })?;
         crate::failpoint::hit("end-destroyed");
-        self.store().transaction_with(|tx| -> Result<_, MachineError> {
-            tx.set_lease_state(id, LeaseState::Ended)?;
-            if let Some(request) = &lease.end_request {
-                tx.release(answer_key(request))?;
-            }
-            tx.release(answer_key(&lease.purchase_tx))?;
-            self.recycle(tx, lease.slot, Some(&lease.tenant))
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                tx.set_lease_state(id, LeaseState::Ended)?;
+                if let Some(request) = &lease.end_request {
+                    tx.release(answer_key(request))?;
+                }
+                tx.release(answer_key(&lease.purchase_tx))?;
+                self.recycle(tx, lease.slot, Some(&lease.tenant))
+            })?;
         info!(lease = %lease.token_id, instance = %lease.instance, reason = ?lease.end_reason, "lease ended, instance destroyed");
         Ok(())
     }
@@ -1083,9 +1102,8 @@ impl Machine {
             };
             tx.outbox_done(&row.key, state, result)?;
             if success && key_kind(&row.key) == "answer" {
-                self.metrics.answered(
-                    crate::store::now_secs().saturating_sub(row.created_at) as f64,
-                );
+                self.metrics
+                    .answered(crate::store::now_secs().saturating_sub(row.created_at) as f64);
             }
             match &row.action {
                 LedgerAction::Mint { slot, .. } => match (success, nftoken_id) {
@@ -1190,7 +1208,6 @@ impl Machine {
             .try_into()
             .unwrap_or(u32::MAX))
     }
-
 }
 
 /// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
@@ -1425,7 +1442,12 @@ impl Machine {
             });
         }
         let kept = self.store().transaction(|tx| tx.pooled_ready(name))?;
-        info!(instance = name, seconds = started.elapsed().as_secs_f64(), kept, "pooled instance running");
+        info!(
+            instance = name,
+            seconds = started.elapsed().as_secs_f64(),
+            kept,
+            "pooled instance running"
+        );
         Ok(())
     }
 
@@ -1473,48 +1495,49 @@ impl Machine {
         }
         let price = self.price();
         let attempt = crate::store::now_secs();
-        self.store().transaction_with(|tx| -> Result<(), MachineError> {
-            let draining = tx.draining()?;
-            for slot in tx.slots()? {
-                let lost = failed.iter().any(|row| match &row.action {
-                    LedgerAction::Mint { slot: s, .. } => *s == slot.slot,
-                    LedgerAction::Offer { slot: s, .. } => *s == slot.slot,
-                    _ => false,
-                });
-                if !lost {
-                    continue;
-                }
-                match (slot.state, &slot.token_id) {
-                    (SlotState::Minting, None) => {
-                        tx.enqueue(
-                            OutboxKey::Mint {
-                                slot: slot.slot,
-                                generation: slot.generation,
-                                attempt,
-                            },
-                            &self.mint_action(slot.slot),
-                        )?;
+        self.store()
+            .transaction_with(|tx| -> Result<(), MachineError> {
+                let draining = tx.draining()?;
+                for slot in tx.slots()? {
+                    let lost = failed.iter().any(|row| match &row.action {
+                        LedgerAction::Mint { slot: s, .. } => *s == slot.slot,
+                        LedgerAction::Offer { slot: s, .. } => *s == slot.slot,
+                        _ => false,
+                    });
+                    if !lost {
+                        continue;
                     }
-                    (SlotState::Offering, Some(token)) if !draining => {
-                        tx.enqueue(
-                            OutboxKey::Offer {
-                                token: token.clone(),
-                                attempt,
-                            },
-                            &LedgerAction::Offer {
-                                slot: slot.slot,
-                                token_id: token.clone(),
-                                amount_drops: price,
-                            },
-                        )?;
+                    match (slot.state, &slot.token_id) {
+                        (SlotState::Minting, None) => {
+                            tx.enqueue(
+                                OutboxKey::Mint {
+                                    slot: slot.slot,
+                                    generation: slot.generation,
+                                    attempt,
+                                },
+                                &self.mint_action(slot.slot),
+                            )?;
+                        }
+                        (SlotState::Offering, Some(token)) if !draining => {
+                            tx.enqueue(
+                                OutboxKey::Offer {
+                                    token: token.clone(),
+                                    attempt,
+                                },
+                                &LedgerAction::Offer {
+                                    slot: slot.slot,
+                                    token_id: token.clone(),
+                                    amount_drops: price,
+                                },
+                            )?;
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
-            for row in &failed {
-                tx.outbox_done(&row.key, OutboxState::Failed, RETRIED)?;
-            }
-            Ok(())
-        })
+                for row in &failed {
+                    tx.outbox_done(&row.key, OutboxState::Failed, RETRIED)?;
+                }
+                Ok(())
+            })
     }
 }

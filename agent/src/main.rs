@@ -199,7 +199,9 @@ fn run_command(cli: Cli) -> Result<()> {
             let mut store = Store::open(&database(&config)).context("cannot open the database")?;
             if *undo {
                 let n = store
-                    .transaction(|tx| berth_agent::machine::undrain(tx, config.lease.price_drops.get()))
+                    .transaction(|tx| {
+                        berth_agent::machine::undrain(tx, config.lease.price_drops.get())
+                    })
                     .context("cannot undo drain")?;
                 println!("draining off: {n} slots offered again");
             } else {

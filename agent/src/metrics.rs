@@ -190,7 +190,9 @@ impl Metrics {
                     .filter(|(state, _)| state != "leased")
                     .map(|(_, n)| n)
                     .sum();
-                family.get_or_create(&label("state", "free")).set(gauge(free));
+                family
+                    .get_or_create(&label("state", "free"))
+                    .set(gauge(free));
             }
             for (state, n) in counts {
                 family.get_or_create(&label("state", state)).set(gauge(n));

@@ -353,9 +353,7 @@ pub async fn run_supervised(
     status("following the ledger");
 
     let progress = Arc::new(Progress::default());
-    let watchdog_timeout = supervision
-        .watchdog
-        .or_else(|| notifier.watchdog_timeout());
+    let watchdog_timeout = supervision.watchdog.or_else(|| notifier.watchdog_timeout());
     if let Some(timeout) = watchdog_timeout {
         tracker.spawn(
             watchdog(

@@ -20,7 +20,8 @@ use crate::ledger::LedgerAction;
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
 pub const SCHEMA_VERSION: u32 = 2;
 
-const MIGRATIONS: [&str; 2] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE slots (
     slot        INTEGER PRIMARY KEY,
     generation  INTEGER NOT NULL DEFAULT 0,
@@ -90,7 +91,8 @@ CREATE TABLE settings (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE pool (
     instance    TEXT PRIMARY KEY,
     user_port   INTEGER NOT NULL UNIQUE,
@@ -99,7 +101,8 @@ CREATE TABLE pool (
     created_at  INTEGER NOT NULL
 );
 ALTER TABLE leases ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
-"#];
+"#,
+];
 
 /// Why the store failed; names the database file or the row.
 #[derive(Debug, Error)]
@@ -230,7 +233,12 @@ pub enum PoolState {
     Ready,
 }
 
-text_enum!(PoolState, "pool state", Creating = "creating", Ready = "ready");
+text_enum!(
+    PoolState,
+    "pool state",
+    Creating = "creating",
+    Ready = "ready"
+);
 
 /// One pooled instance. A purchase takes it out of the pool and into its lease, for good.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -962,7 +970,12 @@ impl Tx<'_> {
     }
 
     /// Records a pooled instance as being created (its ports are taken from now on).
-    pub fn add_pooled(&self, instance: &str, user_port: u16, peer_port: u16) -> Result<(), StoreError> {
+    pub fn add_pooled(
+        &self,
+        instance: &str,
+        user_port: u16,
+        peer_port: u16,
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO pool (instance, user_port, peer_port, state, created_at) \
              VALUES (?1, ?2, ?3, 'creating', ?4)",

@@ -161,7 +161,10 @@ async fn a_purchase_with_an_empty_pool_creates_its_instance_with_recording_provi
     let created = p.creates();
     assert_eq!(created.len(), 1);
     assert!(!created[0].awaits_assignment);
-    assert!(created[0].env().iter().any(|e| e.starts_with("HP_OWNER_PUBKEY=ed")));
+    assert!(created[0]
+        .env()
+        .iter()
+        .any(|e| e.starts_with("HP_OWNER_PUBKEY=ed")));
     assert!(!p
         .provisioner
         .calls()
@@ -258,7 +261,10 @@ async fn the_metrics_endpoint_reports_leases_slots_pool_and_refunds_with_recordi
         "berth_refunds_total{{reason=\"{}\"}} 1",
         reason.as_str().unwrap()
     );
-    assert!(response.contains(&refunds), "{refunds} missing in\n{response}");
+    assert!(
+        response.contains(&refunds),
+        "{refunds} missing in\n{response}"
+    );
     // Anything else is not found.
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();

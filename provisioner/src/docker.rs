@@ -689,7 +689,10 @@ impl Provisioner for DockerProvisioner {
         // so the instance's user can read it; the runtime keeps its own copy in hp.cfg.
         let mut builder = tar::Builder::new(Vec::new());
         for (name, bytes) in [
-            (crate::spec::ASSIGNMENT_ENV, spec.assignment_env().into_bytes()),
+            (
+                crate::spec::ASSIGNMENT_ENV,
+                spec.assignment_env().into_bytes(),
+            ),
             (crate::spec::ASSIGNED_MARKER, b"assigned\n".to_vec()),
         ] {
             let mut header = tar::Header::new_gnu();
@@ -728,7 +731,11 @@ impl Provisioner for DockerProvisioner {
             Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
                 instance: spec.name.clone(),
             }),
-            Err(source) => Err(ProvisionError::engine(&spec.name, Operation::Assign, source)),
+            Err(source) => Err(ProvisionError::engine(
+                &spec.name,
+                Operation::Assign,
+                source,
+            )),
         }
     }
 
