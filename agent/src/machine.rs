@@ -1180,7 +1180,7 @@ impl Machine {
     /// Stops selling: cancels live offers (slots become `held`); the pool shrinks to
     /// nothing. Returns offers cancelled.
     pub fn drain(&self) -> Result<usize, MachineError> {
-        let cancelled = self.store().transaction(|tx| drain(tx))?;
+        let cancelled = self.store().transaction(drain)?;
         self.pool_changed.notify_one();
         Ok(cancelled)
     }

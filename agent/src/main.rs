@@ -206,7 +206,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 println!("draining off: {n} slots offered again");
             } else {
                 let n = store
-                    .transaction(|tx| berth_agent::machine::drain(tx))
+                    .transaction(berth_agent::machine::drain)
                     .context("cannot drain")?;
                 println!("draining: {n} offers being cancelled; current leases are served");
             }

@@ -80,12 +80,12 @@ impl Pooled {
         self.machine.flush_outbox().await.unwrap();
     }
 
-    fn creates(&self) -> Vec<Box<berth_provisioner::InstanceSpec>> {
+    fn creates(&self) -> Vec<berth_provisioner::InstanceSpec> {
         self.provisioner
             .calls()
             .into_iter()
             .filter_map(|c| match c {
-                Call::Create(spec) => Some(spec),
+                Call::Create(spec) => Some(*spec),
                 _ => None,
             })
             .collect()
