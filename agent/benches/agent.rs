@@ -77,9 +77,38 @@ async fn latency() {
 
 async fn burst() {
     let n = 50;
-    let Some(w) = World::start_with("bench-burst", n, 28200, one_second()).await else {
+    // `BERTH_BENCH_POOL` (default 50): the pool of started instances the burst draws on.
+    let pool = std::env::var("BERTH_BENCH_POOL")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(n);
+    let options = Options {
+        pool,
+        ..one_second()
+    };
+    let Some(w) = World::start_with("bench-burst", n, 28200, options).await else {
         return;
     };
+    // Wait for the pool to be full before the burst (its cost is paid ahead).
+    let mut pool_ready = 0;
+    for _ in 0..1200 {
+        pool_ready = w
+            .store()
+            .map(|s| {
+                s.read()
+                    .pool()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p.state == berth_agent::store::PoolState::Ready)
+                    .count()
+            })
+            .unwrap_or(0);
+        if pool_ready >= pool as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("burst: pool of {pool_ready} ready instances");
     let mut offers = Vec::new();
     for slot in 0..n {
         offers.push(w.offered(slot, 0).await.1);

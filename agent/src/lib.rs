@@ -4,12 +4,15 @@
 //! - [`ledger`]: the narrow ledger boundary: actions, events, the [`ledger::Ledger`] trait.
 //! - [`machine`]: the lease state machine over the store, a provisioner and a ledger;
 //!   [`outbox`]: the worker that signs, submits and settles its rows.
+//! - [`metrics`]: Prometheus metrics and their loopback endpoint.
+//! - [`run`]: the supervisor: the agent's named tasks under one cancellation token.
 //! - [`setup`]: `init`, the config file and the host key; [`status`]: `status` and `leases`.
 #![forbid(unsafe_code)]
 
 pub mod failpoint;
 pub mod ledger;
 pub mod machine;
+pub mod metrics;
 pub mod outbox;
 pub mod run;
 pub mod setup;

@@ -8,12 +8,11 @@
 //! a transaction (creating or destroying an instance) is a [`Job`] that [`Machine::resume`]
 //! finds again from the lease state after a restart.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_provisioner::{InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
 use berth_schemas::config::HostConfig;
-use berth_schemas::field::{ContractId, HostAddress, InstanceName, NfTokenId, Text, TxHash};
+use berth_schemas::field::{ContractId, InstanceName, NfTokenId, Text, TxHash};
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::{Memo, Message};
 use berth_schemas::message::{
@@ -23,9 +22,14 @@ use ed25519_dalek::SigningKey;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use berth_xrpl_core::Ter;
+
 use crate::ledger::{Ledger, LedgerAction, LedgerError, LedgerEvent, MemoHex, TxOutcome};
+use crate::metrics::Metrics;
+use crate::outbox::{key_kind, OutboxKey};
 use crate::store::{
-    Cursor, Lease, LeaseState, NewLease, OutboxRow, OutboxState, SlotState, Store, StoreError, Tx,
+    Cursor, Lease, LeaseState, NewLease, OutboxRow, OutboxState, PoolState, SlotState, Store,
+    StoreError, Tx,
 };
 
 /// Why the machine could not handle an event or job (it is retried).
@@ -91,15 +95,24 @@ pub struct Machine {
     /// removes or recreates) an instance a job is creating or destroying.
     jobs_gate: tokio::sync::RwLock<()>,
     job_permits: tokio::sync::Semaphore,
+    /// Held from choosing ports (or a pooled instance) until they are recorded, so two
+    /// instances are never given the same port and a pooled instance goes to one lease.
+    ports: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+    /// Woken when the pool lost an instance (to a purchase) or the host drains.
+    pool_changed: tokio::sync::Notify,
 }
 
-/// Outbox key of the one answer to a request.
-pub fn answer_key(request: &str) -> String {
-    format!("answer:{request}")
+fn answer_key(request: &str) -> OutboxKey {
+    OutboxKey::Answer(request.to_owned())
 }
 
-fn mint_key(slot: u32, generation: u32) -> String {
-    format!("mint:{slot}:{generation}")
+fn mint_key(slot: u32, generation: u32) -> OutboxKey {
+    OutboxKey::Mint {
+        slot,
+        generation,
+        attempt: 0,
+    }
 }
 
 /// A refusal decided while reading a purchase or payment.
@@ -134,8 +147,16 @@ impl Machine {
             message_key,
             jobs_gate: tokio::sync::RwLock::new(()),
             job_permits: tokio::sync::Semaphore::new(settings.parallel_jobs.max(1)),
+            ports: tokio::sync::Mutex::new(()),
+            metrics: Arc::new(Metrics::new()),
+            pool_changed: tokio::sync::Notify::new(),
             settings,
         }
+    }
+
+    /// The agent's metrics (counters and histograms the machine feeds).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Waits until no job runs and holds off new ones while the guard lives.
@@ -158,10 +179,6 @@ impl Machine {
         self.ledger.as_ref()
     }
 
-    pub fn host_address(&self) -> &str {
-        &self.host_address
-    }
-
     fn price(&self) -> u64 {
         self.config.lease.price_drops.get()
     }
@@ -180,7 +197,7 @@ impl Machine {
     /// Creates missing slots (each with a queued mint). Returns the slots created.
     pub fn ensure_slots(&self) -> Result<Vec<u32>, MachineError> {
         let count = self.config.lease.slots.get();
-        Ok(self.store().transaction(|tx| {
+        Ok(self.store().transaction(|tx| -> Result<_, StoreError> {
             tx.ensure_slots(count, |slot, generation| {
                 (mint_key(slot, generation), self.mint_action(slot))
             })
@@ -197,6 +214,7 @@ impl Machine {
             source = inner.source();
         }
         warn!(context, error = %message, "agent error");
+        self.metrics.error(context);
         if let Err(e) = self
             .store()
             .transaction(|tx| tx.record_error(context, &message))
@@ -278,11 +296,13 @@ impl Machine {
             amount_drops: amount_drops.max(1),
             memo: MemoHex::from(&memo),
         };
-        tx.enqueue_as(&answer_key(request), &action, state)?;
+        tx.enqueue_as(answer_key(request), &action, state)?;
         Ok(())
     }
 
-    fn failure(request: &str, refusal: &Refusal) -> Result<Failure, MachineError> {
+    /// The failure message of a refused request; counts the refusal by its reason.
+    fn failure(&self, request: &str, refusal: &Refusal) -> Result<Failure, MachineError> {
+        self.metrics.refused(refusal.code);
         let request: TxHash = request.parse().map_err(|e| MachineError::Memo {
             what: "failure",
             problem: format!("request hash: {e}"),
@@ -311,7 +331,9 @@ impl Machine {
             Some(token_id) => {
                 tx.set_slot(slot, SlotState::Burning, Some(&token_id), None)?;
                 tx.enqueue(
-                    &format!("burn:{token_id}"),
+                    OutboxKey::Burn {
+                        token: token_id.clone(),
+                    },
                     &LedgerAction::Burn {
                         slot,
                         token_id: token_id.clone(),
@@ -321,7 +343,7 @@ impl Machine {
             }
             None => {
                 let generation = tx.next_generation(slot)?;
-                tx.enqueue(&mint_key(slot, generation), &self.mint_action(slot))?;
+                tx.enqueue(mint_key(slot, generation), &self.mint_action(slot))?;
             }
         }
         Ok(())
@@ -368,21 +390,48 @@ impl Machine {
             }
             (Some(_), Some(open), Ok(ok)) => (open.slot, ok),
         };
-        let reserved = self.store().read().ports_in_use()?;
-        let ports = match self.provisioner.allocate_ports(&reserved).await {
-            Ok(ports) => ports,
-            Err(ProvisionError::PortsExhausted { kind, range }) => {
-                let why = refusal(
-                    ReasonCode::NoCapacity,
-                    format!("no free {kind} port in {range}, the price is refunded"),
-                );
-                return self.refuse_purchase(tx_hash, ledger, buyer, amount, Some(slot), why);
-            }
-            Err(source) => {
-                return Err(MachineError::Provision {
-                    instance: instance_name(tx_hash),
-                    source,
-                })
+        // A pooled instance when one is ready (it is the lease's for good), else new ports
+        // for an instance created for this lease.
+        let ports_guard = self.ports.lock().await;
+        let pooled = self
+            .store()
+            .read()
+            .pool()?
+            .into_iter()
+            .find(|p| p.state == PoolState::Ready);
+        let (instance, ports) = match &pooled {
+            Some(p) => (
+                p.instance.clone(),
+                berth_provisioner::InstancePorts {
+                    user: p.user_port,
+                    peer: p.peer_port,
+                },
+            ),
+            None => {
+                let reserved = self.store().read().ports_in_use()?;
+                match self.provisioner.allocate_ports(&reserved).await {
+                    Ok(ports) => (instance_name(tx_hash), ports),
+                    Err(ProvisionError::PortsExhausted { kind, range }) => {
+                        let why = refusal(
+                            ReasonCode::NoCapacity,
+                            format!("no free {kind} port in {range}, the price is refunded"),
+                        );
+                        return self.refuse_purchase(
+                            tx_hash,
+                            ledger,
+                            buyer,
+                            amount,
+                            Some(slot),
+                            why,
+                        );
+                    }
+                    Err(source) => {
+                        return Err(MachineError::Provision {
+                            instance: instance_name(tx_hash),
+                            source,
+                        })
+                    }
+                }
             }
         };
         let node = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -400,7 +449,7 @@ impl Machine {
             reply_key: reply_key.to_string(),
             owner_key: acquire.owner_key.to_string(),
             contract_id: acquire.contract_id.to_string(),
-            instance: instance_name(tx_hash),
+            instance: instance.clone(),
             node_secret: hex::encode(node.to_bytes()),
             node_key: node_key.to_string(),
             user_port: ports.user,
@@ -408,16 +457,28 @@ impl Machine {
             moments: 1,
             started_at: close_time,
             expires_at: close_time.saturating_add(self.moment_secs()),
+            pooled: pooled.is_some(),
         };
-        let id = self.store().transaction(|tx| {
+        let id = self.store().transaction(|tx| -> Result<_, StoreError> {
             if !tx.record_request(tx_hash, "acquire", ledger, "leased")? {
                 return Ok(None);
+            }
+            // Under the ports lock nothing else takes a ready pooled instance.
+            if pooled.is_some() && !tx.take_pooled(&instance)? {
+                return Err(StoreError::BadValue {
+                    what: "pooled instance",
+                    value: instance.clone(),
+                });
             }
             let id = tx.record_lease(&lease)?;
             tx.set_slot(slot, SlotState::Leased, Some(token_id), None)?;
             Ok(Some(id))
         })?;
-        info!(purchase = tx_hash, slot, instance = %lease.instance, "lease recorded");
+        drop(ports_guard);
+        info!(purchase = tx_hash, slot, instance = %lease.instance, pooled = lease.pooled, "lease recorded");
+        if lease.pooled {
+            self.pool_changed.notify_one();
+        }
         crate::failpoint::hit("acquire-recorded");
         Ok(id.map(Job::Provision).into_iter().collect())
     }
@@ -498,27 +559,27 @@ impl Machine {
         slot: Option<u32>,
         why: Refusal,
     ) -> Result<Vec<Job>, MachineError> {
-        let failure = Self::failure(tx_hash, &why)?;
+        let failure = self.failure(tx_hash, &why)?;
         info!(purchase = tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
-        self.store().transaction(|tx| {
-            let outcome = format!("refused: {}", why.message);
-            if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
-                return Ok(());
-            }
-            self.answer(
-                tx,
-                tx_hash,
-                buyer,
-                amount,
-                &Message::AcquireErr(failure),
-                OutboxState::Pending,
-            )
-            .map_err(store_only)?;
-            if let Some(slot) = slot {
-                self.recycle(tx, slot, Some(buyer)).map_err(store_only)?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                let outcome = format!("refused: {}", why.message);
+                if !tx.record_request(tx_hash, "acquire", ledger, &outcome)? {
+                    return Ok(());
+                }
+                self.answer(
+                    tx,
+                    tx_hash,
+                    buyer,
+                    amount,
+                    &Message::AcquireErr(failure),
+                    OutboxState::Pending,
+                )?;
+                if let Some(slot) = slot {
+                    self.recycle(tx, slot, Some(buyer))?;
+                }
+                Ok(())
+            })?;
         Ok(Vec::new())
     }
 
@@ -534,7 +595,7 @@ impl Machine {
             return Ok(Vec::new());
         }
         let Some(amount) = amount else {
-            self.store().transaction(|tx| {
+            self.store().transaction(|tx| -> Result<_, StoreError> {
                 tx.record_request(tx_hash, "payment", ledger, "ignored: not XRP")?;
                 tx.record_error(
                     "payment",
@@ -562,7 +623,7 @@ impl Machine {
             }
             Ok(message) if message.answers().is_some() => {
                 // An answer (of another host, or our own echoed): never answer an answer.
-                self.store().transaction(|tx| {
+                self.store().transaction(|tx| -> Result<_, StoreError> {
                     tx.record_request(tx_hash, message.kind().as_str(), ledger, "ignored: answer")
                 })?;
                 Ok(Vec::new())
@@ -589,20 +650,20 @@ impl Machine {
         kind: &str,
         why: Refusal,
     ) -> Result<Vec<Job>, MachineError> {
-        let failure = Self::failure(tx_hash, &why)?;
+        let failure = self.failure(tx_hash, &why)?;
         let message = match kind {
             "extend" => Message::ExtendErr(failure),
             "terminate" => Message::TerminateErr(failure),
             _ => Message::Refund(failure),
         };
         info!(request = tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
-        self.store().transaction(|tx| {
-            if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
-                self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)
-                    .map_err(store_only)?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
+                    self.answer(tx, tx_hash, to, amount, &message, OutboxState::Pending)?;
+                }
+                Ok(())
+            })?;
         Ok(Vec::new())
     }
 
@@ -670,14 +731,19 @@ impl Machine {
             moments: moments_nz,
             expires_at,
         });
-        self.store().transaction(|tx| {
-            if tx.record_request(tx_hash, "extend", ledger, &format!("extended by {moments}"))? {
-                tx.extend_lease(lease.id, moments, expires_at)?;
-                self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)
-                    .map_err(store_only)?;
-            }
-            Ok(())
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if tx.record_request(
+                    tx_hash,
+                    "extend",
+                    ledger,
+                    &format!("extended by {moments}"),
+                )? {
+                    tx.extend_lease(lease.id, moments, expires_at)?;
+                    self.answer(tx, tx_hash, from, remainder, &answer, OutboxState::Pending)?;
+                }
+                Ok(())
+            })?;
         info!(request = tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
         crate::failpoint::hit("extend-recorded");
         Ok(Vec::new())
@@ -711,15 +777,16 @@ impl Machine {
             request: parse_hash(tx_hash)?,
             lease: *token,
         });
-        let started = self.store().transaction(|tx| {
-            if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
-                return Ok(false);
-            }
-            tx.begin_ending(lease.id, Some(tx_hash), "terminated")?;
-            self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)
-                .map_err(store_only)?;
-            Ok(true)
-        })?;
+        let started = self
+            .store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                if !tx.record_request(tx_hash, "terminate", ledger, "terminated")? {
+                    return Ok(false);
+                }
+                tx.begin_ending(lease.id, Some(tx_hash), "terminated")?;
+                self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)?;
+                Ok(true)
+            })?;
         info!(request = tx_hash, lease = %token, "lease terminated by its holder");
         Ok(if started {
             vec![Job::End(lease.id)]
@@ -731,7 +798,7 @@ impl Machine {
     fn ledger_closed(&self, ledger: u32, close_time: u64) -> Result<Vec<Job>, MachineError> {
         let grace = u64::from(self.config.lease.grace_secs);
         let stall = self.settings.stall_secs;
-        let ending = self.store().transaction(|tx| {
+        let ending = self.store().transaction(|tx| -> Result<_, StoreError> {
             let previous = tx.cursor()?;
             if previous.is_some_and(|c| c.ledger >= ledger) {
                 return Ok(Vec::new());
@@ -778,47 +845,112 @@ impl Machine {
     pub async fn run_job(&self, job: Job) -> Result<(), MachineError> {
         let _permit = self.job_permits.acquire().await;
         let _gate = self.jobs_gate.read().await;
-        match job {
-            Job::Provision(id) => self.provision(id).await,
-            Job::End(id) => self.end(id).await,
-        }
+        let (Job::Provision(id) | Job::End(id)) = job;
+        let lease = self.store().read().lease(id)?;
+        let span = tracing::info_span!(
+            "job",
+            ?job,
+            lease = lease.as_ref().map(|l| l.token_id.as_str()),
+            request = lease.as_ref().map(|l| l.purchase_tx.as_str()),
+            instance = lease.as_ref().map(|l| l.instance.as_str()),
+        );
+        let work = async {
+            match job {
+                Job::Provision(id) => self.provision(id).await,
+                Job::End(id) => self.end(id).await,
+            }
+        };
+        tracing::Instrument::instrument(work, span).await
     }
 
-    fn spec(&self, lease: &Lease) -> InstanceSpec {
-        let mut spec = InstanceSpec::hotpocket(
-            lease.instance.clone(),
-            lease.token_id.clone(),
-            InstanceIdentity {
-                contract_id: lease.contract_id.clone(),
-                owner_pubkey: lease.owner_key.clone(),
-                node_secret: lease.node_secret.clone(),
-            },
-            berth_provisioner::InstancePorts {
-                user: lease.user_port,
-                peer: lease.peer_port,
-            },
-        );
+    /// A hotpocket instance spec (customized for tests), before any pool treatment.
+    fn base_spec(
+        &self,
+        name: &str,
+        lease_label: &str,
+        identity: InstanceIdentity,
+        ports: berth_provisioner::InstancePorts,
+    ) -> InstanceSpec {
+        let mut spec = InstanceSpec::hotpocket(name, lease_label, identity, ports);
         spec.image = self.config.runtime.image.clone();
         (self.settings.customize)(spec)
     }
 
-    /// The specs of every lease that should have an instance (for reconcile).
+    fn spec(&self, lease: &Lease) -> InstanceSpec {
+        let identity = InstanceIdentity {
+            contract_id: lease.contract_id.clone(),
+            owner_pubkey: lease.owner_key.clone(),
+            node_secret: lease.node_secret.clone(),
+        };
+        let ports = berth_provisioner::InstancePorts {
+            user: lease.user_port,
+            peer: lease.peer_port,
+        };
+        if lease.pooled {
+            // The container was made for the pool: its labels name the instance, not the
+            // lease, and it takes its identity from `assign`. Reconcile must see it as is.
+            self.base_spec(&lease.instance, &lease.instance, identity, ports)
+                .awaiting_assignment()
+        } else {
+            self.base_spec(&lease.instance, &lease.token_id, identity, ports)
+        }
+    }
+
+    fn pool_spec(&self, instance: &str, ports: berth_provisioner::InstancePorts) -> InstanceSpec {
+        let nobody = InstanceIdentity {
+            contract_id: String::new(),
+            owner_pubkey: String::new(),
+            node_secret: String::new(),
+        };
+        self.base_spec(instance, instance, nobody, ports)
+            .awaiting_assignment()
+    }
+
+    /// The specs of every instance that should exist (for reconcile): live leases' and the
+    /// ready pool's.
     pub fn expected_instances(&self) -> Result<Vec<InstanceSpec>, MachineError> {
         let leases = self.store().read().leases(&[
             LeaseState::Provisioning,
             LeaseState::Active,
             LeaseState::Grace,
         ])?;
-        Ok(leases.iter().map(|lease| self.spec(lease)).collect())
+        let mut specs: Vec<InstanceSpec> = leases.iter().map(|lease| self.spec(lease)).collect();
+        for pooled in self.store().read().pool()? {
+            if pooled.state == PoolState::Ready {
+                specs.push(self.pool_spec(
+                    &pooled.instance,
+                    berth_provisioner::InstancePorts {
+                        user: pooled.user_port,
+                        peer: pooled.peer_port,
+                    },
+                ));
+            }
+        }
+        Ok(specs)
     }
 
-    async fn create_and_start(&self, lease: &Lease) -> Result<(), ProvisionError> {
-        let spec = self.spec(lease);
-        match self.provisioner.create(&spec).await {
+    async fn create_and_start(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
+        match self.provisioner.create(spec).await {
             Ok(()) | Err(ProvisionError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
-        self.provisioner.start(&lease.instance).await
+        self.provisioner.start(&spec.name).await
+    }
+
+    /// The lease's instance running with its identity: a pooled one is assigned (and made
+    /// again, on its volume, if it vanished); another is created and started.
+    async fn bring_up(&self, lease: &Lease) -> Result<(), ProvisionError> {
+        let spec = self.spec(lease);
+        if !lease.pooled {
+            return self.create_and_start(&spec).await;
+        }
+        match self.provisioner.assign(&spec).await {
+            Err(ProvisionError::NotFound { .. }) => {
+                self.create_and_start(&spec).await?;
+                self.provisioner.assign(&spec).await
+            }
+            other => other,
+        }
     }
 
     async fn provision(&self, id: i64) -> Result<(), MachineError> {
@@ -830,13 +962,17 @@ impl Machine {
         if lease.state != LeaseState::Provisioning {
             return Ok(());
         }
-        match self.create_and_start(&lease).await {
+        let started = std::time::Instant::now();
+        let result = self.bring_up(&lease).await;
+        self.metrics
+            .provisioned(lease.pooled, started.elapsed().as_secs_f64());
+        match result {
             Ok(()) => {
                 crate::failpoint::hit("acquire-started");
                 let answer = self.acquire_ok(&lease)?;
-                self.store().transaction(|tx| {
+                self.store().transaction(|tx| -> Result<_, StoreError> {
                     tx.set_lease_state(id, LeaseState::Active)?;
-                    tx.enqueue(&answer_key(&lease.purchase_tx), &answer)?;
+                    tx.enqueue(answer_key(&lease.purchase_tx), &answer)?;
                     Ok(())
                 })?;
                 info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
@@ -848,20 +984,23 @@ impl Machine {
                     ReasonCode::ProvisioningFailed,
                     format!("instance could not be created: {e}"),
                 );
-                let failure = Self::failure(&lease.purchase_tx, &why)?;
-                self.store().transaction(|tx| {
-                    tx.begin_ending(id, None, "provisioning failed")?;
-                    self.answer(
-                        tx,
-                        &lease.purchase_tx,
-                        &lease.tenant,
-                        self.price(),
-                        &Message::AcquireErr(failure),
-                        OutboxState::Held,
-                    )
-                    .map_err(store_only)?;
-                    tx.set_request_outcome(&lease.purchase_tx, "refused: provisioning failed")
-                })?;
+                let failure = self.failure(&lease.purchase_tx, &why)?;
+                self.store()
+                    .transaction_with(|tx| -> Result<_, MachineError> {
+                        tx.begin_ending(id, None, "provisioning failed")?;
+                        self.answer(
+                            tx,
+                            &lease.purchase_tx,
+                            &lease.tenant,
+                            self.price(),
+                            &Message::AcquireErr(failure),
+                            OutboxState::Held,
+                        )?;
+                        Ok(tx.set_request_outcome(
+                            &lease.purchase_tx,
+                            "refused: provisioning failed",
+                        )?)
+                    })?;
                 self.end(id).await
             }
         }
@@ -927,15 +1066,15 @@ impl Machine {
                 source,
             })?;
         crate::failpoint::hit("end-destroyed");
-        self.store().transaction(|tx| {
-            tx.set_lease_state(id, LeaseState::Ended)?;
-            if let Some(request) = &lease.end_request {
-                tx.release(&answer_key(request))?;
-            }
-            tx.release(&answer_key(&lease.purchase_tx))?;
-            self.recycle(tx, lease.slot, Some(&lease.tenant))
-                .map_err(store_only)
-        })?;
+        self.store()
+            .transaction_with(|tx| -> Result<_, MachineError> {
+                tx.set_lease_state(id, LeaseState::Ended)?;
+                if let Some(request) = &lease.end_request {
+                    tx.release(answer_key(request))?;
+                }
+                tx.release(answer_key(&lease.purchase_tx))?;
+                self.recycle(tx, lease.slot, Some(&lease.tenant))
+            })?;
         info!(lease = %lease.token_id, instance = %lease.instance, reason = ?lease.end_reason, "lease ended, instance destroyed");
         Ok(())
     }
@@ -952,15 +1091,20 @@ impl Machine {
                 .transaction(|tx| tx.outbox_retry(&row.key, "expired"))?;
             return Ok(());
         };
-        let success = result == "tesSUCCESS";
+        let ter = Ter::from_token(result);
+        let success = ter.is_some_and(Ter::is_success);
         let draining = self.store().read().draining()?;
-        self.store().transaction(|tx| {
+        self.store().transaction(|tx| -> Result<_, StoreError> {
             let state = if success {
                 OutboxState::Validated
             } else {
                 OutboxState::Failed
             };
             tx.outbox_done(&row.key, state, result)?;
+            if success && key_kind(&row.key) == "answer" {
+                self.metrics
+                    .answered(crate::store::now_secs().saturating_sub(row.created_at) as f64);
+            }
             match &row.action {
                 LedgerAction::Mint { slot, .. } => match (success, nftoken_id) {
                     (true, Some(token)) => {
@@ -969,7 +1113,10 @@ impl Machine {
                         } else {
                             tx.set_slot(*slot, SlotState::Offering, Some(token), None)?;
                             tx.enqueue(
-                                &format!("offer:{token}"),
+                                OutboxKey::Offer {
+                                    token: token.clone(),
+                                    attempt: 0,
+                                },
                                 &LedgerAction::Offer {
                                     slot: *slot,
                                     token_id: token.clone(),
@@ -999,9 +1146,9 @@ impl Machine {
                 },
                 LedgerAction::Burn { slot, token_id, .. } => {
                     // tecNO_ENTRY: burnt already; either way the slot gets a fresh token.
-                    if success || result == "tecNO_ENTRY" {
+                    if success || ter == Some(Ter::tecNO_ENTRY) {
                         let generation = tx.next_generation(*slot)?;
-                        tx.enqueue(&mint_key(*slot, generation), &self.mint_action(*slot))?;
+                        tx.enqueue(mint_key(*slot, generation), &self.mint_action(*slot))?;
                     } else {
                         tx.record_error(
                             "burn",
@@ -1020,7 +1167,7 @@ impl Machine {
                     "answer",
                     &format!("payment {} to {destination} ended with {result}", row.key),
                 )?,
-                LedgerAction::Payment { .. } if row.key.starts_with("host-reg:") => {
+                LedgerAction::Payment { .. } if key_kind(&row.key) == "host-reg" => {
                     tx.set_setting(crate::status::keys::REGISTERED, "true")?
                 }
                 LedgerAction::Payment { .. } | LedgerAction::SetMessageKey { .. } => {}
@@ -1030,15 +1177,25 @@ impl Machine {
         Ok(())
     }
 
-    /// Stops selling: cancels live offers (slots become `held`). Returns offers cancelled.
+    /// Stops selling: cancels live offers (slots become `held`); the pool shrinks to
+    /// nothing. Returns offers cancelled.
     pub fn drain(&self) -> Result<usize, MachineError> {
-        Ok(self.store().transaction(|tx| tx.drain())?)
+        let cancelled = self.store().transaction(drain)?;
+        self.pool_changed.notify_one();
+        Ok(cancelled)
     }
 
     /// Offers every `held` slot again. Returns offers queued.
     pub fn undrain(&self) -> Result<usize, MachineError> {
         let price = self.price();
-        Ok(self.store().transaction(|tx| tx.undrain(price))?)
+        let offered = self.store().transaction(|tx| undrain(tx, price))?;
+        self.pool_changed.notify_one();
+        Ok(offered)
+    }
+
+    /// Ports held by live leases and the pool.
+    pub fn ports_in_use(&self) -> Result<std::collections::BTreeSet<u16>, MachineError> {
+        Ok(self.store().read().ports_in_use()?)
     }
 
     /// The ledger clock and lease count, for logs and heartbeats.
@@ -1050,15 +1207,6 @@ impl Machine {
             .count()
             .try_into()
             .unwrap_or(u32::MAX))
-    }
-
-    /// Ports held by live leases (for tests and housekeeping).
-    pub fn ports_in_use(&self) -> Result<BTreeSet<u16>, MachineError> {
-        Ok(self.store().read().ports_in_use()?)
-    }
-
-    pub fn domain(&self) -> &HostAddress {
-        &self.config.host.domain
     }
 }
 
@@ -1079,14 +1227,317 @@ fn parse_hash(text: &str) -> Result<TxHash, MachineError> {
     })
 }
 
-/// Inside a store transaction only store errors can travel; memo errors there are faults of
-/// this build and are reported as a bad value.
-fn store_only(error: MachineError) -> StoreError {
-    match error {
-        MachineError::Store(e) => e,
-        other => StoreError::BadValue {
-            what: "answer",
-            value: other.to_string(),
-        },
+/// Stops selling: queues a cancel of every live offer. Returns how many.
+pub fn drain(tx: &Tx<'_>) -> Result<usize, StoreError> {
+    tx.set_setting("draining", "true")?;
+    let mut cancelled = 0;
+    for slot in tx.slots()? {
+        if let (SlotState::Offered, Some(offer)) = (slot.state, &slot.offer_id) {
+            tx.enqueue(
+                OutboxKey::Cancel {
+                    offer: offer.clone(),
+                },
+                &LedgerAction::CancelOffer {
+                    slot: slot.slot,
+                    offer_id: offer.clone(),
+                },
+            )?;
+            cancelled += 1;
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Sells again: queues an offer at `price` for every `held` slot. Returns how many.
+pub fn undrain(tx: &Tx<'_>, price: u64) -> Result<usize, StoreError> {
+    tx.set_setting("draining", "false")?;
+    let mut offered = 0;
+    let attempt = crate::store::now_secs();
+    for slot in tx.slots()? {
+        if let (SlotState::Held, Some(token)) = (slot.state, &slot.token_id) {
+            tx.set_slot(slot.slot, SlotState::Offering, Some(token), None)?;
+            tx.enqueue(
+                OutboxKey::Offer {
+                    token: token.clone(),
+                    attempt,
+                },
+                &LedgerAction::Offer {
+                    slot: slot.slot,
+                    token_id: token.clone(),
+                    amount_drops: price,
+                },
+            )?;
+            offered += 1;
+        }
+    }
+    Ok(offered)
+}
+
+/// `result` of a failed outbox row whose work housekeeping queued again.
+const RETRIED: &str = "retried by housekeeping";
+
+/// What the pool should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Create this many instances.
+    Grow(u32),
+    /// Remove this many ready instances.
+    Shrink(u32),
+    Steady,
+}
+
+impl Machine {
+    /// The pool's size goal: `agent.pool`, never more than the slots no live lease uses,
+    /// nothing while draining.
+    pub fn pool_plan(&self) -> Result<PoolPlan, MachineError> {
+        let store = self.store();
+        let reader = store.read();
+        let pool = u32::try_from(reader.pool()?.len()).unwrap_or(u32::MAX);
+        let live = u32::try_from(
+            reader
+                .leases(&[
+                    LeaseState::Provisioning,
+                    LeaseState::Active,
+                    LeaseState::Grace,
+                    LeaseState::Ending,
+                ])?
+                .len(),
+        )
+        .unwrap_or(u32::MAX);
+        let goal = if reader.draining()? {
+            0
+        } else {
+            self.config
+                .agent
+                .pool
+                .min(self.config.lease.slots.get().saturating_sub(live))
+        };
+        Ok(match pool.cmp(&goal) {
+            std::cmp::Ordering::Less => PoolPlan::Grow(goal - pool),
+            std::cmp::Ordering::Greater => PoolPlan::Shrink(pool - goal),
+            std::cmp::Ordering::Equal => PoolPlan::Steady,
+        })
+    }
+
+    /// Asks the pool task to look again (the drain state changed).
+    pub fn pool_wake(&self) {
+        self.pool_changed.notify_one();
+    }
+
+    /// Waits until the pool lost an instance or the host's drain state changed.
+    pub async fn pool_changed(&self) {
+        self.pool_changed.notified().await;
+    }
+
+    /// Instances left `creating` by a previous run: destroyed and forgotten (start-up).
+    pub async fn resume_pool(&self) -> Result<(), MachineError> {
+        let stale: Vec<_> = self
+            .store()
+            .read()
+            .pool()?
+            .into_iter()
+            .filter(|p| p.state == PoolState::Creating)
+            .collect();
+        for pooled in stale {
+            self.provisioner
+                .destroy(&pooled.instance)
+                .await
+                .map_err(|source| MachineError::Provision {
+                    instance: pooled.instance.clone(),
+                    source,
+                })?;
+            self.store()
+                .transaction(|tx| tx.take_pooled(&pooled.instance))?;
+        }
+        Ok(())
+    }
+
+    /// Brings the pool to its goal ([`Machine::pool_plan`]): creates and starts the missing
+    /// instances at once (within the job permits), or removes surplus ready ones. Returns
+    /// the plan it carried out.
+    pub async fn tend_pool(&self) -> Result<PoolPlan, MachineError> {
+        let plan = self.pool_plan()?;
+        match plan {
+            PoolPlan::Steady => {}
+            PoolPlan::Grow(n) => {
+                let mut names = Vec::new();
+                {
+                    let _ports = self.ports.lock().await;
+                    for _ in 0..n {
+                        let reserved = self.store().read().ports_in_use()?;
+                        let ports = match self.provisioner.allocate_ports(&reserved).await {
+                            Ok(ports) => ports,
+                            Err(ProvisionError::PortsExhausted { .. }) => break,
+                            Err(source) => {
+                                return Err(MachineError::Provision {
+                                    instance: "pool".to_owned(),
+                                    source,
+                                })
+                            }
+                        };
+                        let name = format!("p-{}", hex::encode(rand::random::<[u8; 10]>()));
+                        self.store()
+                            .transaction(|tx| tx.add_pooled(&name, ports.user, ports.peer))?;
+                        names.push((name, ports));
+                    }
+                }
+                let results = futures_util::future::join_all(
+                    names
+                        .iter()
+                        .map(|(name, ports)| self.add_to_pool(name, *ports)),
+                )
+                .await;
+                for result in results {
+                    if let Err(e) = result {
+                        self.record_error("pool", &e);
+                    }
+                }
+            }
+            PoolPlan::Shrink(n) => {
+                let _ports = self.ports.lock().await;
+                let ready: Vec<_> = self
+                    .store()
+                    .read()
+                    .pool()?
+                    .into_iter()
+                    .filter(|p| p.state == PoolState::Ready)
+                    .rev()
+                    .take(n as usize)
+                    .collect();
+                let _gate = self.jobs_gate.read().await;
+                for pooled in ready {
+                    self.provisioner
+                        .destroy(&pooled.instance)
+                        .await
+                        .map_err(|source| MachineError::Provision {
+                            instance: pooled.instance.clone(),
+                            source,
+                        })?;
+                    self.store()
+                        .transaction(|tx| tx.take_pooled(&pooled.instance))?;
+                    info!(instance = %pooled.instance, "pooled instance removed");
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn add_to_pool(
+        &self,
+        name: &str,
+        ports: berth_provisioner::InstancePorts,
+    ) -> Result<(), MachineError> {
+        let _permit = self.job_permits.acquire().await;
+        let _gate = self.jobs_gate.read().await;
+        let spec = self.pool_spec(name, ports);
+        let started = std::time::Instant::now();
+        let made = self.create_and_start(&spec).await;
+        if let Err(source) = made {
+            // Nothing of it stays: not the container, not the record.
+            let _ = self.provisioner.destroy(name).await;
+            self.store().transaction(|tx| tx.take_pooled(name))?;
+            return Err(MachineError::Provision {
+                instance: name.to_owned(),
+                source,
+            });
+        }
+        let kept = self.store().transaction(|tx| tx.pooled_ready(name))?;
+        info!(
+            instance = name,
+            seconds = started.elapsed().as_secs_f64(),
+            kept,
+            "pooled instance running"
+        );
+        Ok(())
+    }
+
+    /// Housekeeping found the slot's sell offer gone from the ledger: offers it again,
+    /// unless the slot changed meanwhile (a purchase also removes the offer).
+    pub fn offer_lost(&self, seen: &crate::store::Slot) -> Result<(), MachineError> {
+        let (Some(token), Some(_)) = (&seen.token_id, &seen.offer_id) else {
+            return Ok(());
+        };
+        let price = self.price();
+        let attempt = crate::store::now_secs();
+        self.store().transaction(|tx| -> Result<_, StoreError> {
+            if tx.slot(seen.slot)?.as_ref() != Some(seen) {
+                return Ok(());
+            }
+            tx.set_slot(seen.slot, SlotState::Offering, Some(token), None)?;
+            tx.enqueue(
+                OutboxKey::Offer {
+                    token: token.clone(),
+                    attempt,
+                },
+                &LedgerAction::Offer {
+                    slot: seen.slot,
+                    token_id: token.clone(),
+                    amount_drops: price,
+                },
+            )
+            .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Housekeeping: slots whose mint or offer failed get them queued again (a new
+    /// attempt's key); each failed row is marked retried.
+    pub fn requeue_failed(&self) -> Result<(), MachineError> {
+        let failed: Vec<_> = self
+            .store()
+            .read()
+            .outbox(&[OutboxState::Failed])?
+            .into_iter()
+            .filter(|row| row.result.as_deref() != Some(RETRIED))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let price = self.price();
+        let attempt = crate::store::now_secs();
+        self.store()
+            .transaction_with(|tx| -> Result<(), MachineError> {
+                let draining = tx.draining()?;
+                for slot in tx.slots()? {
+                    let lost = failed.iter().any(|row| match &row.action {
+                        LedgerAction::Mint { slot: s, .. } => *s == slot.slot,
+                        LedgerAction::Offer { slot: s, .. } => *s == slot.slot,
+                        _ => false,
+                    });
+                    if !lost {
+                        continue;
+                    }
+                    match (slot.state, &slot.token_id) {
+                        (SlotState::Minting, None) => {
+                            tx.enqueue(
+                                OutboxKey::Mint {
+                                    slot: slot.slot,
+                                    generation: slot.generation,
+                                    attempt,
+                                },
+                                &self.mint_action(slot.slot),
+                            )?;
+                        }
+                        (SlotState::Offering, Some(token)) if !draining => {
+                            tx.enqueue(
+                                OutboxKey::Offer {
+                                    token: token.clone(),
+                                    attempt,
+                                },
+                                &LedgerAction::Offer {
+                                    slot: slot.slot,
+                                    token_id: token.clone(),
+                                    amount_drops: price,
+                                },
+                            )?;
+                        }
+                        _ => {}
+                    }
+                }
+                for row in &failed {
+                    tx.outbox_done(&row.key, OutboxState::Failed, RETRIED)?;
+                }
+                Ok(())
+            })
     }
 }

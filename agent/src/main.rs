@@ -199,11 +199,15 @@ fn run_command(cli: Cli) -> Result<()> {
             let mut store = Store::open(&database(&config)).context("cannot open the database")?;
             if *undo {
                 let n = store
-                    .transaction(|tx| tx.undrain(config.lease.price_drops.get()))
+                    .transaction(|tx| {
+                        berth_agent::machine::undrain(tx, config.lease.price_drops.get())
+                    })
                     .context("cannot undo drain")?;
                 println!("draining off: {n} slots offered again");
             } else {
-                let n = store.transaction(|tx| tx.drain()).context("cannot drain")?;
+                let n = store
+                    .transaction(berth_agent::machine::drain)
+                    .context("cannot drain")?;
                 println!("draining: {n} offers being cancelled; current leases are served");
             }
             Ok(())

@@ -5,12 +5,67 @@
 //! **Invariant:** a row's signed blob is in SQLite before it is submitted, so a restart
 //! resubmits the very same transaction (same hash) instead of signing a second one.
 
+use std::fmt;
+
 use futures_util::future::join_all;
 use tracing::{debug, warn};
 
 use crate::ledger::{LedgerError, PreparedTx};
 use crate::machine::{Machine, MachineError};
-use crate::store::{OutboxRow, OutboxState};
+use crate::store::{OutboxRow, OutboxState, StoreError};
+
+/// The key of an outbox row: what makes it be written at most once. Every key the agent
+/// writes is spelled here, and only here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxKey {
+    /// The one answer (or refund) to a request transaction: `answer:<hash>`.
+    Answer(String),
+    /// The mint of a slot's token of one generation; `attempt` is 0 for the first and the
+    /// time of a retry after a failed one: `mint:<slot>:<generation>:<attempt>`.
+    Mint {
+        slot: u32,
+        generation: u32,
+        attempt: u64,
+    },
+    /// A sell offer of a token; `attempt` is 0 for the first and the time of a re-offer
+    /// (after a lost offer, a failed one or a drain undone): `offer:<token>:<attempt>`.
+    Offer { token: String, attempt: u64 },
+    /// The burn of a token: `burn:<token>`.
+    Burn { token: String },
+    /// The cancel of a sell offer (drain): `cancel:<offer>`.
+    Cancel { offer: String },
+    /// Setting the account's MessageKey: `message-key:<key hex>`.
+    MessageKey { key_hex: String },
+    /// Registration with these host details (digest of the action): `host-reg:<digest>`.
+    HostReg { digest: String },
+    /// A heartbeat sent at `at` (Unix seconds): `heartbeat:<at>`.
+    Heartbeat { at: u64 },
+}
+
+impl fmt::Display for OutboxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutboxKey::Answer(request) => write!(f, "answer:{request}"),
+            OutboxKey::Mint {
+                slot,
+                generation,
+                attempt,
+            } => write!(f, "mint:{slot}:{generation}:{attempt}"),
+            OutboxKey::Offer { token, attempt } => write!(f, "offer:{token}:{attempt}"),
+            OutboxKey::Burn { token } => write!(f, "burn:{token}"),
+            OutboxKey::Cancel { offer } => write!(f, "cancel:{offer}"),
+            OutboxKey::MessageKey { key_hex } => write!(f, "message-key:{key_hex}"),
+            OutboxKey::HostReg { digest } => write!(f, "host-reg:{digest}"),
+            OutboxKey::Heartbeat { at } => write!(f, "heartbeat:{at}"),
+        }
+    }
+}
+
+/// The kind of a stored key (rows written by older builds included), for decisions and
+/// metrics: the part before the first `:`.
+pub fn key_kind(key: &str) -> &str {
+    key.split(':').next().unwrap_or(key)
+}
 
 impl Machine {
     /// One pass over the outbox: signs pending rows, then submits every prepared row and
@@ -43,7 +98,7 @@ impl Machine {
         for row in &pending {
             match self.ledger().prepare(&row.action).await {
                 Ok(prepared) => {
-                    self.store().transaction(|tx| {
+                    self.store().transaction(|tx| -> Result<_, StoreError> {
                         tx.outbox_prepared(
                             &row.key,
                             &prepared.hash,
@@ -52,13 +107,13 @@ impl Machine {
                         )
                     })?;
                     debug!(key = %row.key, hash = %prepared.hash, "outbox row signed");
-                    if row.key.starts_with("answer:") {
+                    if key_kind(&row.key) == "answer" {
                         crate::failpoint::hit("answer-prepared");
                     }
                 }
                 Err(LedgerError::Refused { action, result }) => {
                     warn!(key = %row.key, %result, "outbox row refused for good");
-                    self.store().transaction(|tx| {
+                    self.store().transaction(|tx| -> Result<_, StoreError> {
                         tx.outbox_done(&row.key, OutboxState::Failed, &result)?;
                         tx.record_error(
                             "outbox",
@@ -89,7 +144,7 @@ impl Machine {
         let key = row.key.clone();
         let persist = |next: &PreparedTx| -> Result<(), String> {
             self.store()
-                .transaction(|tx| {
+                .transaction(|tx| -> Result<_, StoreError> {
                     tx.outbox_resigned(&key, &next.hash, &next.blob, next.last_ledger)
                 })
                 .map_err(|e| format!("cannot persist the re-signed {key}: {e}"))

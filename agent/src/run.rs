@@ -1,13 +1,26 @@
-//! `berth-agent run`: connect, set the MessageKey, register, mint and offer, catch up from the
-//! cursor, then follow the ledger until shutdown.
+//! `berth-agent run`: the supervisor. Connects, sets the MessageKey, registers, mints and
+//! offers, catches up from the cursor, then runs the agent as named tasks that it owns until
+//! shutdown.
 //!
 //! Tasks (all on one [`TaskTracker`], stopped by one [`CancellationToken`]):
-//! - the event loop (this function): stream transactions and ledger closes into the machine,
-//!   catch-up after a reconnect, heartbeats, housekeeping on the cron schedule, watchdog pings;
-//! - the outbox worker: signs, submits and settles outbox rows;
+//! - `stream`: transactions and ledger closes into the machine, catch-up after a reconnect
+//!   or a failed request; every turn of its loop is progress for the watchdog;
+//! - `expiry`: ledger closes (in order, from `stream`) into the machine: the cursor, leases
+//!   entering grace and ending;
+//! - `outbox`: signs, submits and settles outbox rows;
+//! - `housekeeping`: on the cron schedule, reconcile with Docker and the ledger, bounded
+//!   parallel health checks, the disk-quota watchdog, re-queues decided by the machine;
+//! - `heartbeat`: once the offers are live, then once per moment;
+//! - `pool`: keeps the pool of started, unassigned instances at its goal;
+//! - `watchdog`: `WATCHDOG=1` while `stream` makes progress, never waiting on the others;
+//! - `metrics`: the Prometheus endpoint, when `agent.metrics` is set;
 //! - one task per job (provisioning or ending a lease), so 50 purchases provision at once.
+//!
+//! Every decision is the [`Machine`]'s: the tasks only feed it events and carry out what it
+//! returns.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +32,19 @@ use berth_provisioner::{
 use berth_schemas::config::HostConfig;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Heartbeat, HostInfo};
+use futures_util::StreamExt;
 use thiserror::Error;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
-use crate::ledger::{LedgerAction, LedgerError, MemoHex};
+use crate::ledger::{LedgerAction, LedgerError, LedgerEvent, MemoHex};
 use crate::machine::{Job, Machine, MachineError, MachineSettings};
+use crate::outbox::OutboxKey;
 use crate::setup::HostKeys;
 use crate::status::keys;
-use crate::store::{LeaseState, OutboxState, SlotState, Store, StoreError};
+use crate::store::{LeaseState, SlotState, Store, StoreError};
 use crate::xrpl::{event_of, XrplLedger};
 
 /// Why `run` stopped with an error.
@@ -53,13 +68,15 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Knobs of `run` that are not in the config file.
 #[derive(Clone)]
 pub struct RunSettings {
     pub machine: MachineSettings,
-    /// Send sd_notify READY / WATCHDOG / STOPPING.
+    /// Send sd_notify READY / WATCHDOG / STATUS / STOPPING.
     pub notify: bool,
     /// Pause of the outbox worker when it found nothing to do.
     pub outbox_idle: Duration,
@@ -71,6 +88,82 @@ impl Default for RunSettings {
             machine: MachineSettings::default(),
             notify: true,
             outbox_idle: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The service manager, as the supervisor sees it: a narrow trait so tests can record.
+pub trait Notifier: Send + Sync {
+    /// Sends states (`READY=1`, `WATCHDOG=1`, `STATUS=…`, `STOPPING=1`).
+    fn notify(&self, state: &[sd_notify::NotifyState<'_>]);
+    /// The watchdog timeout the manager set, if any.
+    fn watchdog_timeout(&self) -> Option<Duration>;
+}
+
+/// systemd's notification socket (`NOTIFY_SOCKET`).
+#[derive(Debug, Default)]
+pub struct SystemdNotifier;
+
+impl Notifier for SystemdNotifier {
+    fn notify(&self, state: &[sd_notify::NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(false, state) {
+            debug!(error = %e, "sd_notify failed");
+        }
+    }
+
+    fn watchdog_timeout(&self) -> Option<Duration> {
+        let mut usec = 0u64;
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
+    }
+}
+
+/// No service manager.
+#[derive(Debug, Default)]
+pub struct SilentNotifier;
+
+impl Notifier for SilentNotifier {
+    fn notify(&self, _state: &[sd_notify::NotifyState<'_>]) {}
+    fn watchdog_timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Progress of the event path: `stream` bumps it every turn of its loop (and while idle),
+/// the watchdog pings only when it moved.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU64);
+
+impl Progress {
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The watchdog task: every `timeout / 2`, `WATCHDOG=1` when `progress` moved since the
+/// last look. It awaits nothing but its timer, so no other task can hold it up.
+pub async fn watchdog(
+    notifier: Arc<dyn Notifier>,
+    timeout: Duration,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(timeout / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = progress.get();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = progress.get();
+        if now != seen {
+            notifier.notify(&[sd_notify::NotifyState::Watchdog]);
+            seen = now;
+        } else {
+            warn!("event path made no progress for half the watchdog timeout: not pinging");
         }
     }
 }
@@ -95,14 +188,6 @@ pub fn provisioner_config(config: &HostConfig) -> ProvisionerConfig {
     provisioner
 }
 
-fn notify(settings: &RunSettings, state: &[sd_notify::NotifyState<'_>]) {
-    if settings.notify {
-        if let Err(e) = sd_notify::notify(false, state) {
-            debug!(error = %e, "sd_notify failed");
-        }
-    }
-}
-
 fn set(machine: &Machine, key: &str, value: &str) -> Result<(), StoreError> {
     machine.store().transaction(|tx| tx.set_setting(key, value))
 }
@@ -118,6 +203,14 @@ fn memo_action(
     })
 }
 
+/// How `run` talks to the service manager and how often the watchdog looks.
+#[derive(Clone)]
+pub struct Supervision {
+    pub notifier: Arc<dyn Notifier>,
+    /// Overrides the manager's watchdog timeout (tests).
+    pub watchdog: Option<Duration>,
+}
+
 /// Runs the agent until `shutdown` fires. The provisioner is passed in (Docker in the binary).
 pub async fn run(
     config: HostConfig,
@@ -126,6 +219,29 @@ pub async fn run(
     settings: RunSettings,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let notifier: Arc<dyn Notifier> = if settings.notify {
+        Arc::new(SystemdNotifier)
+    } else {
+        Arc::new(SilentNotifier)
+    };
+    let supervision = Supervision {
+        notifier,
+        watchdog: None,
+    };
+    run_supervised(config, keys, provisioner, settings, supervision, shutdown).await
+}
+
+/// [`run`] with the service manager passed in.
+pub async fn run_supervised(
+    config: HostConfig,
+    keys: HostKeys,
+    provisioner: Arc<dyn Provisioner>,
+    settings: RunSettings,
+    supervision: Supervision,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let notifier = supervision.notifier.clone();
+    let status = |text: &str| notifier.notify(&[sd_notify::NotifyState::Status(text)]);
     let schedule = cron::Schedule::from_str(&config.housekeeping.schedule).map_err(|e| {
         RunError::Schedule {
             schedule: config.housekeeping.schedule.clone(),
@@ -139,6 +255,11 @@ pub async fn run(
     let store = Store::open(&crate::database_path(&config))?;
     let host = keys.address();
     info!(version = env!("CARGO_PKG_VERSION"), host = %host, servers = ?config.ledger.servers, "berth-agent starting");
+    status("connecting to the ledger");
+    let metrics_listener = match config.agent.metrics {
+        Some(address) => Some(crate::metrics::bind(address).await?),
+        None => None,
+    };
 
     // `Client::start` and a first request rather than `Client::connect`, whose future is not
     // `Send` in this version of berth-mb-xrpl (it holds a watch guard across an await).
@@ -170,6 +291,12 @@ pub async fn run(
     set(&machine, keys::HOST_ADDRESS, &host)?;
 
     let tracker = TaskTracker::new();
+    if let Some(listener) = metrics_listener {
+        tracker.spawn(
+            crate::metrics::serve(listener, machine.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("task", name = "metrics")),
+        );
+    }
     // MessageKey and registration first: the outbox keeps them in order before the mints.
     let message_key = keys
         .message_public()
@@ -179,9 +306,11 @@ pub async fn run(
         })?
         .to_ledger_hex();
     if xrpl.message_key_hex(&host).await?.as_deref() != Some(message_key.as_str()) {
-        machine.store().transaction(|tx| {
+        machine.store().transaction(|tx| -> Result<_, StoreError> {
             tx.enqueue(
-                &format!("message-key:{message_key}"),
+                OutboxKey::MessageKey {
+                    key_hex: message_key.clone(),
+                },
                 &LedgerAction::SetMessageKey {
                     key_hex: message_key.clone(),
                 },
@@ -190,112 +319,95 @@ pub async fn run(
         })?;
     }
     let registration = registration_action(&config)?;
-    let registration_key = format!(
-        "host-reg:{}",
-        hex::encode(sha2_digest(
-            &serde_json::to_vec(&registration).unwrap_or_default()
-        ))
-    );
+    let registration_key = OutboxKey::HostReg {
+        digest: hex::encode(sha2_digest(
+            &serde_json::to_vec(&registration).unwrap_or_default(),
+        )),
+    };
     machine
         .store()
-        .transaction(|tx| tx.enqueue(&registration_key, &registration).map(drop))?;
+        .transaction(|tx| tx.enqueue(registration_key, &registration).map(drop))?;
 
     check_funds_and_mint(&machine, &xrpl).await?;
 
-    // The outbox worker: signs in order, then submits each prepared row on its own task, so
-    // an answer never waits for the validation of another.
-    {
-        let machine = machine.clone();
-        let token = shutdown.clone();
-        let idle = settings.outbox_idle;
-        let tasks = tracker.clone();
-        tracker.spawn(async move {
-            let in_flight = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-            while !token.is_cancelled() {
-                let prepared = tokio::select! {
-                    _ = token.cancelled() => break,
-                    result = machine.prepare_pending() => result,
-                };
-                match prepared {
-                    Ok(rows) => {
-                        for row in rows {
-                            let fresh = in_flight
-                                .lock()
-                                .map(|mut set| set.insert(row.key.clone()))
-                                .unwrap_or(false);
-                            if !fresh {
-                                continue;
-                            }
-                            let (machine, in_flight, token) =
-                                (machine.clone(), in_flight.clone(), token.clone());
-                            tasks.spawn(async move {
-                                tokio::select! {
-                                    _ = token.cancelled() => {}
-                                    result = machine.submit_row(&row) => {
-                                        if let Err(e) = result {
-                                            machine.record_error("outbox", &e);
-                                            // Not again at once: the ledger may be away.
-                                            tokio::time::sleep(Duration::from_secs(1)).await;
-                                        }
-                                    }
-                                }
-                                if let Ok(mut set) = in_flight.lock() {
-                                    set.remove(&row.key);
-                                }
-                            });
-                        }
-                    }
-                    Err(e) => machine.record_error("outbox", &e),
-                }
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(idle) => {}
-                }
-            }
-        });
-    }
+    tracker.spawn(
+        outbox_task(
+            machine.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+            settings.outbox_idle,
+        )
+        .instrument(tracing::info_span!("task", name = "outbox")),
+    );
 
     for job in machine.resume()? {
         spawn_job(&tracker, &machine, job);
     }
+    if let Err(e) = machine.resume_pool().await {
+        machine.record_error("pool", &e);
+    }
+    status("catching up from the cursor");
     let catch_up_done = catch_up(&machine, &xrpl, &tracker).await?;
     info!(host = %host, "caught up; following the ledger");
-    notify(&settings, &[sd_notify::NotifyState::Ready]);
+    notifier.notify(&[sd_notify::NotifyState::Ready]);
+    status("following the ledger");
 
-    let mut watchdog_usec = 0u64;
-    let watchdog = if settings.notify && sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
-        Duration::from_micros(watchdog_usec / 2)
-    } else {
-        Duration::from_secs(3600)
-    };
-    let mut watchdog = tokio::time::interval(watchdog);
-    let heartbeat_every = Duration::from_secs(u64::from(config.lease.moment_secs.get()));
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let progress = Arc::new(Progress::default());
+    let watchdog_timeout = supervision.watchdog.or_else(|| notifier.watchdog_timeout());
+    if let Some(timeout) = watchdog_timeout {
+        tracker.spawn(
+            watchdog(
+                notifier.clone(),
+                timeout,
+                progress.clone(),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("task", name = "watchdog")),
+        );
+    }
+    let (closes, closed) = tokio::sync::mpsc::unbounded_channel();
+    tracker.spawn(
+        expiry_task(machine.clone(), tracker.clone(), closed, shutdown.clone())
+            .instrument(tracing::info_span!("task", name = "expiry")),
+    );
+    tracker.spawn(
+        heartbeat_task(machine.clone(), config.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("task", name = "heartbeat")),
+    );
+    tracker.spawn(
+        pool_task(machine.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("task", name = "pool")),
+    );
+    tracker.spawn(
+        housekeeping_task(
+            machine.clone(),
+            xrpl.clone(),
+            provisioner.clone(),
+            tracker.clone(),
+            schedule,
+            notifier.clone(),
+            shutdown.clone(),
+        )
+        .instrument(tracing::info_span!("task", name = "housekeeping")),
+    );
+
+    // The `stream` task is this one: it owns the event subscription.
+    let idle_tick = watchdog_timeout.map_or(Duration::from_secs(3600), |t| t / 4);
+    let mut idle = tokio::time::interval(idle_tick);
     let mut draining = machine.store().read().draining()?;
     // True while some request could not be handled: ledger closes then catch up from the
     // cursor instead of moving it.
     let mut stale = !catch_up_done;
-
+    let span = tracing::info_span!("task", name = "stream");
     loop {
-        let next_housekeeping = schedule
-            .upcoming(chrono::Utc)
-            .next()
-            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
-            .unwrap_or(Duration::from_secs(600));
-        tokio::select! {
+        progress.bump();
+        let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = watchdog.tick() => notify(&settings, &[sd_notify::NotifyState::Watchdog]),
-            _ = heartbeat.tick() => {
-                if let Err(e) = send_heartbeat(&machine, &config) {
-                    machine.record_error("heartbeat", &e);
-                }
-            }
-            _ = tokio::time::sleep(next_housekeeping) => {
-                if let Err(e) = housekeeping(&machine, &xrpl, provisioner.as_ref(), &tracker).await {
-                    machine.record_error("housekeeping", &e);
-                }
-            }
-            event = events.recv() => match event {
+            _ = idle.tick() => continue,
+            event = events.recv() => event,
+        };
+        async {
+            match event {
                 Ok(StreamEvent::Transaction(tx)) => {
                     if let Some(event) = event_of(&tx, &host) {
                         // A failed request keeps the cursor where it is until a catch-up
@@ -304,19 +416,26 @@ pub async fn run(
                     }
                 }
                 Ok(StreamEvent::LedgerClosed { index, time, .. }) => {
-                    set(&machine, keys::LEDGER_TIP, &index.to_string())?;
+                    if let Err(e) = set(&machine, keys::LEDGER_TIP, &index.to_string()) {
+                        machine.record_error("stream", &e);
+                    }
                     if stale {
                         match catch_up(&machine, &xrpl, &tracker).await {
                             Ok(done) => stale = !done,
                             Err(e) => machine.record_error("catch-up", &e),
                         }
                     } else {
-                        let event = crate::ledger::LedgerEvent::LedgerClosed { ledger: index, close_time: time };
-                        handle(&machine, &tracker, &event).await;
+                        let _ = closes.send(LedgerEvent::LedgerClosed {
+                            ledger: index,
+                            close_time: time,
+                        });
                     }
-                    let now_draining = machine.store().read().draining()?;
-                    if now_draining && !draining {
-                        info!("drain requested: offers are being cancelled");
+                    let now_draining = machine.store().read().draining().unwrap_or(draining);
+                    if now_draining != draining {
+                        if now_draining {
+                            info!("drain requested: offers are being cancelled");
+                        }
+                        machine.pool_wake();
                     }
                     draining = now_draining;
                 }
@@ -340,19 +459,205 @@ pub async fn run(
                         }
                     }
                 }
-                Err(RecvError::Closed) => break,
+                Err(RecvError::Closed) => shutdown.cancel(),
             }
         }
+        .instrument(span.clone())
+        .await;
     }
 
     info!("shutting down: waiting for work in flight");
-    notify(&settings, &[sd_notify::NotifyState::Stopping]);
+    notifier.notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
     client.shutdown().await;
     info!("berth-agent stopped");
     Ok(())
+}
+
+/// Signs in order, then submits each prepared row on its own task, so an answer never
+/// waits for the validation of another.
+async fn outbox_task(
+    machine: Arc<Machine>,
+    tasks: TaskTracker,
+    token: CancellationToken,
+    idle: Duration,
+) {
+    let in_flight = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    while !token.is_cancelled() {
+        let prepared = tokio::select! {
+            _ = token.cancelled() => break,
+            result = machine.prepare_pending() => result,
+        };
+        match prepared {
+            Ok(rows) => {
+                for row in rows {
+                    let fresh = in_flight
+                        .lock()
+                        .map(|mut set| set.insert(row.key.clone()))
+                        .unwrap_or(false);
+                    if !fresh {
+                        continue;
+                    }
+                    let (machine, in_flight, token) =
+                        (machine.clone(), in_flight.clone(), token.clone());
+                    let span = tracing::info_span!("submit", key = %row.key);
+                    tasks.spawn(
+                        async move {
+                            tokio::select! {
+                                _ = token.cancelled() => {}
+                                result = machine.submit_row(&row) => {
+                                    if let Err(e) = result {
+                                        machine.record_error("outbox", &e);
+                                        // Not again at once: the ledger may be away.
+                                        tokio::time::sleep(Duration::from_secs(1)).await;
+                                    }
+                                }
+                            }
+                            if let Ok(mut set) = in_flight.lock() {
+                                set.remove(&row.key);
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+            Err(e) => machine.record_error("outbox", &e),
+        }
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
+/// Ledger closes, in order, into the machine: cursor, grace, ending.
+async fn expiry_task(
+    machine: Arc<Machine>,
+    tracker: TaskTracker,
+    mut closes: tokio::sync::mpsc::UnboundedReceiver<LedgerEvent>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let close = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            close = closes.recv() => close,
+        };
+        let Some(close) = close else { break };
+        handle(&machine, &tracker, &close).await;
+    }
+}
+
+/// Heartbeats: the first once the offers minted at start-up are live (or after one moment
+/// at the latest), then once per moment.
+async fn heartbeat_task(machine: Arc<Machine>, config: HostConfig, shutdown: CancellationToken) {
+    let moment = Duration::from_secs(u64::from(config.lease.moment_secs.get()));
+    let waiting_since = tokio::time::Instant::now();
+    loop {
+        let settling = machine
+            .store()
+            .read()
+            .slots()
+            .map(|slots| {
+                slots
+                    .iter()
+                    .any(|s| matches!(s.state, SlotState::Minting | SlotState::Offering))
+            })
+            .unwrap_or(false);
+        if !settling || waiting_since.elapsed() >= moment {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    let mut ticker = tokio::time::interval(moment);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                if let Err(e) = send_heartbeat(&machine, &config) {
+                    machine.record_error("heartbeat", &e);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the pool at its goal: after each purchase that took an instance, on drain, and
+/// every few seconds (slots freed by ended leases).
+async fn pool_task(machine: Arc<Machine>, shutdown: CancellationToken) {
+    loop {
+        match machine.tend_pool().await {
+            Ok(plan) if plan != crate::machine::PoolPlan::Steady => {
+                debug!(?plan, "pool tended");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => machine.record_error("pool", &e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            () = machine.pool_changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Housekeeping on the cron schedule; a pass that fails is recorded, the next one runs.
+async fn housekeeping_task(
+    machine: Arc<Machine>,
+    xrpl: Arc<XrplLedger>,
+    provisioner: Arc<dyn Provisioner>,
+    tracker: TaskTracker,
+    schedule: cron::Schedule,
+    notifier: Arc<dyn Notifier>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = schedule
+            .upcoming(chrono::Utc)
+            .next()
+            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(600));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(next) => {}
+        }
+        let pass = housekeeping(&machine, &xrpl, provisioner.as_ref(), &tracker);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            result = pass => result,
+        };
+        if let Err(e) = result {
+            machine.record_error("housekeeping", &e);
+        }
+        if let Ok(text) = status_line(&machine) {
+            notifier.notify(&[sd_notify::NotifyState::Status(&text)]);
+        }
+    }
+}
+
+/// The `STATUS=` line: leases, slots on offer, pool, outbox.
+fn status_line(machine: &Machine) -> Result<String, StoreError> {
+    let store = machine.store();
+    let reader = store.read();
+    let live = reader
+        .leases(&[LeaseState::Active, LeaseState::Grace])?
+        .len();
+    let offered = reader
+        .slots()?
+        .iter()
+        .filter(|s| s.state == SlotState::Offered)
+        .count();
+    let pool = reader.pool()?.len();
+    let (outbox, _) = reader.outbox_backlog()?;
+    let draining = if reader.draining()? { ", draining" } else { "" };
+    Ok(format!(
+        "{live} leases, {offered} slots offered, {pool} pooled, {outbox} outbox rows{draining}"
+    ))
 }
 
 fn sha2_digest(bytes: &[u8]) -> [u8; 8] {
@@ -400,8 +705,8 @@ fn send_heartbeat(machine: &Machine, config: &HostConfig) -> Result<(), MachineE
         problem: e.to_string(),
     })?;
     let now = crate::store::now_secs();
-    machine.store().transaction(|tx| {
-        tx.enqueue(&format!("heartbeat:{now}"), &action)?;
+    machine.store().transaction(|tx| -> Result<_, StoreError> {
+        tx.enqueue(OutboxKey::Heartbeat { at: now }, &action)?;
         tx.set_setting(keys::HEARTBEAT, &now.to_string())
     })?;
     Ok(())
@@ -511,10 +816,8 @@ async fn catch_up(
     Ok(true)
 }
 
-/// `result` of a failed outbox row whose work housekeeping queued again.
-const RETRIED: &str = "retried by housekeeping";
-
-/// Reconciles ledger, SQLite and Docker; records instance health; re-queues lost work.
+/// Reconciles ledger, SQLite and Docker; records instance health (bounded, in parallel);
+/// runs the disk-quota watchdog; carries out the machine's re-queues.
 async fn housekeeping(
     machine: &Arc<Machine>,
     xrpl: &XrplLedger,
@@ -524,8 +827,8 @@ async fn housekeeping(
     let facts = xrpl.account_facts().await?;
     set(machine, keys::BALANCE, &facts.balance_drops.to_string())?;
     set(machine, keys::RESERVE, &facts.reserve_drops.to_string())?;
-    // Docker: exactly the instances of live leases. Not while a lease is being provisioned
-    // or ended (its job owns its instance), and no job starts meanwhile.
+    // Docker: exactly the instances of live leases and the ready pool. Not while a lease is
+    // being provisioned or ended (its job owns its instance), and no job starts meanwhile.
     let gate = machine.exclusive().await;
     let busy = !machine.resume()?.is_empty();
     let reconciled = if busy {
@@ -545,24 +848,50 @@ async fn housekeeping(
         }
         Err(e) => machine.record_error("reconcile", &e),
     }
+    // Tenants are promised a disk limit: instances over it are stopped.
+    match provisioner.enforce_disk_quota().await {
+        Ok(checks) => {
+            for check in checks.iter().filter(|c| c.stopped) {
+                let message = format!(
+                    "instance {} stopped: its state volume uses {} of its {} bytes",
+                    check.instance, check.used_bytes, check.quota_bytes
+                );
+                warn!(instance = %check.instance, used = check.used_bytes, quota = check.quota_bytes, "instance over its disk quota stopped");
+                machine
+                    .store()
+                    .transaction(|tx| tx.record_error("disk-quota", &message))?;
+                machine.metrics().error("disk-quota");
+            }
+        }
+        Err(e) => machine.record_error("disk-quota", &e),
+    }
     let live = machine
         .store()
         .read()
         .leases(&[LeaseState::Active, LeaseState::Grace])?;
-    for lease in live {
-        let health = match provisioner.health(&lease.instance).await {
-            Ok(berth_provisioner::Health::Answering) => "answering".to_owned(),
-            Ok(berth_provisioner::Health::NotAnswering) => "not answering".to_owned(),
-            Ok(berth_provisioner::Health::NotRunning(InstanceState::Exited)) => "exited".to_owned(),
-            Ok(berth_provisioner::Health::NotRunning(state)) => state.to_string(),
-            Err(e) => format!("unknown: {e}"),
-        };
-        set(
-            machine,
-            &format!("{}{}", keys::HEALTH, lease.instance),
-            &health,
-        )?;
-    }
+    let parallel = usize::try_from(machine.config().agent.health_checks.get()).unwrap_or(8);
+    let healths: Vec<(String, String)> = futures_util::stream::iter(live)
+        .map(|lease| async move {
+            let health = match provisioner.health(&lease.instance).await {
+                Ok(berth_provisioner::Health::Answering) => "answering".to_owned(),
+                Ok(berth_provisioner::Health::NotAnswering) => "not answering".to_owned(),
+                Ok(berth_provisioner::Health::NotRunning(InstanceState::Exited)) => {
+                    "exited".to_owned()
+                }
+                Ok(berth_provisioner::Health::NotRunning(state)) => state.to_string(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            (lease.instance, health)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    machine.store().transaction(|tx| -> Result<_, StoreError> {
+        for (instance, health) in &healths {
+            tx.set_setting(&format!("{}{instance}", keys::HEALTH), health)?;
+        }
+        Ok::<_, StoreError>(())
+    })?;
     // Ledger: an offer the ledger no longer has (cancelled or expired behind our back) is
     // made again.
     let offered: Vec<_> = machine
@@ -580,74 +909,10 @@ async fn housekeeping(
             continue;
         }
         warn!(slot = slot.slot, %offer, "sell offer lost; offering again");
-        let price = machine.config().lease.price_drops.get();
-        let now = crate::store::now_secs();
-        machine.store().transaction(|tx| {
-            // Only if nothing changed meanwhile (a purchase also removes the offer).
-            if tx.slot(slot.slot)?.as_ref() != Some(&slot) {
-                return Ok(());
-            }
-            tx.set_slot(slot.slot, SlotState::Offering, Some(token), None)?;
-            tx.enqueue(
-                &format!("offer:{token}:{now}"),
-                &LedgerAction::Offer {
-                    slot: slot.slot,
-                    token_id: token.clone(),
-                    amount_drops: price,
-                },
-            )
-            .map(drop)
-        })?;
+        machine.offer_lost(&slot)?;
     }
     // Ledger: slots whose mint or offer failed get them queued again.
-    let failed: Vec<_> = machine
-        .store()
-        .read()
-        .outbox(&[OutboxState::Failed])?
-        .into_iter()
-        .filter(|row| row.result.as_deref() != Some(RETRIED))
-        .collect();
-    let now = crate::store::now_secs();
-    let price = machine.config().lease.price_drops.get();
-    let draining = machine.store().read().draining()?;
-    machine.store().transaction(|tx| {
-        for slot in tx.slots()? {
-            let lost = failed.iter().any(|row| match &row.action {
-                LedgerAction::Mint { slot: s, .. } => *s == slot.slot,
-                LedgerAction::Offer { slot: s, .. } => *s == slot.slot,
-                _ => false,
-            });
-            if !lost {
-                continue;
-            }
-            match (slot.state, &slot.token_id) {
-                (SlotState::Minting, None) => {
-                    tx.enqueue(
-                        &format!("mint:{}:{}:{now}", slot.slot, slot.generation),
-                        &LedgerAction::Mint {
-                            slot: slot.slot,
-                            uri_hex: machine.config().lease_uri(slot.slot).to_hex(),
-                        },
-                    )?;
-                }
-                (SlotState::Offering, Some(token)) if !draining => {
-                    tx.enqueue(
-                        &format!("offer:{token}:{now}"),
-                        &LedgerAction::Offer {
-                            slot: slot.slot,
-                            token_id: token.clone(),
-                            amount_drops: price,
-                        },
-                    )?;
-                }
-                _ => {}
-            }
-        }
-        for row in &failed {
-            tx.outbox_done(&row.key, OutboxState::Failed, RETRIED)?;
-        }
-        Ok(())
-    })?;
+    machine.requeue_failed()?;
     // Leases stuck in provisioning or ending (a job failed): run their jobs again.
     for job in machine.resume()? {
         spawn_job(tracker, machine, job);

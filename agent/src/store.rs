@@ -1,8 +1,9 @@
-//! The agent's SQLite store: slots, leases, ports, the outbox, the ledger cursor, recent errors.
+//! The agent's SQLite store: slots, leases, ports, the instance pool, the outbox, the ledger
+//! cursor, recent errors. Persistence only: what to write is decided by `crate::machine`.
 //!
 //! **Invariant:** every state transition is one SQLite transaction together with the outbox rows
-//! it causes, and every outbox row is keyed (`answer:<request hash>`, `mint:<slot>:<generation>`,
-//! ...) so it is written at most once. That, and the `requests` table that records each request
+//! it causes, and every outbox row is keyed (the caller's keys, spelled by
+//! `crate::outbox::OutboxKey`) so it is written at most once. That, and the `requests` table that records each request
 //! transaction handled, is what makes "exactly one answer per request" hold across a SIGKILL.
 //!
 //! The database runs in WAL mode, so `berth-agent status` can read it while `run` writes.
@@ -17,9 +18,10 @@ use thiserror::Error;
 use crate::ledger::LedgerAction;
 
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE slots (
     slot        INTEGER PRIMARY KEY,
     generation  INTEGER NOT NULL DEFAULT 0,
@@ -89,7 +91,18 @@ CREATE TABLE settings (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE pool (
+    instance    TEXT PRIMARY KEY,
+    user_port   INTEGER NOT NULL UNIQUE,
+    peer_port   INTEGER NOT NULL UNIQUE,
+    state       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+ALTER TABLE leases ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// Why the store failed; names the database file or the row.
 #[derive(Debug, Error)]
@@ -202,6 +215,41 @@ text_enum!(
     Failed = "failed"
 );
 
+/// A table whose rows have a `state`, for [`Reader::counts_by_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateTable {
+    Leases,
+    Slots,
+    Pool,
+}
+
+/// The life of a pooled instance (created and started before it is sold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolState {
+    /// Recorded (its ports taken); its instance is being created and started.
+    Creating,
+    /// Running without an owner: the next purchase may take it.
+    Ready,
+}
+
+text_enum!(
+    PoolState,
+    "pool state",
+    Creating = "creating",
+    Ready = "ready"
+);
+
+/// One pooled instance. A purchase takes it out of the pool and into its lease, for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolInstance {
+    pub instance: String,
+    pub user_port: u16,
+    pub peer_port: u16,
+    pub state: PoolState,
+    pub created_at: u64,
+}
+
 /// Where an outbox row is on its way to the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,6 +298,8 @@ pub struct Lease {
     pub state: LeaseState,
     pub end_request: Option<String>,
     pub end_reason: Option<String>,
+    /// Its instance came from the pool (it was assigned, not created, for this lease).
+    pub pooled: bool,
 }
 
 /// A lease about to be recorded (see [`Store::record_lease`]).
@@ -270,6 +320,7 @@ pub struct NewLease {
     pub moments: u64,
     pub started_at: u64,
     pub expires_at: u64,
+    pub pooled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -284,6 +335,8 @@ pub struct OutboxRow {
     pub last_ledger: Option<u32>,
     pub result: Option<String>,
     pub attempts: u32,
+    /// When the row was written, Unix seconds.
+    pub created_at: u64,
 }
 
 /// The last ledger whose transactions were all handled, and the ledger clock.
@@ -428,9 +481,18 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = Tx(self.conn.transaction()?);
+        self.transaction_with(f)
+    }
+
+    /// [`Store::transaction`] where `f` fails with the caller's error, which any
+    /// [`StoreError`] converts into.
+    pub fn transaction_with<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = Tx(self.conn.transaction().map_err(StoreError::from)?);
         let value = f(&tx)?;
-        tx.0.commit()?;
+        tx.0.commit().map_err(StoreError::from)?;
         Ok(value)
     }
 
@@ -473,7 +535,7 @@ fn finish_slot((mut slot, state): (Slot, String)) -> Result<Slot, StoreError> {
 
 const LEASE_COLUMNS: &str = "id, purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
     contract_id, instance, node_secret, node_key, user_port, peer_port, moments, started_at, \
-    expires_at, state, end_request, end_reason";
+    expires_at, state, end_request, end_reason, pooled";
 
 fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> {
     Ok((
@@ -497,6 +559,7 @@ fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> 
             state: LeaseState::Provisioning,
             end_request: row.get(17)?,
             end_reason: row.get(18)?,
+            pooled: row.get(19)?,
         },
         row.get(16)?,
     ))
@@ -507,7 +570,8 @@ fn finish_lease((mut lease, state): (Lease, String)) -> Result<Lease, StoreError
     Ok(lease)
 }
 
-const OUTBOX_COLUMNS: &str = "id, key, action, state, tx_hash, blob, last_ledger, result, attempts";
+const OUTBOX_COLUMNS: &str =
+    "id, key, action, state, tx_hash, blob, last_ledger, result, attempts, created_at";
 
 /// An outbox row as stored, before its action JSON and state are parsed.
 struct RawOutbox {
@@ -520,6 +584,7 @@ struct RawOutbox {
     last_ledger: Option<u32>,
     result: Option<String>,
     attempts: u32,
+    created_at: i64,
 }
 
 fn finish_outbox(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOutbox> {
@@ -533,6 +598,7 @@ fn finish_outbox(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOutbox> {
         last_ledger: row.get(6)?,
         result: row.get(7)?,
         attempts: row.get(8)?,
+        created_at: row.get(9)?,
     })
 }
 
@@ -551,6 +617,7 @@ fn parse_outbox(raw: RawOutbox) -> Result<OutboxRow, StoreError> {
         last_ledger: raw.last_ledger,
         result: raw.result,
         attempts: raw.attempts,
+        created_at: raw.created_at.max(0).unsigned_abs(),
     })
 }
 
@@ -647,11 +714,71 @@ impl $ty {
             .optional()?)
     }
 
-    /// Every port held by a lease.
+    /// Every port held by a lease or a pooled instance.
     pub fn ports_in_use(&self) -> Result<std::collections::BTreeSet<u16>, StoreError> {
-        let mut stmt = self.prepare("SELECT port FROM ports")?;
+        let mut stmt = self.prepare(
+            "SELECT port FROM ports UNION SELECT user_port FROM pool UNION SELECT peer_port FROM pool",
+        )?;
         let ports = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
         Ok(ports)
+    }
+
+    /// `(state, count)` of the rows of `leases` or `slots` (for metrics).
+    pub fn counts_by_state(&self, table: StateTable) -> Result<Vec<(String, u64)>, StoreError> {
+        let sql = match table {
+            StateTable::Leases => "SELECT state, COUNT(*) FROM leases GROUP BY state",
+            StateTable::Slots => "SELECT state, COUNT(*) FROM slots GROUP BY state",
+            StateTable::Pool => "SELECT state, COUNT(*) FROM pool GROUP BY state",
+        };
+        let mut stmt = self.prepare(sql)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0).unsigned_abs()))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Rows waiting to reach the ledger (pending or prepared) and the creation time of the
+    /// oldest, Unix seconds.
+    pub fn outbox_backlog(&self) -> Result<(u64, Option<u64>), StoreError> {
+        Ok(self
+            .prepare(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state IN ('pending', 'prepared')",
+            )?
+            .query_row([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?.max(0).unsigned_abs(),
+                    row.get::<_, Option<i64>>(1)?.map(|t| t.max(0).unsigned_abs()),
+                ))
+            })?)
+    }
+
+    /// The pooled instances, oldest first.
+    pub fn pool(&self) -> Result<Vec<PoolInstance>, StoreError> {
+        let mut stmt = self.prepare(
+            "SELECT instance, user_port, peer_port, state, created_at FROM pool ORDER BY created_at, instance",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    PoolInstance {
+                        instance: row.get(0)?,
+                        user_port: row.get(1)?,
+                        peer_port: row.get(2)?,
+                        state: PoolState::Creating,
+                        created_at: row.get::<_, i64>(4)?.max(0).unsigned_abs(),
+                    },
+                    row.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(mut pooled, state)| {
+                pooled.state = PoolState::parse(&state)?;
+                Ok(pooled)
+            })
+            .collect()
     }
 
     pub fn outbox_row(&self, key: &str) -> Result<Option<OutboxRow>, StoreError> {
@@ -732,10 +859,10 @@ impl Tx<'_> {
 
     /// Creates the slot rows `0..count` that do not exist yet, each with a queued mint.
     /// Returns the slots created.
-    pub fn ensure_slots(
+    pub fn ensure_slots<K: std::fmt::Display>(
         &self,
         count: u32,
-        mint: impl Fn(u32, u32) -> (String, LedgerAction),
+        mint: impl Fn(u32, u32) -> (K, LedgerAction),
     ) -> Result<Vec<u32>, StoreError> {
         let mut created = Vec::new();
         for slot in 0..count {
@@ -745,7 +872,7 @@ impl Tx<'_> {
                     [slot],
                 )?;
                 let (key, action) = mint(slot, 0);
-                self.enqueue(&key, &action)?;
+                self.enqueue(key, &action)?;
                 created.push(slot);
             }
         }
@@ -778,19 +905,24 @@ impl Tx<'_> {
 
     /// Queues a ledger action under `key`; a second call with the same key changes nothing.
     /// Returns whether the row is new.
-    pub fn enqueue(&self, key: &str, action: &LedgerAction) -> Result<bool, StoreError> {
+    pub fn enqueue(
+        &self,
+        key: impl std::fmt::Display,
+        action: &LedgerAction,
+    ) -> Result<bool, StoreError> {
         self.enqueue_as(key, action, OutboxState::Pending)
     }
 
     /// Like [`Tx::enqueue`], in `state` (`held` rows wait for [`Tx::release`]).
     pub fn enqueue_as(
         &self,
-        key: &str,
+        key: impl std::fmt::Display,
         action: &LedgerAction,
         state: OutboxState,
     ) -> Result<bool, StoreError> {
+        let key = key.to_string();
         let action = serde_json::to_string(action).map_err(|source| StoreError::BadAction {
-            key: key.to_owned(),
+            key: key.clone(),
             source,
         })?;
         let now = to_i64(now_secs());
@@ -803,7 +935,8 @@ impl Tx<'_> {
     }
 
     /// Lets a `held` outbox row go out.
-    pub fn release(&self, key: &str) -> Result<(), StoreError> {
+    pub fn release(&self, key: impl std::fmt::Display) -> Result<(), StoreError> {
+        let key = key.to_string();
         self.execute(
             "UPDATE outbox SET state = 'pending', updated_at = ?2 WHERE key = ?1 AND state = 'held'",
             params![key, to_i64(now_secs())],
@@ -836,13 +969,43 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Records a pooled instance as being created (its ports are taken from now on).
+    pub fn add_pooled(
+        &self,
+        instance: &str,
+        user_port: u16,
+        peer_port: u16,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO pool (instance, user_port, peer_port, state, created_at) \
+             VALUES (?1, ?2, ?3, 'creating', ?4)",
+            params![instance, user_port, peer_port, to_i64(now_secs())],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a pooled instance running; false when it left the pool meanwhile.
+    pub fn pooled_ready(&self, instance: &str) -> Result<bool, StoreError> {
+        let changed = self.execute(
+            "UPDATE pool SET state = 'ready' WHERE instance = ?1",
+            [instance],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Takes an instance out of the pool; false when it was not there.
+    pub fn take_pooled(&self, instance: &str) -> Result<bool, StoreError> {
+        let changed = self.execute("DELETE FROM pool WHERE instance = ?1", [instance])?;
+        Ok(changed == 1)
+    }
+
     /// Records a lease in state `provisioning` and takes its ports. Returns its id.
     pub fn record_lease(&self, lease: &NewLease) -> Result<i64, StoreError> {
         self.execute(
             "INSERT INTO leases (purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
              contract_id, instance, node_secret, node_key, user_port, peer_port, moments, \
-             started_at, expires_at, state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'provisioning')",
+             started_at, expires_at, state, pooled) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'provisioning', ?16)",
             params![
                 lease.purchase_tx,
                 lease.slot,
@@ -859,6 +1022,7 @@ impl Tx<'_> {
                 to_i64(lease.moments),
                 to_i64(lease.started_at),
                 to_i64(lease.expires_at),
+                lease.pooled,
             ],
         )?;
         let id = self.last_insert_rowid();
@@ -982,46 +1146,6 @@ impl Tx<'_> {
             params![key, value],
         )?;
         Ok(())
-    }
-
-    /// Stops selling: queues a cancel of every live offer. Returns how many.
-    pub fn drain(&self) -> Result<usize, StoreError> {
-        self.set_setting("draining", "true")?;
-        let mut cancelled = 0;
-        for slot in self.slots()? {
-            if let (SlotState::Offered, Some(offer)) = (slot.state, &slot.offer_id) {
-                self.enqueue(
-                    &format!("cancel:{offer}"),
-                    &LedgerAction::CancelOffer {
-                        slot: slot.slot,
-                        offer_id: offer.clone(),
-                    },
-                )?;
-                cancelled += 1;
-            }
-        }
-        Ok(cancelled)
-    }
-
-    /// Sells again: queues an offer at `price` for every `held` slot. Returns how many.
-    pub fn undrain(&self, price: u64) -> Result<usize, StoreError> {
-        self.set_setting("draining", "false")?;
-        let mut offered = 0;
-        for slot in self.slots()? {
-            if let (SlotState::Held, Some(token)) = (slot.state, &slot.token_id) {
-                self.set_slot(slot.slot, SlotState::Offering, Some(token), None)?;
-                self.enqueue(
-                    &format!("offer:{token}:{}", now_secs()),
-                    &LedgerAction::Offer {
-                        slot: slot.slot,
-                        token_id: token.clone(),
-                        amount_drops: price,
-                    },
-                )?;
-                offered += 1;
-            }
-        }
-        Ok(offered)
     }
 
     /// Keeps an error for `status`; only the latest 200 are kept.

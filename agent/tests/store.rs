@@ -35,6 +35,7 @@ fn lease(purchase: &str, slot: u32, ports: (u16, u16)) -> NewLease {
         moments: 1,
         started_at: 100,
         expires_at: 3700,
+        pooled: false,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Commands:
 //!   run --state-dir DIR   listen on HP_USER_PORT and HP_PEER_PORT, greet each connection with
-//!                         `berth-probe <HP_CONTRACT_ID>`; writes DIR/started first;
+//!                         `berth-probe <HP_CONTRACT_ID>`; writes DIR/started first; without
+//!                         HP_CONTRACT_ID (a pooled instance) it first waits for DIR/assigned
+//!                         and takes HP_CONTRACT_ID from DIR/assign.env;
 //!                         `crash` sent to the peer port makes it exit with status 3
 //!   alloc MIB             allocate and touch MIB mebibytes, print `allocated <n>` as it goes
 //!   spawn N               start up to N sleeping threads, print `spawned <k>`
@@ -44,7 +46,10 @@ fn run(args: &[String]) -> i32 {
         eprintln!("cannot write {state_dir}/started: {error}");
         return 1;
     }
-    let contract = std::env::var("HP_CONTRACT_ID").unwrap_or_default();
+    let contract = match std::env::var("HP_CONTRACT_ID") {
+        Ok(contract) if !contract.is_empty() => contract,
+        _ => assigned_contract(&state_dir),
+    };
     let mut listeners = Vec::new();
     for key in ["HP_USER_PORT", "HP_PEER_PORT"] {
         let port = std::env::var(key).unwrap_or_default();
@@ -66,6 +71,18 @@ fn run(args: &[String]) -> i32 {
         serve(user, &contract, false);
     }
     0
+}
+
+/// Waits for a pooled instance's assignment and returns its contract id.
+fn assigned_contract(state_dir: &str) -> String {
+    while std::fs::metadata(format!("{state_dir}/assigned")).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(format!("{state_dir}/assign.env")).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("HP_CONTRACT_ID="))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Greets each connection; on the peer port, a connection that sends `crash` makes the whole

@@ -681,6 +681,64 @@ impl Provisioner for DockerProvisioner {
         self.create_checked(spec, &existing).await
     }
 
+    async fn assign(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
+        validate_name(&spec.name)?;
+        spec.validate_identity()?;
+        // One archive, extracted in order: the marker only after the identity is complete.
+        // Docker extracts into the state volume (not the read-only root) as root, mode 0644,
+        // so the instance's user can read it; the runtime keeps its own copy in hp.cfg.
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            (
+                crate::spec::ASSIGNMENT_ENV,
+                spec.assignment_env().into_bytes(),
+            ),
+            (crate::spec::ASSIGNED_MARKER, b"assigned\n".to_vec()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, bytes.as_slice())
+                .map_err(|source| ProvisionError::Archive {
+                    instance: spec.name.clone(),
+                    source,
+                })?;
+        }
+        let archive = builder
+            .into_inner()
+            .map_err(|source| ProvisionError::Archive {
+                instance: spec.name.clone(),
+                source,
+            })?;
+        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+            .path(&spec.state_dir)
+            .build();
+        match self
+            .docker
+            .upload_to_container(
+                &self.container_name(&spec.name),
+                Some(options),
+                bollard::body_full(archive.into()),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(instance = spec.name, "pooled instance assigned");
+                Ok(())
+            }
+            Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
+                instance: spec.name.clone(),
+            }),
+            Err(source) => Err(ProvisionError::engine(
+                &spec.name,
+                Operation::Assign,
+                source,
+            )),
+        }
+    }
+
     async fn start(&self, name: &str) -> Result<(), ProvisionError> {
         validate_name(name)?;
         let result = self

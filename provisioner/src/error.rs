@@ -13,6 +13,7 @@ pub enum Operation {
     List,
     Reconcile,
     MeasureDisk,
+    Assign,
 }
 
 impl fmt::Display for Operation {
@@ -27,6 +28,7 @@ impl fmt::Display for Operation {
             Operation::List => "list",
             Operation::Reconcile => "reconcile",
             Operation::MeasureDisk => "measure the disk use of",
+            Operation::Assign => "assign",
         })
     }
 }
@@ -124,6 +126,12 @@ pub enum ProvisionError {
         instance: String,
         volume: String,
         path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the assignment archive of instance {instance}")]
+    Archive {
+        instance: String,
         #[source]
         source: std::io::Error,
     },

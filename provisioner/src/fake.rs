@@ -20,6 +20,7 @@ pub enum Call {
     EnsureImage(String),
     AllocatePorts(BTreeSet<u16>),
     Create(Box<InstanceSpec>),
+    Assign(String),
     Start(String),
     Stop(String),
     Destroy(String),
@@ -225,6 +226,24 @@ impl Provisioner for RecordingProvisioner {
             &spec.name,
         )?;
         self.create_in(&mut state, spec)
+    }
+
+    async fn assign(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
+        let mut state = self.begin(
+            Call::Assign(spec.name.clone()),
+            Operation::Assign,
+            &spec.name,
+        )?;
+        spec.validate_identity()?;
+        let (current, _) =
+            state
+                .instances
+                .get_mut(&spec.name)
+                .ok_or_else(|| ProvisionError::NotFound {
+                    instance: spec.name.clone(),
+                })?;
+        current.identity = spec.identity.clone();
+        Ok(())
     }
 
     async fn start(&self, name: &str) -> Result<(), ProvisionError> {

@@ -1,5 +1,5 @@
 //! The narrow interface the agent uses, and the values it returns. [`crate::DockerProvisioner`]
-//! is the real implementation; [`crate::RecordingProvisioner`] records calls for unit tests.
+//! is the real implementation; `RecordingProvisioner` (feature `test-support`) records calls for unit tests.
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -152,6 +152,11 @@ pub trait Provisioner: Send + Sync {
     ) -> Result<InstancePorts, ProvisionError>;
     /// Creates the container and its state volume, not started. On failure nothing is left.
     async fn create(&self, spec: &InstanceSpec) -> Result<(), ProvisionError>;
+    /// Hands a pooled instance (created with [`InstanceSpec::awaiting_assignment`], usually
+    /// running already) its identity: `spec.identity` is written into its state directory,
+    /// where it waits for it. Assigning again the same identity succeeds. `NotFound` when the
+    /// container does not exist.
+    async fn assign(&self, spec: &InstanceSpec) -> Result<(), ProvisionError>;
     /// Starts it; starting a running instance succeeds.
     async fn start(&self, name: &str) -> Result<(), ProvisionError>;
     /// Stops it; stopping a stopped instance succeeds.

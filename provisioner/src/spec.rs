@@ -54,6 +54,21 @@ pub struct InstanceSpec {
     pub user: String,
     /// Added to the environment after the `HP_*` variables.
     pub extra_env: Vec<(String, String)>,
+    /// A pooled instance: created and started before it is sold, without an owner. Its
+    /// environment carries no identity; it waits for [`ASSIGNED_MARKER`] in its state
+    /// directory and then runs with the `HP_*` variables of [`ASSIGNMENT_ENV`] (written by
+    /// [`crate::Provisioner::assign`]). `identity` is then only what `assign` will hand over.
+    pub awaits_assignment: bool,
+}
+
+/// File in the state directory that hands a pooled instance its `HP_*` identity.
+pub const ASSIGNMENT_ENV: &str = "assign.env";
+/// File in the state directory written after [`ASSIGNMENT_ENV`]: the instance may start.
+pub const ASSIGNED_MARKER: &str = "assigned";
+
+/// Quotes one word for `sh -c`.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// The instance image of the hotpocket runtime.
@@ -81,7 +96,58 @@ impl InstanceSpec {
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             user: DEFAULT_USER.to_owned(),
             extra_env: Vec::new(),
+            awaits_assignment: false,
         }
+    }
+
+    /// This spec as a pooled instance (see [`InstanceSpec::awaits_assignment`]). The
+    /// hotpocket runtime reads its identity from the environment on first start, so its
+    /// command is wrapped in a busybox shell (the instance image has one) that waits for the
+    /// assignment and then `exec`s the runtime with it. Other commands (the tests' probe)
+    /// wait for the assignment themselves.
+    pub fn awaiting_assignment(mut self) -> Self {
+        if self.awaits_assignment {
+            return self;
+        }
+        self.awaits_assignment = true;
+        if self.command.first().map(String::as_str) == Some("/hotpocket") {
+            let dir = shell_quote(&self.state_dir);
+            let runtime: Vec<String> = self.command.iter().map(|w| shell_quote(w)).collect();
+            let script = format!(
+                "while [ ! -e {dir}/{ASSIGNED_MARKER} ]; do /bin/busybox sleep 0.1 2>/dev/null || /bin/busybox sleep 1; done; \
+                 set -a; . {dir}/{ASSIGNMENT_ENV}; set +a; exec {}",
+                runtime.join(" ")
+            );
+            self.command = vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script];
+        }
+        self
+    }
+
+    /// The content of [`ASSIGNMENT_ENV`]: the identity as `HP_*` lines.
+    pub fn assignment_env(&self) -> String {
+        format!(
+            "HP_CONTRACT_ID={}\nHP_OWNER_PUBKEY={}\nHP_NODE_SECRET={}\n",
+            self.identity.contract_id, self.identity.owner_pubkey, self.identity.node_secret
+        )
+    }
+
+    /// Checks the identity fields; the error names the instance and the field.
+    pub fn validate_identity(&self) -> Result<(), ProvisionError> {
+        if !is_uuid(&self.identity.contract_id) {
+            return Err(self.invalid(
+                "contract_id",
+                "must be a uuid like 3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10",
+            ));
+        }
+        let key = &self.identity.owner_pubkey;
+        if !(key.len() == 66 && key.starts_with("ed") && is_hex(&key[2..])) {
+            return Err(self.invalid("owner_pubkey", "must be 'ed' followed by 64 hex digits"));
+        }
+        let seed = &self.identity.node_secret;
+        if !(seed.len() == 64 && is_hex(seed)) {
+            return Err(self.invalid("node_secret", "must be 64 hex digits"));
+        }
+        Ok(())
     }
 
     fn invalid(&self, field: &'static str, reason: impl Into<String>) -> ProvisionError {
@@ -107,19 +173,8 @@ impl InstanceSpec {
         if self.image.is_empty() {
             return Err(self.invalid("image", "must not be empty"));
         }
-        if !is_uuid(&self.identity.contract_id) {
-            return Err(self.invalid(
-                "contract_id",
-                "must be a uuid like 3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10",
-            ));
-        }
-        let key = &self.identity.owner_pubkey;
-        if !(key.len() == 66 && key.starts_with("ed") && is_hex(&key[2..])) {
-            return Err(self.invalid("owner_pubkey", "must be 'ed' followed by 64 hex digits"));
-        }
-        let seed = &self.identity.node_secret;
-        if !(seed.len() == 64 && is_hex(seed)) {
-            return Err(self.invalid("node_secret", "must be 64 hex digits"));
+        if !self.awaits_assignment {
+            self.validate_identity()?;
         }
         if self.ports.user == 0 || self.ports.peer == 0 || self.ports.user == self.ports.peer {
             return Err(self.invalid("ports", "must be two different non-zero ports"));
@@ -149,14 +204,20 @@ impl InstanceSpec {
     }
 
     /// The container's environment: the `HP_*` contract, then the extras.
+    /// A pooled instance's has no identity (see [`InstanceSpec::awaits_assignment`]).
     pub fn env(&self) -> Vec<String> {
-        let mut env = vec![
-            format!("HP_CONTRACT_ID={}", self.identity.contract_id),
-            format!("HP_OWNER_PUBKEY={}", self.identity.owner_pubkey),
-            format!("HP_NODE_SECRET={}", self.identity.node_secret),
+        let mut env = Vec::new();
+        if !self.awaits_assignment {
+            env.extend([
+                format!("HP_CONTRACT_ID={}", self.identity.contract_id),
+                format!("HP_OWNER_PUBKEY={}", self.identity.owner_pubkey),
+                format!("HP_NODE_SECRET={}", self.identity.node_secret),
+            ]);
+        }
+        env.extend([
             format!("HP_USER_PORT={}", self.ports.user),
             format!("HP_PEER_PORT={}", self.ports.peer),
-        ];
+        ]);
         env.extend(
             self.extra_env
                 .iter()
@@ -172,7 +233,14 @@ impl InstanceSpec {
             (labels::NAMESPACE, namespace.to_owned()),
             (labels::INSTANCE, self.name.clone()),
             (labels::LEASE, self.lease_id.clone()),
-            (labels::CONTRACT, self.identity.contract_id.clone()),
+            (
+                labels::CONTRACT,
+                if self.awaits_assignment {
+                    "pooled".to_owned()
+                } else {
+                    self.identity.contract_id.clone()
+                },
+            ),
             (labels::USER_PORT, self.ports.user.to_string()),
             (labels::PEER_PORT, self.ports.peer.to_string()),
         ]

@@ -50,6 +50,39 @@ pub struct HostConfig {
     pub runtime: Runtime,
     #[serde(default)]
     pub housekeeping: Housekeeping,
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+/// `[agent]`: the host agent's own knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Instances kept created and started, without an owner, so a purchase is answered
+    /// without waiting for Docker (at most the free slots). Default 0.
+    #[serde(default)]
+    pub pool: u32,
+    /// Loopback address of the Prometheus metrics endpoint (`GET /metrics`), e.g.
+    /// `"127.0.0.1:9464"`. Default none: no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Instance health checks run at once during housekeeping. Default 8.
+    #[serde(default = "default_health_checks")]
+    pub health_checks: NonZeroU32,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            pool: 0,
+            metrics: None,
+            health_checks: default_health_checks(),
+        }
+    }
+}
+
+fn default_health_checks() -> NonZeroU32 {
+    const { non_zero(8) }
 }
 
 /// `[ledger]`: where the agent talks to the XRP Ledger.
@@ -341,6 +374,15 @@ impl HostConfig {
         }
         if self.host.data_dir.as_os_str().is_empty() {
             return Err(invalid("host.data_dir", "\"\"", "must not be empty"));
+        }
+        if let Some(address) = self.agent.metrics {
+            if !address.ip().is_loopback() {
+                return Err(invalid(
+                    "agent.metrics",
+                    format!("\"{address}\""),
+                    "must be a loopback address (127.0.0.1 or ::1)",
+                ));
+            }
         }
         let slots = self.lease.slots.get();
         for (key, range) in [

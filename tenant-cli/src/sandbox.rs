@@ -481,6 +481,8 @@ user = "{user}"
 peer = "{peer}"
 [housekeeping]
 schedule = "*/{every} * * * * *"
+[agent]
+metrics = "127.0.0.1:0"
 "#,
         price = opts.price_drops,
         moment = opts.moment_secs,

@@ -72,6 +72,10 @@ pub struct Options {
     /// Run the real instance image `berth-hotpocket:latest` (built by hotpocket/image/build.sh
     /// when missing) instead of the probe.
     pub hotpocket: bool,
+    /// `agent.pool`: instances kept started for the next purchases.
+    pub pool: u32,
+    /// `agent.metrics`: the Prometheus endpoint's address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -79,6 +83,8 @@ impl Default for Options {
         Self {
             moment_secs: 3600,
             grace_secs: 5,
+            pool: 0,
+            metrics: None,
             binary: false,
             close_interval: Duration::from_millis(300),
             hotpocket: false,
@@ -201,7 +207,15 @@ user = "{u0}-{u1}"
 peer = "{p0}-{p1}"
 [housekeeping]
 schedule = "*/2 * * * * *"
+[agent]
+pool = {pool}
+{metrics}
 "#,
+            pool = options.pool,
+            metrics = options
+                .metrics
+                .map(|a| format!("metrics = \"{a}\""))
+                .unwrap_or_default(),
             url = net.url(),
             registry = registry.address(),
             data = dir.path().display(),
