@@ -231,7 +231,10 @@ pub struct SignedInput {
 /// Messages to the round loop.
 #[derive(Debug)]
 pub enum RoundMsg {
+    /// From a user of this node, signature checked.
     Input(SignedInput),
+    /// Relayed by a peer, signatures checked off the round loop, in the order sent.
+    Relayed(Vec<SignedInput>),
 }
 
 /// A started node.
@@ -389,6 +392,8 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         opts.clock.clone(),
         round_rx,
         peer_rx,
+        round_tx.clone(),
+        tracker.clone(),
     );
     tracker.spawn(round.run(cancel.clone()));
     tracker.spawn(crate::server::accept_loop(

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bootstrap::{self, BootstrapInput, BootstrapReply};
 use crate::clock::Clock;
@@ -116,6 +117,13 @@ pub(crate) struct RoundLoop {
     late_check: bool,
     /// A bundle waiting for the UNL's verdict.
     pending_install: Option<PendingInstall>,
+    /// Relayed batches go to the verifier task, in order.
+    verify_tx: mpsc::Sender<(NodeKey, Vec<RelayedInput>)>,
+    /// Inputs of the last few closed ledgers as their users signed them, to answer peers
+    /// that missed them.
+    recent: BTreeMap<u64, Vec<RelayedInput>>,
+    /// Agreed inputs asked of peers, and when.
+    requested: Option<(Vec<Hash>, u64)>,
     /// Answers to the owner that go out with the next execution's outputs.
     boot_replies: Vec<(String, BootstrapReply)>,
 }
@@ -154,8 +162,12 @@ impl RoundLoop {
         clock: Arc<dyn Clock>,
         user_rx: mpsc::Receiver<RoundMsg>,
         peer_rx: mpsc::Receiver<Inbound>,
+        verified_tx: mpsc::Sender<RoundMsg>,
+        tracker: TaskTracker,
     ) -> RoundLoop {
         let me = NodeKey::of(&shared.signing_key);
+        let (verify_tx, verify_rx) = mpsc::channel(256);
+        tracker.spawn(verifier(verify_rx, verified_tx));
         let lcl = shared.lcl();
         RoundLoop {
             shared,
@@ -189,6 +201,9 @@ impl RoundLoop {
             peer_closed: false,
             late_check: false,
             pending_install: None,
+            verify_tx,
+            recent: BTreeMap::new(),
+            requested: None,
             boot_replies: Vec::new(),
         }
     }
@@ -358,7 +373,7 @@ impl RoundLoop {
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
             _ = tokio::time::sleep(sleep_for(wake, now)) => {}
             msg = self.user_rx.recv() => match msg {
-                Some(RoundMsg::Input(input)) => self.on_user_input(input),
+                Some(msg) => self.on_round_msg(msg),
                 None => return Err(Stop::Cancelled),
             },
             msg = self.peer_rx.recv(), if !self.peer_closed => match msg {
@@ -454,10 +469,11 @@ impl RoundLoop {
         match msg {
             PeerMsg::Proposal(p) => self.on_proposal(from, p),
             PeerMsg::Inputs(batch) => {
-                for relay in batch {
-                    self.on_relayed_input(from, relay);
+                if self.verify_tx.try_send((from, batch)).is_err() {
+                    tracing::warn!(peer = %from, "input verifier busy; relayed batch dropped");
                 }
             }
+            PeerMsg::InputRequest(hashes) => self.on_input_request(from, hashes),
             PeerMsg::Npl(m) => self.on_npl(from, m),
             PeerMsg::OutputVote(v) => self.on_output_vote(from, v),
             other => {
@@ -494,43 +510,52 @@ impl RoundLoop {
         }
     }
 
-    fn on_relayed_input(&mut self, from: NodeKey, relay: RelayedInput) {
-        let protocol = match relay.protocol {
-            0 => Protocol::Json,
-            1 => Protocol::Bson,
-            other => {
-                tracing::warn!(peer = %from, protocol = other, "relayed input with an unknown protocol dropped");
-                return;
+    fn on_round_msg(&mut self, msg: RoundMsg) {
+        match msg {
+            RoundMsg::Input(input) => self.on_user_input(input),
+            RoundMsg::Relayed(inputs) => {
+                let wanted = self.requested.as_ref().map(|(h, _)| h.clone());
+                for input in inputs {
+                    if self.pool.contains_key(&input.hash) {
+                        continue;
+                    }
+                    let asked = wanted.as_ref().is_some_and(|w| w.contains(&input.hash));
+                    // An input the UNL already agreed on is pooled whatever this node's
+                    // own view of its nonce: the ledger's rules decide at close.
+                    match self.check_input(&input) {
+                        Ok(()) => self.add_to_pool(input),
+                        Err(_) if asked => self.add_to_pool(input),
+                        Err(reason) => {
+                            tracing::debug!(user = %input.user, %reason, "relayed input not pooled")
+                        }
+                    }
+                }
+                if self.requested.is_some() {
+                    self.late_check = true;
+                }
             }
-        };
-        if !relay.user.verifies(&relay.container, &relay.sig) {
-            tracing::warn!(peer = %from, user = %relay.user, "relayed input with a bad user signature dropped");
-            return;
         }
-        let Some(parsed) = ParsedContainer::decode(protocol, &relay.container) else {
-            tracing::warn!(peer = %from, user = %relay.user, "relayed input container does not parse; dropped");
-            return;
-        };
-        if parsed.nonce == 0 {
-            return;
-        }
-        let hash = ledger::hash_parts([relay.sig.0.as_slice()]);
-        if self.pool.contains_key(&hash) {
-            return;
-        }
-        let input = SignedInput {
-            user: relay.user.hex(),
-            nonce: parsed.nonce,
-            max_ledger_seq_no: parsed.max_ledger_seq_no,
-            input: parsed.input,
-            hash,
-            relay,
-        };
-        match self.check_input(&input) {
-            Ok(()) => self.add_to_pool(input),
-            Err(reason) => {
-                tracing::debug!(peer = %from, user = %input.user, %reason, "relayed input not pooled")
+    }
+
+    /// Answers a peer that lacks inputs a ledger agreed on, from the pool and the inputs of
+    /// the last few ledgers.
+    fn on_input_request(&mut self, from: NodeKey, hashes: Vec<Hash>) {
+        let wanted: BTreeSet<Hash> = hashes.into_iter().collect();
+        let mut found: Vec<RelayedInput> = wanted
+            .iter()
+            .filter_map(|h| self.pool.get(h).map(|p| p.input.relay.clone()))
+            .collect();
+        for relays in self.recent.values() {
+            for r in relays {
+                if wanted.contains(&ledger::hash_parts([r.sig.0.as_slice()])) {
+                    found.push(r.clone());
+                }
             }
+        }
+        found.truncate(MAX_RELAY_BATCH);
+        tracing::debug!(peer = %from, asked = wanted.len(), found = found.len(), "input request answered");
+        if !found.is_empty() {
+            self.shared.net.send(&from, &PeerMsg::Inputs(found));
         }
     }
 
@@ -643,29 +668,43 @@ impl RoundLoop {
         for stage in 1..=3u8 {
             self.wait_until(timing.stage_start(start, stage), cancel)
                 .await?;
-            self.flush_relay();
-            self.absorb_install_failure(start);
-            let empty = RoundProposals::default();
-            let props = self.rounds.get(&start).unwrap_or(&empty);
-            let pool = &self.pool;
-            match stage_verdict(stage, &self.exec, props, &unl, threshold, |h| {
-                pool.contains_key(h)
-            }) {
-                StageVerdict::Propose { inputs } => {
-                    if member {
-                        self.propose(stage, start, inputs);
+            // Proposals late by less than a stage still count: under load a peer's may
+            // arrive after the boundary.
+            let give_up = if stage < 3 {
+                timing.stage_start(start, stage + 1)
+            } else {
+                start + timing.roundtime
+            };
+            loop {
+                self.flush_relay();
+                self.absorb_install_failure(start);
+                let empty = RoundProposals::default();
+                let props = self.rounds.get(&start).unwrap_or(&empty);
+                let pool = &self.pool;
+                match stage_verdict(stage, &self.exec, props, &unl, threshold, |h| {
+                    pool.contains_key(h)
+                }) {
+                    StageVerdict::Propose { inputs } => {
+                        if member {
+                            self.propose(stage, start, inputs);
+                        }
+                        break;
                     }
-                }
-                StageVerdict::NotEnoughPeers { have, need } => {
-                    self.set_status(
-                        false,
-                        format!("not enough peers proposing (votes:{have} needed:{need})"),
-                    );
-                    return Ok(());
-                }
-                StageVerdict::OutOfSync(why) => {
-                    self.set_status(false, format!("out of sync: {why}"));
-                    return Ok(());
+                    StageVerdict::NotEnoughPeers { have, need } => {
+                        if self.clock.now_ms() >= give_up {
+                            self.set_status(
+                                false,
+                                format!("not enough peers proposing (votes:{have} needed:{need})"),
+                            );
+                            return Ok(());
+                        }
+                        self.next_event(give_up, cancel).await?;
+                        self.follow_late(cancel).await?;
+                    }
+                    StageVerdict::OutOfSync(why) => {
+                        self.set_status(false, format!("out of sync: {why}"));
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -745,12 +784,34 @@ impl RoundLoop {
             .filter(|h| !self.pool.contains_key(*h))
             .count();
         if missing > 0 {
+            let hashes: Vec<Hash> = agreed
+                .inputs
+                .iter()
+                .filter(|h| !self.pool.contains_key(*h))
+                .take(MAX_RELAY_BATCH)
+                .copied()
+                .collect();
+            let now = self.clock.now_ms();
+            let roundtime = self.timing().roundtime;
+            // Ask again at most once a round.
+            let ask = match &self.requested {
+                Some((_, at)) => now >= at + roundtime,
+                None => true,
+            };
+            if ask {
+                tracing::info!(missing, "asking peers for inputs the UNL agreed on");
+                self.shared
+                    .net
+                    .broadcast(&PeerMsg::InputRequest(hashes.clone()));
+                self.requested = Some((hashes, now));
+            }
             self.set_status(
                 false,
-                format!("out of sync: {missing} inputs the UNL agreed on never reached this node"),
+                format!("out of sync: waiting for {missing} inputs the UNL agreed on"),
             );
             return Ok(());
         }
+        self.requested = None;
         let mut inputs: Vec<SignedInput> = agreed
             .inputs
             .iter()
@@ -810,6 +871,13 @@ impl RoundLoop {
             })
             .collect();
         self.store.commit(&closed, &stored, &[])?;
+        self.recent.insert(
+            closed.seq_no,
+            valid.iter().map(|i| i.relay.clone()).collect(),
+        );
+        while self.recent.len() > 8 {
+            self.recent.pop_first();
+        }
         self.shared.set_lcl(closed.id());
         for input in &valid {
             self.shared.send_to(
@@ -962,8 +1030,8 @@ impl RoundLoop {
                         self.npl_sink = None;
                         return Err(Stop::Cancelled);
                     }
-                    msg = self.user_rx.recv() => if let Some(RoundMsg::Input(i)) = msg {
-                        self.on_user_input(i)
+                    msg = self.user_rx.recv() => if let Some(msg) = msg {
+                        self.on_round_msg(msg)
                     },
                     msg = self.peer_rx.recv(), if !self.peer_closed => match msg {
                         Some(m) => self.on_peer(m),
@@ -1414,4 +1482,57 @@ fn push_reply(outputs: &mut BTreeMap<String, Vec<Vec<u8>>>, user: &str, reply: B
     if let Ok(bytes) = serde_json::to_vec(&reply) {
         outputs.entry(user.to_owned()).or_default().push(bytes);
     }
+}
+
+/// Checks relayed inputs off the round loop, batch after batch in the order they came (so
+/// one user's inputs keep their order): the user's signature over the container, then the
+/// container itself. Drops are logged with their reason.
+async fn verifier(
+    mut rx: mpsc::Receiver<(NodeKey, Vec<RelayedInput>)>,
+    tx: mpsc::Sender<RoundMsg>,
+) {
+    while let Some((from, batch)) = rx.recv().await {
+        let Ok(verified) = tokio::task::spawn_blocking(move || verify_relayed(from, batch)).await
+        else {
+            continue;
+        };
+        if !verified.is_empty() && tx.send(RoundMsg::Relayed(verified)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn verify_relayed(from: NodeKey, batch: Vec<RelayedInput>) -> Vec<SignedInput> {
+    let mut out = Vec::with_capacity(batch.len());
+    for relay in batch {
+        let protocol = match relay.protocol {
+            0 => Protocol::Json,
+            1 => Protocol::Bson,
+            other => {
+                tracing::warn!(peer = %from, protocol = other, "relayed input with an unknown protocol dropped");
+                continue;
+            }
+        };
+        if !relay.user.verifies(&relay.container, &relay.sig) {
+            tracing::warn!(peer = %from, user = %relay.user, "relayed input with a bad user signature dropped");
+            continue;
+        }
+        let Some(parsed) = ParsedContainer::decode(protocol, &relay.container) else {
+            tracing::warn!(peer = %from, user = %relay.user, "relayed input container does not parse; dropped");
+            continue;
+        };
+        if parsed.nonce == 0 {
+            tracing::warn!(peer = %from, user = %relay.user, "relayed input with nonce 0 dropped");
+            continue;
+        }
+        out.push(SignedInput {
+            user: relay.user.hex(),
+            nonce: parsed.nonce,
+            max_ledger_seq_no: parsed.max_ledger_seq_no,
+            input: parsed.input,
+            hash: ledger::hash_parts([relay.sig.0.as_slice()]),
+            relay,
+        });
+    }
+    out
 }

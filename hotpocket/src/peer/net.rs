@@ -984,6 +984,7 @@ where
                 Ok(
                     msg @ (PeerMsg::Proposal(_)
                     | PeerMsg::Inputs(_)
+                    | PeerMsg::InputRequest(_)
                     | PeerMsg::Npl(_)
                     | PeerMsg::OutputVote(_)),
                 ) => {

@@ -402,6 +402,9 @@ pub enum PeerMsg {
     Proposal(Proposal),
     /// Users' inputs, relayed in batches.
     Inputs(Vec<RelayedInput>),
+    /// Hashes of inputs a ledger agreed on that the sender lacks; peers answer with
+    /// `Inputs` holding those they have.
+    InputRequest(Vec<Hash>),
     Npl(NplMessage),
     OutputVote(OutputVote),
 }
@@ -415,6 +418,7 @@ impl PeerMsg {
             PeerMsg::Refuse(_) => "refuse",
             PeerMsg::Proposal(_) => "proposal",
             PeerMsg::Inputs(_) => "inputs",
+            PeerMsg::InputRequest(_) => "input_request",
             PeerMsg::Npl(_) => "npl",
             PeerMsg::OutputVote(_) => "output_vote",
         }
@@ -469,6 +473,12 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<PeerMsg, DecodeError> {
     match &frame.msg {
         PeerMsg::Refuse(r) if r.detail.len() > MAX_DETAIL_LEN => {
             return Err(DecodeError::Malformed("refusal detail too long".into()));
+        }
+        PeerMsg::InputRequest(hashes) if hashes.len() > MAX_RELAY_BATCH => {
+            return Err(DecodeError::Malformed(format!(
+                "request for {} inputs, more than {MAX_RELAY_BATCH}",
+                hashes.len()
+            )));
         }
         PeerMsg::Inputs(batch) if batch.len() > MAX_RELAY_BATCH => {
             return Err(DecodeError::Malformed(format!(
