@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use berth_hotpocket::client::{Client, ConnectOptions, NodeStat};
+use berth_hotpocket::consensus::RoundTiming;
 use berth_hotpocket::image::IMAGE_TAG;
 use berth_hotpocket::protocol::pubkey_hex;
 use common::*;
@@ -39,6 +40,16 @@ const TEST_LIMIT: Duration = Duration::from_secs(300);
 /// Time allowed for ledgers to resume after a partition heals or a node returns (a dialer
 /// may be backing off for up to 10 s, and a session cut by the partition may linger).
 const RESUME: Duration = Duration::from_secs(90);
+
+/// `contract.consensus.stage_slice` when the bundle does not set it (percent of a round).
+const DEFAULT_STAGE_SLICE: u32 = 25;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
 
 /// One cluster at a time: each runs several containers with sub-second rounds on 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -87,7 +98,26 @@ fn image() -> String {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let out = Command::new(workspace().join("hotpocket/image/build.sh"))
+            let mut build = Command::new(workspace().join("hotpocket/image/build.sh"));
+            // Without the variables cargo sets for this test process: build scripts watch
+            // some of them (ring: CARGO_MANIFEST_DIR), and a difference from a build run in a
+            // shell would recompile the static binary every time.
+            for (name, _) in std::env::vars_os() {
+                let Some(name) = name.to_str() else { continue };
+                if name == "CARGO"
+                    || name == "CARGO_MANIFEST_DIR"
+                    || name == "CARGO_MANIFEST_PATH"
+                    || name == "CARGO_CRATE_NAME"
+                    || name == "CARGO_PRIMARY_PACKAGE"
+                    || name == "CARGO_TARGET_TMPDIR"
+                    || name == "CARGO_RUSTC_CURRENT_DIR"
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_")
+                {
+                    build.env_remove(name);
+                }
+            }
+            let out = build
                 .output()
                 .map_err(|e| format!("running hotpocket/image/build.sh: {e}"))?;
             if !out.status.success() {
@@ -134,7 +164,52 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts a cluster whose nodes all closed ledger 2 together. Without catch-up (a later
+    /// issue) a node that comes up after the others closed ledger 1 can never join them; when
+    /// the threshold needs fewer than all nodes, container start-up can be that slow, and the
+    /// cluster is started again (up to three times).
     async fn start(nodes: usize, roundtime: u64, threshold: u32) -> Cluster {
+        for attempt in 1..=3 {
+            let cluster = Cluster::launch(nodes, roundtime, threshold).await;
+            match cluster.wait_genesis(Duration::from_secs(60)).await {
+                Ok(()) => return cluster,
+                Err(why) => eprintln!("cluster start, attempt {attempt}: {why}"),
+            }
+        }
+        panic!("no cluster start in three attempts had every node on the first ledgers");
+    }
+
+    /// Waits until every node closed ledger 2; Err when a node is still at ledger 0 after
+    /// the others closed ledger 3 (it came up too late to ever join).
+    async fn wait_genesis(&self, within: Duration) -> Result<(), String> {
+        let all: Vec<usize> = (0..self.keys.len()).collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let seqs = self.seqs(&all).await;
+            if seqs.iter().all(|s| *s >= 2) {
+                return Ok(());
+            }
+            if seqs.contains(&0) && seqs.iter().any(|s| *s >= 3) {
+                let late: Vec<usize> = all.iter().copied().filter(|&i| seqs[i] == 0).collect();
+                let stat = self.stat(late[0]).await;
+                return Err(format!(
+                    "{:?} started after the others closed ledger 1 (lcls {seqs:?}); {}: {}",
+                    self.aliases(&late),
+                    Self::alias(late[0]),
+                    stat.vote_status
+                ));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "the nodes did not all reach ledger 2 within {within:?}: {seqs:?}"
+                ));
+            }
+            sleep_ms(250).await;
+        }
+    }
+
+    /// Creates the networks and containers and starts every container at once.
+    async fn launch(nodes: usize, roundtime: u64, threshold: u32) -> Cluster {
         let cluster = Cluster {
             image: image(),
             prefix: unique_prefix(),
@@ -143,13 +218,28 @@ impl Cluster {
             threshold,
             side_net: false,
         };
-        cluster.ok(docker(&["network", "create", "--internal", &cluster.net("peer")]));
+        cluster.ok(docker(&[
+            "network",
+            "create",
+            "--internal",
+            &cluster.net("peer"),
+        ]));
         cluster.ok(docker(&["network", "create", &cluster.net("users")]));
         for i in 0..nodes {
             cluster.create(i);
         }
-        for i in 0..nodes {
-            cluster.ok(docker(&["start", &cluster.name(i)]));
+        // In parallel: one after the other, the first nodes may close ledgers before the
+        // last one is up.
+        let names: Vec<String> = (0..nodes).map(|i| cluster.name(i)).collect();
+        let started: Vec<Result<String, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|n| s.spawn(move || docker(&["start", n])))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in started {
+            cluster.ok(r);
         }
         for i in 0..nodes {
             cluster.wait_ready(i, 1).await;
@@ -254,7 +344,10 @@ impl Cluster {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_else(|e| format!("docker logs: {e}"));
-            out.push_str(&format!("--- docker logs {name} ({}) ---\n", Self::alias(i)));
+            out.push_str(&format!(
+                "--- docker logs {name} ({}) ---\n",
+                Self::alias(i)
+            ));
             out.push_str(&log);
         }
         out
@@ -384,7 +477,9 @@ impl Cluster {
         let mut seen: BTreeMap<u64, (String, Vec<usize>)> = BTreeMap::new();
         loop {
             for (&i, (seq, hash)) in nodes.iter().zip(self.lcls(nodes).await) {
-                let entry = seen.entry(seq).or_insert_with(|| (hash.clone(), Vec::new()));
+                let entry = seen
+                    .entry(seq)
+                    .or_insert_with(|| (hash.clone(), Vec::new()));
                 if entry.0 != hash {
                     self.fail(&format!(
                         "fork at ledger {seq}: {} has {hash}, {:?} have {}",
@@ -455,6 +550,39 @@ impl Cluster {
         ]));
     }
 
+    /// Runs the network changes `(connect?, node, network)` at once, starting just after a
+    /// round starts, and checks that they were done before stage 3 of that round. A partition
+    /// made or healed one container after the other could let part of the cluster close a
+    /// ledger that another part never closes (in a cut: the round in flight; in a heal: the
+    /// first round the threshold is reached again), and until catch-up exists such a node can
+    /// never rejoin. Rounds start at wall-clock multiples of the roundtime plus an offset
+    /// from the contract id, on the host's clock, which the containers share.
+    async fn change_networks_between_rounds(&self, changes: &[(bool, usize, &str)]) {
+        let timing = RoundTiming::new(CONTRACT_ID, self.roundtime, DEFAULT_STAGE_SLICE);
+        let start = timing.next_round_start(now_ms());
+        sleep_ms(start + 20 - now_ms()).await;
+        std::thread::scope(|s| {
+            for &(connect, i, which) in changes {
+                s.spawn(move || {
+                    if connect {
+                        self.connect_net(i, which)
+                    } else {
+                        self.disconnect_net(i, which)
+                    }
+                });
+            }
+        });
+        let done = now_ms();
+        let stage3 = timing.stage_start(start, 3);
+        if done >= stage3 {
+            self.fail(&format!(
+                "the network changes took {} ms, past stage 3 of their round ({} ms): part of the cluster may have closed a ledger the rest never will",
+                done - start,
+                stage3 - start
+            ));
+        }
+    }
+
     fn kill(&self, i: usize) {
         self.ok(docker(&["kill", &self.name(i)]));
     }
@@ -513,9 +641,6 @@ async fn three_containers_agree_and_every_node_signs_the_output() {
     bounded(async {
         let cluster = Cluster::start(3, 500, 80).await;
         let all = [0, 1, 2];
-        cluster
-            .wait_for_ledger(&all, 2, Duration::from_secs(60))
-            .await;
         let owner = cluster
             .connect(0, &key(OWNER), Duration::from_secs(20))
             .await;
@@ -552,7 +677,10 @@ async fn three_containers_agree_and_every_node_signs_the_output() {
             "node3 sent the same output of ledger {}",
             out.ledger_seq_no
         );
-        assert_eq!(got.ledger_hash, out.ledger_hash, "node3 names the same ledger");
+        assert_eq!(
+            got.ledger_hash, out.ledger_hash,
+            "node3 names the same ledger"
+        );
         assert_eq!(
             got.signers,
             cluster.sorted_unl(),
@@ -569,9 +697,6 @@ async fn a_killed_container_does_not_stop_a_two_of_three_cluster() {
     }
     bounded(async {
         let cluster = Cluster::start(3, 500, 60).await;
-        cluster
-            .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(60))
-            .await;
         cluster.kill(2);
         let two = [0, 1];
         let before = cluster.seqs(&two).await;
@@ -621,9 +746,8 @@ async fn a_one_two_partition_closes_nothing_on_either_side_and_heals_without_a_f
         let cluster = Cluster::start(3, 500, 80).await;
         let all = [0, 1, 2];
         cluster
-            .wait_for_ledger(&all, 2, Duration::from_secs(60))
+            .change_networks_between_rounds(&[(false, 2, "peer")])
             .await;
-        cluster.disconnect_net(2, "peer");
         for i in all {
             cluster
                 .wait_stat(
@@ -636,7 +760,9 @@ async fn a_one_two_partition_closes_nothing_on_either_side_and_heals_without_a_f
         }
         let stalled = cluster.assert_stalled(&all).await;
 
-        cluster.connect_net(2, "peer");
+        cluster
+            .change_networks_between_rounds(&[(true, 2, "peer")])
+            .await;
         let resume_at = stalled.iter().max().unwrap() + 2;
         let healed = Instant::now();
         cluster.wait_for_ledger(&all, resume_at, RESUME).await;
@@ -658,16 +784,21 @@ async fn a_two_three_partition_of_five_heals_without_a_fork() {
         return;
     }
     bounded(async {
-        let mut cluster = Cluster::start(5, 500, 80).await;
+        // Long rounds: the partition is made and healed within stages 0-2 of one round.
+        let mut cluster = Cluster::start(5, 2000, 80).await;
         let all = [0, 1, 2, 3, 4];
-        cluster
-            .wait_for_ledger(&all, 2, Duration::from_secs(60))
-            .await;
         // node4 and node5 move to a network of their own: they still reach each other.
         cluster.side_net = true;
-        cluster.ok(docker(&["network", "create", "--internal", &cluster.net("side")]));
+        cluster.ok(docker(&[
+            "network",
+            "create",
+            "--internal",
+            &cluster.net("side"),
+        ]));
+        cluster
+            .change_networks_between_rounds(&[(false, 3, "peer"), (false, 4, "peer")])
+            .await;
         for i in [3, 4] {
-            cluster.disconnect_net(i, "peer");
             cluster.connect_net(i, "side");
         }
         for i in all {
@@ -684,8 +815,10 @@ async fn a_two_three_partition_of_five_heals_without_a_fork() {
 
         for i in [3, 4] {
             cluster.disconnect_net(i, "side");
-            cluster.connect_net(i, "peer");
         }
+        cluster
+            .change_networks_between_rounds(&[(true, 3, "peer"), (true, 4, "peer")])
+            .await;
         let resume_at = stalled.iter().max().unwrap() + 2;
         let healed = Instant::now();
         cluster.wait_for_ledger(&all, resume_at, RESUME).await;
