@@ -84,6 +84,9 @@ impl From<crate::store::StoreError> for Stop {
     }
 }
 
+/// Where this round's NPL messages go: the ledger they belong to and the contract's channel.
+type NplSink = (LclId, mpsc::Sender<(String, Vec<u8>)>);
+
 pub(crate) struct RoundLoop {
     shared: Arc<Shared>,
     store: Store,
@@ -108,7 +111,7 @@ pub(crate) struct RoundLoop {
     /// Output votes by executed ledger.
     votes: BTreeMap<WireLcl, BTreeMap<NodeKey, OutputVote>>,
     release: Option<Release>,
-    npl_sink: Option<(LclId, mpsc::Sender<(String, Vec<u8>)>)>,
+    npl_sink: Option<NplSink>,
     npl_early: Vec<NplMessage>,
     last_status: String,
     /// The peer port's channel closed (it only does at shutdown).
@@ -1094,7 +1097,7 @@ impl RoundLoop {
             })
             .collect();
         // As hpcore: user output hashes in byte order, then the state hash.
-        leaves.sort_by(|a, b| a.1.cmp(&b.1));
+        leaves.sort_by_key(|a| a.1);
         leaves.push((None, state_hash));
         let root = ledger::hash_parts(leaves.iter().map(|(_, h)| h.as_slice()));
         let stored: Vec<StoredOutputs> = outputs

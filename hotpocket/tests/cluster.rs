@@ -18,10 +18,10 @@ const OWNER: u8 = 1;
 
 /// Cluster tests run one at a time: each starts several processes with sub-second rounds,
 /// and the machine they share is small.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn free_port() -> u16 {
@@ -261,7 +261,7 @@ fn text(out: &LedgerOutputs) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_sent_to_node_2_is_output_by_every_node_signed_by_the_whole_unl() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 400));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
@@ -308,7 +308,7 @@ async fn an_input_sent_to_node_2_is_output_by_every_node_signed_by_the_whole_unl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_of_five_down_ledgers_close_and_with_two_none_close_on_the_minority() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::start(Settings::new(5, 400));
     let all = [0, 1, 2, 3, 4];
     cluster
@@ -350,7 +350,7 @@ async fn with_one_of_five_down_ledgers_close_and_with_two_none_close_on_the_mino
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_deterministic_contract_is_reported_and_no_ledger_closes_on_split_state() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 400));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
@@ -393,7 +393,7 @@ async fn a_non_deterministic_contract_is_reported_and_no_ledger_closes_on_split_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_nodes_contract_hears_every_other_nodes_npl_message() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 500));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
@@ -416,7 +416,7 @@ async fn each_nodes_contract_hears_every_other_nodes_npl_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unl_change_in_patch_cfg_takes_effect_at_the_same_ledger_everywhere() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 400));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
@@ -477,7 +477,7 @@ async fn a_unl_change_in_patch_cfg_takes_effect_at_the_same_ledger_everywhere() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clocks_skewed_by_a_tenth_of_the_roundtime_still_close_ledgers() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut s = Settings::new(3, 500);
     s.skews = vec![50, 0, -50];
     let cluster = Cluster::start(s);
@@ -488,7 +488,7 @@ async fn clocks_skewed_by_a_tenth_of_the_roundtime_still_close_ledgers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strangers_proposals_are_never_counted() {
-    let _serial = serial();
+    let _serial = serial().await;
     // Three UNL nodes, one of them down: 2 of 3 is below the 80 % threshold. A stranger
     // running the same contract with all four keys in its own UNL must not tip it.
     let mut cluster = Cluster::start(Settings::new(3, 400));
