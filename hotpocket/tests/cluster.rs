@@ -555,7 +555,7 @@ async fn forged_replayed_unsigned_and_strangers_peer_messages_are_dropped_with_a
     use berth_hotpocket::peer::net::{PeerConfig, PeerNet};
     use berth_hotpocket::peer::wire::{NodeKey, PeerMsg, RelayedInput, Sig};
 
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 400));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
@@ -646,7 +646,7 @@ async fn forged_replayed_unsigned_and_strangers_peer_messages_are_dropped_with_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_whose_install_fails_on_one_node_goes_live_nowhere() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::start(Settings::new(3, 400));
     cluster
         .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
