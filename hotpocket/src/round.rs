@@ -25,13 +25,13 @@ use crate::bootstrap::{self, BootstrapInput, BootstrapReply};
 use crate::clock::Clock;
 use crate::config::{NodeConfig, DEFAULT_ROUND_INPUT_BYTES};
 use crate::consensus::{
-    agreed, stage_verdict, votes_needed, OwnView, RoundProposals, RoundTiming, StageVerdict,
+    self, agreed, stage_verdict, votes_needed, OwnView, RoundProposals, RoundTiming, StageVerdict,
 };
 use crate::exec::{self, NplLink, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
 use crate::node::{NodeError, RoundMsg, Shared, SignedInput, SyncStatus};
 use crate::peer::net::Inbound;
-use crate::peer::wire::install_vote;
+use crate::peer::wire::{install_vote, LedgerProof, MAX_LEDGERS_PER_MESSAGE};
 use crate::peer::wire::{
     NodeKey, NplMessage, OutputVote, PeerMsg, Proposal, RelayedInput, Sig, WireLcl, MAX_RELAY_BATCH,
 };
@@ -127,6 +127,10 @@ pub(crate) struct RoundLoop {
     recent: BTreeMap<u64, Vec<RelayedInput>>,
     /// Agreed inputs asked of peers, and when.
     requested: Option<(Vec<Hash>, u64)>,
+    /// Ledgers received from peers, to check and replay in order.
+    catchup: std::collections::VecDeque<LedgerProof>,
+    /// When this node last asked for missed ledgers.
+    ledgers_asked_at: u64,
     /// Answers to the owner that go out with the next execution's outputs.
     boot_replies: Vec<(String, BootstrapReply)>,
 }
@@ -207,6 +211,8 @@ impl RoundLoop {
             verify_tx,
             recent: BTreeMap::new(),
             requested: None,
+            catchup: std::collections::VecDeque::new(),
+            ledgers_asked_at: 0,
             boot_replies: Vec::new(),
         }
     }
@@ -332,6 +338,7 @@ impl RoundLoop {
     /// Closes an earlier round whose stage-3 proposals reached the threshold only after
     /// this node gave up on it (they arrived late), if it builds on this node's ledger.
     async fn follow_late(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        self.catch_up(cancel).await?;
         if !std::mem::take(&mut self.late_check) {
             return Ok(());
         }
@@ -342,18 +349,120 @@ impl RoundLoop {
             if LclId::from(p.lcl) != self.exec.lcl {
                 return None;
             }
-            let sigs: Vec<(NodeKey, Sig)> = props
-                .from_unl(&unl)
-                .filter(|q| q.stage == 3 && q.root() == p.root())
-                .map(|q| (q.node, q.output_sig))
-                .collect();
-            Some((p.clone(), sigs))
+            Some((p.clone(), stage3_of(props, &unl, p)))
         });
-        if let Some((p, sigs)) = found {
+        if let Some((p, proof)) = found {
             tracing::info!(round = p.time, lcl = %self.exec.lcl, "closing a ledger whose stage 3 proposals arrived late");
-            self.close(p, sigs, cancel).await?;
+            self.close(p, proof, true, cancel).await?;
         }
         Ok(())
+    }
+
+    /// Replays ledgers received from peers, each checked against its proof: stage-3
+    /// proposals that `threshold` % of the UNL signed with one root on this node's ledger,
+    /// and inputs whose users signed them.
+    async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        while let Some(proof) = self.catchup.pop_front() {
+            let unl = self.unl();
+            let threshold = self.shared.contract().consensus.threshold;
+            let mut props = RoundProposals::default();
+            for p in &proof.proposals {
+                if p.stage == 3 && p.check().is_ok() {
+                    props.insert(p.clone());
+                }
+            }
+            let Ok(p) = agreed(&props, &unl, threshold) else {
+                tracing::warn!(lcl = %self.exec.lcl, "ledger from a peer without enough UNL signatures dropped");
+                continue;
+            };
+            if LclId::from(p.lcl) != self.exec.lcl {
+                continue;
+            }
+            let p = p.clone();
+            let stage3 = stage3_of(&props, &unl, &p);
+            let inputs = verify_relayed(self.me, proof.inputs);
+            let wanted: BTreeSet<Hash> = p.inputs.iter().copied().collect();
+            for input in inputs {
+                if wanted.contains(&input.hash) && !self.pool.contains_key(&input.hash) {
+                    self.add_to_pool(input);
+                }
+            }
+            tracing::info!(
+                seq = self.exec.lcl.seq_no + 1,
+                "replaying a ledger the UNL closed while this node was away"
+            );
+            let before = self.exec.lcl;
+            self.close(p, stage3, false, cancel).await?;
+            if self.exec.lcl == before {
+                // It could not follow (another state, missing inputs): the rest cannot
+                // either.
+                self.catchup.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks a peer on the UNL's ledger for the ledgers this node missed (at most once a
+    /// round).
+    fn request_ledgers(&mut self, majority: LclId, start: u64) {
+        if majority.seq_no <= self.exec.lcl.seq_no {
+            return;
+        }
+        let now = self.clock.now_ms();
+        if now < self.ledgers_asked_at + self.timing().roundtime {
+            return;
+        }
+        self.ledgers_asked_at = now;
+        let from_seq = self.exec.lcl.seq_no + 1;
+        let count =
+            (majority.seq_no - self.exec.lcl.seq_no).min(u64::from(MAX_LEDGERS_PER_MESSAGE)) as u16;
+        let holders: Vec<NodeKey> = self
+            .rounds
+            .get(&start)
+            .map(|props| {
+                props
+                    .from_unl(&self.unl())
+                    .filter(|p| LclId::from(p.lcl) == majority)
+                    .map(|p| p.node)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let msg = PeerMsg::LedgerRequest { from_seq, count };
+        let pick = holders.get((now as usize) % holders.len().max(1)).copied();
+        tracing::info!(from_seq, count, majority = %majority, peer = ?pick, "asking for the ledgers this node missed");
+        if !pick.is_some_and(|k| self.shared.net.send(&k, &msg)) {
+            self.shared.net.broadcast(&msg);
+        }
+    }
+
+    /// Answers a peer that missed ledgers, from the store.
+    fn on_ledger_request(&mut self, from: NodeKey, from_seq: u64, count: u16) {
+        let last = self.exec.lcl.seq_no;
+        let mut proofs = Vec::new();
+        let mut bytes = 0usize;
+        let budget = self.shared.max_msg_bytes / 2;
+        for seq in from_seq..from_seq.saturating_add(u64::from(count)) {
+            if seq == 0 || seq > last {
+                break;
+            }
+            match self.store.proof(seq) {
+                Ok(Some(blob)) => match LedgerProof::from_bytes(&blob) {
+                    Some(p) => {
+                        bytes += blob.len();
+                        proofs.push(p);
+                        if bytes > budget {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        tracing::debug!(peer = %from, from_seq, count, sent = proofs.len(), "ledger request answered");
+        if !proofs.is_empty() {
+            self.shared.net.send(&from, &PeerMsg::Ledgers(proofs));
+        }
     }
 
     /// Handles one event, or returns at `deadline`.
@@ -477,6 +586,14 @@ impl RoundLoop {
                 }
             }
             PeerMsg::InputRequest(hashes) => self.on_input_request(from, hashes),
+            PeerMsg::LedgerRequest { from_seq, count } => {
+                self.on_ledger_request(from, from_seq, count.min(MAX_LEDGERS_PER_MESSAGE))
+            }
+            PeerMsg::Ledgers(proofs) => {
+                if self.catchup.len() + proofs.len() <= 4 * usize::from(MAX_LEDGERS_PER_MESSAGE) {
+                    self.catchup.extend(proofs);
+                }
+            }
             PeerMsg::Npl(m) => self.on_npl(from, m),
             PeerMsg::OutputVote(v) => self.on_output_vote(from, v),
             other => {
@@ -705,6 +822,9 @@ impl RoundLoop {
                         self.follow_late(cancel).await?;
                     }
                     StageVerdict::OutOfSync(why) => {
+                        if let consensus::Desync::Lcl { majority } = why {
+                            self.request_ledgers(majority, start);
+                        }
                         self.set_status(false, format!("out of sync: {why}"));
                         return Ok(());
                     }
@@ -718,12 +838,8 @@ impl RoundLoop {
             match agreed(props, &unl, threshold) {
                 Ok(p) => {
                     let p = p.clone();
-                    let stage3: Vec<(NodeKey, Sig)> = props
-                        .from_unl(&unl)
-                        .filter(|q| q.stage == 3 && q.root() == p.root())
-                        .map(|q| (q.node, q.output_sig))
-                        .collect();
-                    return self.close(p, stage3, cancel).await;
+                    let stage3 = stage3_of(props, &unl, &p);
+                    return self.close(p, stage3, true, cancel).await;
                 }
                 Err(why) => {
                     if self.clock.now_ms() >= deadline {
@@ -741,7 +857,8 @@ impl RoundLoop {
     async fn close(
         &mut self,
         agreed: Proposal,
-        stage3_sigs: Vec<(NodeKey, Sig)>,
+        stage3: Vec<Proposal>,
+        live: bool,
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let lcl = self.exec.lcl;
@@ -821,6 +938,10 @@ impl RoundLoop {
             .filter_map(|h| self.take_from_pool(h))
             .collect();
         inputs.sort_by_key(|i| ledger::input_order_key(i.nonce, &i.hash));
+        let proof = LedgerProof {
+            proposals: stage3,
+            inputs: inputs.iter().map(|i| i.relay.clone()).collect(),
+        };
 
         // The same rules on every node, against the ledger chain only.
         let new_seq = lcl.seq_no + 1;
@@ -874,6 +995,7 @@ impl RoundLoop {
             })
             .collect();
         self.store.commit(&closed, &stored, &[])?;
+        self.store.record_proof(closed.seq_no, &proof.to_bytes())?;
         self.recent.insert(
             closed.seq_no,
             valid.iter().map(|i| i.relay.clone()).collect(),
@@ -898,7 +1020,8 @@ impl RoundLoop {
         if let Some(r) = &self.release {
             if r.root == agreed.output_hash {
                 let votes = self.votes.entry(r.ledger.into()).or_default();
-                for (node, sig) in stage3_sigs {
+                for q in &proof.proposals {
+                    let (node, sig) = (q.node, q.output_sig);
                     votes.entry(node).or_insert(OutputVote {
                         node,
                         ledger: r.ledger.into(),
@@ -933,7 +1056,7 @@ impl RoundLoop {
                 input: i.input,
             })
             .collect();
-        self.execute(closed.id(), agreed.time, inputs, true, cancel)
+        self.execute(closed.id(), agreed.time, inputs, live, cancel)
             .await
     }
 
@@ -1538,4 +1661,14 @@ fn verify_relayed(from: NodeKey, batch: Vec<RelayedInput>) -> Vec<SignedInput> {
         });
     }
     out
+}
+
+/// The stage-3 proposals of UNL members that agree with `p`: the proof of its ledger.
+fn stage3_of(props: &RoundProposals, unl: &BTreeSet<NodeKey>, p: &Proposal) -> Vec<Proposal> {
+    let root = p.root();
+    props
+        .from_unl(unl)
+        .filter(|q| q.stage == 3 && q.root() == root)
+        .cloned()
+        .collect()
 }

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     ledger_seq INTEGER NOT NULL, pubkey TEXT NOT NULL, ord INTEGER NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY (ledger_seq, pubkey, ord));
 CREATE TABLE IF NOT EXISTS users (pubkey TEXT PRIMARY KEY, last_nonce INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS proofs (seq_no INTEGER PRIMARY KEY, proof BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (
     seq_no INTEGER PRIMARY KEY, state_hash BLOB NOT NULL, patch_hash BLOB NOT NULL,
     output_hash BLOB NOT NULL);
@@ -291,6 +292,31 @@ impl Store {
             }
         }
         tx.commit().map_err(err("commit"))
+    }
+
+    /// Records why a ledger closed (the stage-3 proposals, encoded by the caller) and its
+    /// inputs as their users signed them (encoded too), so that peers that missed the
+    /// ledger can check and replay it.
+    pub fn record_proof(&mut self, seq_no: u64, proof: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO proofs VALUES (?1, ?2)",
+                params![seq_no, proof],
+            )
+            .map_err(self.err("insert proof"))?;
+        Ok(())
+    }
+
+    /// The recorded proof of a ledger, if any.
+    pub fn proof(&self, seq_no: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT proof FROM proofs WHERE seq_no = ?1",
+                [seq_no],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("read proof"))
     }
 
     /// The latest recorded execution, if any.

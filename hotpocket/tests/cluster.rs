@@ -346,6 +346,28 @@ async fn with_one_of_five_down_ledgers_close_and_with_two_none_close_on_the_mino
     cluster
         .wait_for_ledger(&[0, 1, 2, 3], max, Duration::from_secs(30))
         .await;
+    // Node 4 stopped ledgers ago: it fetches what it missed from its peers, checks each
+    // ledger against the UNL's signatures, replays it, and is back in the UNL's chain.
+    cluster.run(4, None);
+    let now = cluster.lcls(&[0]).await[0];
+    cluster
+        .wait_for_ledger(&all, now + 2, Duration::from_secs(30))
+        .await;
+    let back = cluster.connect(4, &key(12)).await;
+    let other = cluster.connect(0, &key(13)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s0, h0) = other.lcl().await.unwrap();
+        let (s4, h4) = back.lcl().await.unwrap();
+        if s0 == s4 {
+            assert_eq!(h0, h4, "one chain");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 at {s4}, node 0 at {s0}");
+        sleep_ms(50).await;
+    }
+    assert!(back.stat().await.unwrap().in_sync);
+    assert!(cluster.log(4).contains("replaying a ledger the UNL closed"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

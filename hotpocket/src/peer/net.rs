@@ -985,6 +985,8 @@ where
                     msg @ (PeerMsg::Proposal(_)
                     | PeerMsg::Inputs(_)
                     | PeerMsg::InputRequest(_)
+                    | PeerMsg::LedgerRequest { .. }
+                    | PeerMsg::Ledgers(_)
                     | PeerMsg::Npl(_)
                     | PeerMsg::OutputVote(_)),
                 ) => {

@@ -393,6 +393,30 @@ impl OutputVote {
     }
 }
 
+/// Most ledgers asked for or sent in one message.
+pub const MAX_LEDGERS_PER_MESSAGE: u16 = 32;
+
+/// A closed ledger as a peer can check it without trusting the sender: `threshold` % of
+/// the UNL signed stage-3 proposals with one root naming the ledger before it, the state
+/// and the inputs (whose users signed them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerProof {
+    pub proposals: Vec<Proposal>,
+    pub inputs: Vec<RelayedInput>,
+}
+
+impl LedgerProof {
+    /// Encodes for the store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a stored proof.
+    pub fn from_bytes(bytes: &[u8]) -> Option<LedgerProof> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
 /// Every peer message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -405,6 +429,14 @@ pub enum PeerMsg {
     /// Hashes of inputs a ledger agreed on that the sender lacks; peers answer with
     /// `Inputs` holding those they have.
     InputRequest(Vec<Hash>),
+    /// Closed ledgers the sender missed, from `from_seq`, at most `count`.
+    LedgerRequest {
+        from_seq: u64,
+        count: u16,
+    },
+    /// Closed ledgers, each with what proves it: the agreeing stage-3 proposals and the
+    /// inputs as their users signed them.
+    Ledgers(Vec<LedgerProof>),
     Npl(NplMessage),
     OutputVote(OutputVote),
 }
@@ -419,6 +451,8 @@ impl PeerMsg {
             PeerMsg::Proposal(_) => "proposal",
             PeerMsg::Inputs(_) => "inputs",
             PeerMsg::InputRequest(_) => "input_request",
+            PeerMsg::LedgerRequest { .. } => "ledger_request",
+            PeerMsg::Ledgers(_) => "ledgers",
             PeerMsg::Npl(_) => "npl",
             PeerMsg::OutputVote(_) => "output_vote",
         }
@@ -473,6 +507,17 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<PeerMsg, DecodeError> {
     match &frame.msg {
         PeerMsg::Refuse(r) if r.detail.len() > MAX_DETAIL_LEN => {
             return Err(DecodeError::Malformed("refusal detail too long".into()));
+        }
+        PeerMsg::LedgerRequest { count, .. } if *count > MAX_LEDGERS_PER_MESSAGE => {
+            return Err(DecodeError::Malformed(format!(
+                "request for {count} ledgers, more than {MAX_LEDGERS_PER_MESSAGE}"
+            )));
+        }
+        PeerMsg::Ledgers(l) if l.len() > usize::from(MAX_LEDGERS_PER_MESSAGE) => {
+            return Err(DecodeError::Malformed(format!(
+                "{} ledgers in one message, more than {MAX_LEDGERS_PER_MESSAGE}",
+                l.len()
+            )));
         }
         PeerMsg::InputRequest(hashes) if hashes.len() > MAX_RELAY_BATCH => {
             return Err(DecodeError::Malformed(format!(
