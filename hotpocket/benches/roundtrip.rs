@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use berth_hotpocket::client::{Client, ConnectOptions};
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use ed25519_dalek::SigningKey;
 
 const USERS: usize = 100;

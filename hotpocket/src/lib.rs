@@ -1,17 +1,20 @@
 //! The HotPocket-compatible instance runtime that runs inside every instance.
 //!
-//! - [`protocol`]: wire formats (user messages, contract args, bundle `contract.config`).
+//! - `protocol`: the wire formats, from `berth-hotpocket-client` (which also holds the
+//!   user-side client the tenant CLI and the tests use).
 //! - [`config`]: the node's `hp.cfg` in its state directory.
 //! - [`node`]: start-up, the round loop and ledgers; [`server`]: the user port;
 //!   [`consensus`]: proposals and the agreement rule.
 //! - [`exec`]: running a contract; [`bootstrap`]: installing an owner's bundle.
 //! - [`ledger`] and [`store`]: hash formulas and the SQLite record.
-//! - [`client`]: the user-side library (used by tests and the tenant CLI).
 //! - [`image`]: the build context of the instance image.
 #![forbid(unsafe_code)]
 
+/// The wire formats live in `berth-hotpocket-client`, shared with the tenant CLI; the runtime
+/// names them `crate::protocol`.
+use berth_hotpocket_client::protocol;
+
 pub mod bootstrap;
-pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod exec;
@@ -19,7 +22,6 @@ mod fsutil;
 pub mod image;
 pub mod ledger;
 pub mod node;
-pub mod protocol;
 mod server;
 pub mod store;
 pub mod tls;

@@ -108,7 +108,7 @@ impl Keys {
 
     /// The HotPocket user public key as HotPocket writes it (`ed` + 64 hex).
     pub fn user_pubkey_hex(&self) -> String {
-        berth_hotpocket::protocol::pubkey_hex(&self.user.verifying_key())
+        berth_hotpocket_client::protocol::pubkey_hex(&self.user.verifying_key())
     }
 
     pub fn view(&self, show_secrets: bool) -> KeysView {

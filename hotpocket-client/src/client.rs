@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::bootstrap::BootstrapReply;
 use crate::protocol::bson::{Bson, Doc};
+use crate::protocol::bundle::BootstrapReply;
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -36,8 +36,8 @@ pub enum ClientError {
         addr: String,
         source: tokio_tungstenite::tungstenite::Error,
     },
-    #[error("tls set-up: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    #[error("tls set-up")]
+    Tls(#[from] rustls::Error),
     #[error("handshake with {addr}: {problem}")]
     Handshake { addr: String, problem: String },
     #[error("sending to the node: {0}")]
@@ -182,7 +182,10 @@ impl Drop for Client {
 }
 
 fn now_ms() -> u64 {
-    crate::node::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn next_payload(source: &mut SplitStream<Ws>) -> Option<Vec<u8>> {
@@ -372,7 +375,7 @@ impl Client {
         input_container: Vec<u8>,
         sig: Vec<u8>,
     ) -> Result<Submitted, ClientError> {
-        let input_hash = hex::encode(crate::ledger::hash_parts([sig.as_slice()]));
+        let input_hash = hex::encode(blake3::hash(&sig).as_bytes());
         let request = Request::Input {
             container: input_container.clone(),
             sig: sig.clone(),
