@@ -31,8 +31,8 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || [ ! -f "$BUNDLE" ]; then
     hotpocket/image/build.sh
 fi
 
-echo "==> cargo build --release -p berth-tenant --bin berth"
-cargo build --release -p berth-tenant --bin berth
+echo "==> cargo build --release -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox"
+cargo build --release -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox
 BERTH="${CARGO_TARGET_DIR:-target}/release/berth"
 
 # `--demo` (the guided tenant flow: acquire, deploy, input, extend, terminate) deploys a bundle

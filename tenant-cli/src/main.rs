@@ -14,7 +14,7 @@ use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
 
-mod sandbox_cmd;
+mod external;
 
 #[derive(Parser)]
 #[command(
@@ -112,8 +112,14 @@ enum Command {
         all: bool,
     },
     /// Run the whole marketplace locally (ledger, registry, host agent, funded tenant) until
-    /// Ctrl-C; needs the Docker engine and the instance image.
-    Sandbox(sandbox_cmd::SandboxArgs),
+    /// Ctrl-C; needs the Docker engine and the instance image. Runs `berth-sandbox` (next to
+    /// `berth` or on the PATH); `berth sandbox --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    Sandbox {
+        /// Flags of `berth-sandbox`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -224,9 +230,18 @@ struct HostsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The sandbox logs to its own file; every other command logs to stderr, quiet unless
-    // RUST_LOG asks (e.g. RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
-    if !matches!(cli.command, Command::Sandbox(_)) {
+    if let Command::Sandbox { args } = &cli.command {
+        // The sandbox is a binary of its own, so that a tenant's `berth` builds none of the
+        // host agent, the ledger server, the Docker client or SQLite.
+        let mut args = args.clone();
+        if cli.json {
+            args.insert(0, "--json".into());
+        }
+        return external::run("sandbox", &args);
+    }
+    // Every command logs to stderr, quiet unless RUST_LOG asks (e.g.
+    // RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
+    {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         let _ = tracing_subscriber::fmt()
@@ -319,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Leases { .. }) => {
             run_lease_command(command, &home(cli.home.as_deref())?, &net, json).await
         }
-        Command::Sandbox(args) => sandbox_cmd::run(args, json).await,
+        Command::Sandbox { .. } => unreachable!("`berth sandbox` runs berth-sandbox in main"),
         Command::Deploy {
             instance,
             bundle,

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use berth_mb_xrpl::{Client, ClientConfig};
 use serde::Serialize;
 
-use crate::book::Book;
-use crate::hosts;
-use crate::instance::{self, Instance};
-use crate::keys::Keys;
-use crate::lease::{self, AcquireOptions, Tenant};
+use berth_tenant::book::Book;
+use berth_tenant::hosts;
+use berth_tenant::instance::{self, Instance};
+use berth_tenant::keys::Keys;
+use berth_tenant::lease::{self, AcquireOptions, Tenant};
 
 /// Where the demo runs.
 #[derive(Debug, Clone)]
@@ -184,7 +184,7 @@ async fn tenant_flow(
         .map(|a| {
             let detail = format!(
                 "lease {} → instance {}",
-                crate::book::short_lease(&a.record.lease),
+                berth_tenant::book::short_lease(&a.record.lease),
                 a.record.instance_url()
             );
             (a, detail)

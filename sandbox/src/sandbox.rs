@@ -26,9 +26,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hosts;
-use crate::keys::{self, Keys, KeysError};
-use crate::settings::{Settings, SettingsError};
+use berth_tenant::hosts;
+use berth_tenant::keys::{self, Keys, KeysError};
+use berth_tenant::settings::{Settings, SettingsError};
 
 const XRP: u64 = 1_000_000;
 /// What the registry account is funded with.
