@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::config::{BootstrapSection, ContractSection};
 use crate::fsutil::{copy_tree, remove_tree};
-use crate::protocol::bundle::{safe_relative, ConfigRangeError, ContractConfig};
 /// The bootstrap's answer is a wire type of the client crate; the node names it from here.
 pub(crate) use crate::protocol::bundle::BootstrapReply;
+use crate::protocol::bundle::{safe_relative, ConfigRangeError, ContractConfig};
 
 /// Most entries a bundle may hold.
 pub const MAX_BUNDLE_ENTRIES: usize = 10_000;

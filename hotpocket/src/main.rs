@@ -232,10 +232,11 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 entries.push((name, bytes, 0o755));
             }
-            let config: berth_hotpocket_client::protocol::bundle::ContractConfig = serde_json::from_value(
-                serde_json::json!({"bin_path": "contract", "version": version}),
-            )
-            .context("building contract.config")?;
+            let config: berth_hotpocket_client::protocol::bundle::ContractConfig =
+                serde_json::from_value(
+                    serde_json::json!({"bin_path": "contract", "version": version}),
+                )
+                .context("building contract.config")?;
             let zip = berth_hotpocket_client::protocol::bundle::build_bundle(&config, &entries)?;
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)

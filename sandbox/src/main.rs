@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use berth_schemas::config::PortRange;
 use berth_sandbox::demo::{self, DemoEnv};
 use berth_sandbox::sandbox::{Sandbox, SandboxInfo, SandboxOptions};
+use berth_schemas::config::PortRange;
 use clap::{Args, Parser};
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -16,8 +16,8 @@ use berth_schemas::memo::Message;
 use berth_schemas::message::{Acquire, AcquireRequest, Sealed};
 use berth_tenant::instance::{Instance, StatusView};
 use berth_tenant::keys::Keys;
-use berth_xrpl_core::KeyPair;
 use berth_test_support::{docker_available, ensure_hotpocket_image, fails};
+use berth_xrpl_core::KeyPair;
 use serde_json::{json, Value};
 
 const CONTRACT: &str = "5d0b6b0e-8c1a-4f7e-9f53-2a6c1b9e4d21";

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply};
 use berth_hotpocket_client::client::{Client, ClientError, ConnectOptions, LedgerOutputs};
 use berth_hotpocket_client::protocol::bundle::ContractConfig;
+use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 

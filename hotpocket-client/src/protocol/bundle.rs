@@ -198,7 +198,6 @@ impl ContractConfig {
     }
 }
 
-
 /// Why a bundle could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildBundleError {
@@ -264,8 +263,7 @@ pub fn build_bundle(
     let zip_err = BuildBundleError::Zip;
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut buf);
-    let text =
-        serde_json::to_vec_pretty(config).map_err(BuildBundleError::Config)?;
+    let text = serde_json::to_vec_pretty(config).map_err(BuildBundleError::Config)?;
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
     zip.start_file("contract.config", opts.unix_permissions(0o644))

@@ -65,37 +65,14 @@ pub fn json(o: Output) -> serde_json::Value {
 pub fn hotpocket_artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_BIN_EXE_berth"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // The variables cargo sets for this test would make the nested build look different
-        // from a plain `cargo build` and rebuild dependencies every time.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            let per_test = [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-                || name == "CARGO_PRIMARY_PACKAGE"
-                || name == "CARGO_TARGET_TMPDIR";
-            if per_test {
-                build.env_remove(&name);
-            }
-        }
-        let status = build
-            .args(["build", "-p", "berth-hotpocket", "--bin", "hotpocket"])
-            .args(["--example", "echo-contract"])
-            .env("CARGO_TARGET_DIR", dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building hotpocket failed");
+        let dir = berth_test_support::cargo_build(&[
+            "-p",
+            "berth-hotpocket",
+            "--bin",
+            "hotpocket",
+            "--example",
+            "echo-contract",
+        ]);
         let bin = dir.join("hotpocket");
         let echo = dir.join("examples").join("echo-contract");
         assert!(
