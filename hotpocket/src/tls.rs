@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// TLS set-up errors naming the file or step.
@@ -61,14 +62,16 @@ pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsE
         path: key_path.clone(),
         source,
     })?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile_certs(&cert_pem);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
         return Err(TlsError::Empty {
             path: cert_path,
             what: "certificate",
         });
     }
-    let key = pem_private_key(&key_pem).ok_or(TlsError::Empty {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Empty {
         path: key_path,
         what: "private key",
     })?;
@@ -77,40 +80,4 @@ pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsE
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
-}
-
-fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let text = String::from_utf8_lossy(pem);
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut out = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find(&begin) {
-        let after = &rest[start + begin.len()..];
-        let Some(stop) = after.find(&end) else { break };
-        let body: String = after[..stop]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) {
-            out.push(der);
-        }
-        rest = &after[stop + end.len()..];
-    }
-    out
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
-    pem_blocks(pem, "CERTIFICATE")
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect()
-}
-
-fn pem_private_key(pem: &[u8]) -> Option<PrivateKeyDer<'static>> {
-    pem_blocks(pem, "PRIVATE KEY")
-        .into_iter()
-        .next()
-        .map(|der| PrivateKeyDer::Pkcs8(der.into()))
 }

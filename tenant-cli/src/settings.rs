@@ -64,9 +64,7 @@ impl Settings {
             path: path.clone(),
             problem: e.to_string(),
         })?;
-        let tmp = home.join(format!("{SETTINGS_FILE}.tmp"));
-        std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
+        crate::atomic::write(&path, &text, 0o644).map_err(io("writing", &path))?;
         Ok(path)
     }
 }
