@@ -31,7 +31,7 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// Client errors naming the node address or the step.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         addr: String,
         source: tokio_tungstenite::tungstenite::Error,

@@ -44,17 +44,25 @@ pub enum BundleError {
     InstallFailed(i32),
     #[error("install.sh did not finish within {0} seconds")]
     InstallTimedOut(u64),
-    #[error("installing the bundle: {step}: {source}")]
+    // The owner reads these as text (the bootstrap's answer), so the cause is in the message
+    // and not also a `source()`.
+    #[error("installing the bundle: {step}: {error}")]
     Io {
         step: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("installing the bundle: {0}")]
-    Exec(#[from] crate::exec::ExecError),
+    Exec(crate::exec::ExecError),
+}
+
+impl From<crate::exec::ExecError> for BundleError {
+    fn from(error: crate::exec::ExecError) -> Self {
+        BundleError::Exec(error)
+    }
 }
 
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
-    move |source| BundleError::Io { step, source }
+    move |error| BundleError::Io { step, error }
 }
 
 /// A bootstrap message decoded from an input (JSON with base64 content, or BSON with binary

@@ -119,14 +119,7 @@ fn main() -> ExitCode {
         eprintln!("hotpocket: starting contract `{program}`: {err}");
         return ExitCode::from(127);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    berth_log::init("info", berth_log::Format::from_env());
     match real_main(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -63,15 +63,11 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    let format = match format {
+        LogFormat::Text => berth_log::Format::Text,
+        LogFormat::Json => berth_log::Format::Json,
+    };
+    berth_log::init("info", format);
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

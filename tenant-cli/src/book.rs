@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Why the local record could not be read or written; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum BookError {
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,

@@ -24,9 +24,9 @@ pub enum KeysError {
     BadUserKey(String),
     #[error("key file {path} is not valid: {problem}")]
     Corrupt { path: PathBuf, problem: String },
-    #[error("setting the MessageKey: {0}")]
+    #[error("setting the MessageKey")]
     Ledger(#[from] berth_mb_xrpl::SubmitError),
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,

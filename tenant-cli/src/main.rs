@@ -242,12 +242,7 @@ fn main() -> ExitCode {
     // Every command logs to stderr, quiet unless RUST_LOG asks (e.g.
     // RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
     {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
+        berth_log::init("warn", berth_log::Format::from_env());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -14,7 +14,7 @@ pub const SETTINGS_FILE: &str = "settings.json";
 pub enum SettingsError {
     #[error("settings file {path} is not valid: {problem}")]
     Corrupt { path: PathBuf, problem: String },
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
