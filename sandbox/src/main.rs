@@ -10,6 +10,7 @@ use anyhow::Context;
 use berth_sandbox::demo::{self, DemoEnv};
 use berth_sandbox::sandbox::{Sandbox, SandboxInfo, SandboxOptions};
 use berth_schemas::config::PortRange;
+use berth_tenant::progress::Progress;
 use clap::{Args, Parser};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -168,7 +169,10 @@ async fn run(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let started = Instant::now();
-    let mut sandbox = Sandbox::start(opts, &mut |line| eprintln!("{line}")).await?;
+    let progress = Progress::stages();
+    let started_sandbox = Sandbox::start(opts, &mut |line| progress.line(line)).await;
+    progress.finish();
+    let mut sandbox = started_sandbox?;
     if json {
         println!("{}", serde_json::to_string(&sandbox.info)?);
     } else {
@@ -270,7 +274,10 @@ async fn demo(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
         "starting the sandbox: local ledger, host agent with {} slots on Docker, funded tenant…",
         opts.slots
     );
-    let mut sandbox = Sandbox::start(opts, &mut |line| eprintln!("{line}")).await?;
+    let progress = Progress::stages();
+    let started_sandbox = Sandbox::start(opts, &mut |line| progress.line(line)).await;
+    progress.finish();
+    let mut sandbox = started_sandbox?;
     eprintln!(
         "sandbox ready in {:.1} s; host {} (logs in {})",
         started.elapsed().as_secs_f64(),

@@ -10,4 +10,5 @@ pub mod hosts;
 pub mod instance;
 pub mod keys;
 pub mod lease;
+pub mod progress;
 pub mod settings;

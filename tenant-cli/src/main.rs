@@ -10,6 +10,7 @@ use berth_tenant::hosts::{self, Filter, HostView};
 use berth_tenant::instance::{self, InputView, Instance, InstanceError};
 use berth_tenant::keys::{self, Keys};
 use berth_tenant::lease::{self, AcquireOptions, Tenant, Xrp};
+use berth_tenant::progress::Progress;
 use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
@@ -347,13 +348,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.close().await;
                 bail!("instance {instance} runs contract {announced}, not {want}; check the instance address");
             }
-            eprintln!(
-                "uploading {} bytes to {} (contract {announced}) as {}…",
-                zip.len(),
-                node.addr(),
-                keys.user_pubkey_hex()
+            // The client sends a bundle as one message: the bar fills when the node has it.
+            let progress = Progress::bytes(
+                zip.len() as u64,
+                &format!(
+                    "uploading to {} (contract {announced}) as {}",
+                    node.addr(),
+                    keys.user_pubkey_hex()
+                ),
             );
-            let reply = node.upload(&zip).await?;
+            let reply = node.upload(&zip).await;
+            progress.set_position(zip.len() as u64);
+            progress.finish();
+            let reply = reply?;
             node.close().await;
             if json {
                 print_json(&reply)?;
@@ -503,11 +510,6 @@ fn wait(args: &WaitArgs) -> Duration {
     Duration::from_secs(args.wait_secs)
 }
 
-/// Progress lines on stderr.
-fn progress_to_stderr() -> impl FnMut(&str) {
-    |line: &str| eprintln!("{line}")
-}
-
 fn when(unix: u64) -> String {
     let now = lease::now_unix();
     if unix > now {
@@ -540,11 +542,12 @@ async fn run_lease_command(
 }
 
 async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow::Result<()> {
-    let mut progress = progress_to_stderr();
+    let bar = Progress::stages();
+    let mut progress = |line: &str| bar.line(line);
     match command {
         Command::Acquire(args) => {
             let acquired = match &args.resume {
-                Some(hash) => tenant.resume(hash, wait(&args.wait), &mut progress).await?,
+                Some(hash) => tenant.resume(hash, wait(&args.wait), &mut progress).await,
                 None => {
                     let host = args.host.as_deref().context("name the host (r…)")?;
                     let opts = AcquireOptions {
@@ -554,9 +557,11 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         wait: wait(&args.wait),
                         allow_silent: args.allow_silent,
                     };
-                    tenant.acquire(host, &opts, &mut progress).await?
+                    tenant.acquire(host, &opts, &mut progress).await
                 }
             };
+            bar.finish();
+            let acquired = acquired?;
             if json {
                 return print_json(&acquired);
             }
@@ -581,7 +586,9 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
         } => {
             let extended = tenant
                 .extend(&lease, moments, wait(&w), &mut progress)
-                .await?;
+                .await;
+            bar.finish();
+            let extended = extended?;
             if json {
                 return print_json(&extended);
             }
@@ -596,7 +603,9 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
         }
         Command::Terminate { lease, wait: w } => {
             let record = tenant.find(&lease).await?;
-            let request = tenant.terminate(&lease, wait(&w), &mut progress).await?;
+            let request = tenant.terminate(&lease, wait(&w), &mut progress).await;
+            bar.finish();
+            let request = request?;
             if json {
                 return print_json(&serde_json::json!({
                     "lease": record.lease, "terminated": true, "request": request,
@@ -747,6 +756,12 @@ async fn run_hosts(args: HostsArgs, net: &Network, json: bool) -> anyhow::Result
                 "{registered} registered host(s), none with a live offer matching the filters; relax --max-price/--min-free/--min-memory/--seen-within, add --include-silent, or try again later"
             )
         };
+        if json {
+            // A list that happens to be empty is still a list: scripts get `[]`, people the
+            // reason.
+            eprintln!("no host found: {why}");
+            return print_json(&found);
+        }
         bail!("no host found: {why}");
     }
     if json {
