@@ -25,37 +25,8 @@ pub fn berth(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-pub fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "berth failed ({}): stdout {} stderr {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Asserts exit code 1 and returns stderr.
-pub fn fails(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected failure: stdout {} stderr {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stderr(&o)
-}
+#[allow(unused_imports)]
+pub use berth_test_support::{fails, ok, stderr, stdout};
 
 pub fn json(o: Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).unwrap()
