@@ -34,7 +34,7 @@ enum SessionError {
     Timeout,
     #[error("tls: {0}")]
     Tls(std::io::Error),
-    #[error("websocket")]
+    #[error("websocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("challenge response refused: {0}")]
     Challenge(&'static str),
