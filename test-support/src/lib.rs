@@ -87,8 +87,17 @@ pub fn cargo() -> Command {
 /// Runs `cargo build <args>` (dev profile) into the running test's target directory once
 /// per process and set of arguments; returns `<target>/debug`, where the artifacts are.
 pub fn cargo_build(args: &[&str]) -> PathBuf {
+    cargo_build_profile("dev", args)
+}
+
+/// [`cargo_build`] in another profile (a bench builds what it runs in its own profile);
+/// returns the profile's output directory.
+pub fn cargo_build_profile(profile: &str, args: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<Vec<String>, PathBuf>>> = OnceLock::new();
-    let key: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let key: Vec<String> = std::iter::once(profile)
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
@@ -98,13 +107,13 @@ pub fn cargo_build(args: &[&str]) -> PathBuf {
     }
     let target = target_dir();
     let status = cargo()
-        .arg("build")
+        .args(["build", "--profile", profile])
         .args(args)
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .unwrap();
     assert!(status.success(), "cargo build {} failed", args.join(" "));
-    let dir = target.join("debug");
+    let dir = target.join(if profile == "dev" { "debug" } else { profile });
     built.insert(key, dir.clone());
     dir
 }
