@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 /// `berth sandbox`: run the whole marketplace locally (ledger, registry, host agent, funded
 /// tenant) until Ctrl-C; needs the Docker engine and the instance image.
 #[derive(Parser)]
-#[command(name = "berth sandbox", version)]
+#[command(name = "berth sandbox", bin_name = "berth sandbox", version)]
 struct Cli {
     /// Print data as JSON.
     #[arg(long)]
