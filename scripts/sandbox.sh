@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole Berth marketplace on this machine, in one command: checks Docker, builds the
-# instance image and the example bundles when missing (hotpocket/image/build.sh), builds
-# `berth` in release mode and runs `berth sandbox` until Ctrl-C.
+# The whole Berth marketplace on this machine, in one command: checks Docker, installs
+# busybox-static when missing (scripts/busybox.sh), builds the instance image and the example
+# bundles when missing (hotpocket/image/build.sh), builds `berth` and `berth-sandbox` (dev
+# profile with optimised dependencies, shared with scripts/test.sh's build) and runs
+# `berth sandbox` until Ctrl-C.
 # Usage: scripts/sandbox.sh [berth sandbox flags]   e.g. scripts/sandbox.sh --keep --slots 2
 #        scripts/sandbox.sh --demo                    (the guided tenant flow)
 set -euo pipefail
@@ -22,18 +24,16 @@ EOF
 fi
 
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || [ ! -f "$BUNDLE" ]; then
-    if [ ! -x "${BUSYBOX:-/bin/busybox}" ]; then
-        echo "error: building the instance image needs a static busybox at ${BUSYBOX:-/bin/busybox}:" \
-            "install it with \`sudo apt-get install busybox-static\` (or set BUSYBOX)" >&2
-        exit 1
-    fi
+    # shellcheck source=scripts/busybox.sh
+    . scripts/busybox.sh
+    ensure_busybox
     echo "==> building the instance image $IMAGE and the example bundles (the first build takes minutes)"
     hotpocket/image/build.sh
 fi
 
-echo "==> cargo build --release -p berth-tenant --bin berth"
-cargo build --release -p berth-tenant --bin berth
-BERTH="${CARGO_TARGET_DIR:-target}/release/berth"
+echo "==> cargo build -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox"
+cargo build -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox
+BERTH="${CARGO_TARGET_DIR:-target}/debug/berth"
 
 # `--demo` (the guided tenant flow: acquire, deploy, input, extend, terminate) deploys a bundle
 # given with `--bundle`; both are flags of `berth sandbox`. With --demo and no --bundle, the

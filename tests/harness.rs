@@ -15,82 +15,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+pub use berth_test_support::{docker_available, root};
 
-fn target_dir() -> PathBuf {
-    // <target>/debug/deps/<test binary>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A `cargo` command without the variables cargo sets for this test, which would make the
-/// nested build look different from a plain `cargo build` and rebuild dependencies.
-fn cargo() -> Command {
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy().into_owned();
-        let per_test = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-            || name == "CARGO_PRIMARY_PACKAGE"
-            || name == "CARGO_TARGET_TMPDIR";
-        if per_test {
-            build.env_remove(&name);
-        }
-    }
-    build.current_dir(root());
-    build
-}
-
-/// The `berth` binary, built once per test process.
+/// The `berth` binary and, next to it, `berth-sandbox` (which `berth sandbox` runs), built
+/// once per test process by a nested `cargo build`.
 pub fn berth_bin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let target = target_dir();
-        let status = cargo()
-            .args(["build", "-p", "berth-tenant", "--bin", "berth"])
-            .env("CARGO_TARGET_DIR", &target)
-            .status()
-            .unwrap();
-        assert!(status.success(), "building berth failed");
-        let bin = target.join("debug").join("berth");
+        let dir = berth_test_support::cargo_build(&[
+            "-p",
+            "berth-tenant",
+            "--bin",
+            "berth",
+            "-p",
+            "berth-sandbox",
+            "--bin",
+            "berth-sandbox",
+        ]);
+        let bin = dir.join("berth");
         assert!(bin.is_file(), "{}", bin.display());
         bin
     })
-}
-
-/// Whether the Docker engine answers; panics when it does not and `BERTH_REQUIRE_DOCKER=1`.
-pub fn docker_available() -> bool {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("BERTH_REQUIRE_DOCKER=1 but the Docker engine is unreachable");
-        }
-        eprintln!("SKIPPED: the Docker engine is unreachable");
-    }
-    ok
 }
 
 /// The instance image and the example bundles, built by hotpocket/image/build.sh when
@@ -98,20 +43,8 @@ pub fn docker_available() -> bool {
 pub fn counter_bundle() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        berth_test_support::ensure_hotpocket_image();
         let bundle = root().join("examples/bundles/counter.zip");
-        let image = Command::new("docker")
-            .args(["image", "inspect", "berth-hotpocket:latest"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !image || !bundle.is_file() {
-            let status = Command::new(root().join("hotpocket/image/build.sh"))
-                .current_dir(root())
-                .status()
-                .unwrap();
-            assert!(status.success(), "hotpocket/image/build.sh failed");
-        }
         assert!(bundle.is_file(), "{}", bundle.display());
         bundle
     })

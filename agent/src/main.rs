@@ -217,16 +217,7 @@ fn run_command(cli: Cli) -> Result<()> {
 
 /// Tracing to stderr: `RUST_LOG` (default `info`), JSON when `BERTH_LOG_JSON=1`.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("BERTH_LOG_JSON").as_deref() == Ok("1") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    berth_log::init("info", berth_log::Format::from_env());
 }
 
 fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use berth_hotpocket::client::{Client, ConnectOptions};
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use ed25519_dalek::SigningKey;
 
 const USERS: usize = 100;
@@ -106,20 +106,11 @@ fn echo_contract(hotpocket: &Path) -> anyhow::Result<PathBuf> {
         } else {
             "dev"
         };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "berth-hotpocket",
-                "--example",
-                "echo-contract",
-                "--profile",
-                profile,
-            ])
-            .status()
-            .context("building the echo example")?;
-        if !status.success() || !path.exists() {
+        berth_test_support::cargo_build_profile(
+            profile,
+            &["-p", "berth-hotpocket", "--example", "echo-contract"],
+        );
+        if !path.exists() {
             bail!("could not build {}", path.display());
         }
     }

@@ -26,6 +26,9 @@ echo "==> example bundles"
 "$OUT/hotpocket" bundle --bin "$OUT/examples/counter-contract" --out "$ROOT/examples/bundles/counter.zip"
 
 if [ "${1:-}" = "--no-docker" ]; then exit 0; fi
+# shellcheck source=scripts/busybox.sh
+. "$ROOT/scripts/busybox.sh"
+ensure_busybox
 echo "==> build context and image $TAG"
 CONTEXT="$(mktemp -d)"
 trap 'rm -rf "$CONTEXT"' EXIT

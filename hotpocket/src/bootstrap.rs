@@ -3,14 +3,14 @@
 //! (evernode-bootstrap-contract semantics, done natively by the node).
 
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::{BootstrapSection, ContractSection};
 use crate::fsutil::{copy_tree, remove_tree};
-use crate::protocol::bundle::{ConfigRangeError, ContractConfig};
+/// The bootstrap's answer is a wire type of the client crate; the node names it from here.
+pub(crate) use crate::protocol::bundle::BootstrapReply;
+use crate::protocol::bundle::{safe_relative, ConfigRangeError, ContractConfig};
 
 /// Most entries a bundle may hold.
 pub const MAX_BUNDLE_ENTRIES: usize = 10_000;
@@ -44,43 +44,25 @@ pub enum BundleError {
     InstallFailed(i32),
     #[error("install.sh did not finish within {0} seconds")]
     InstallTimedOut(u64),
-    #[error("installing the bundle: {step}: {source}")]
+    // The owner reads these as text (the bootstrap's answer), so the cause is in the message
+    // and not also a `source()`.
+    #[error("installing the bundle: {step}: {error}")]
     Io {
         step: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("installing the bundle: {0}")]
-    Exec(#[from] crate::exec::ExecError),
+    Exec(crate::exec::ExecError),
+}
+
+impl From<crate::exec::ExecError> for BundleError {
+    fn from(error: crate::exec::ExecError) -> Self {
+        BundleError::Exec(error)
+    }
 }
 
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
-    move |source| BundleError::Io { step, source }
-}
-
-/// The bootstrap's answer (`uploadResult` / `statusResult`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BootstrapReply {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub status: String,
-    pub message: String,
-}
-
-impl BootstrapReply {
-    pub fn ok(kind: &str, message: impl Into<String>) -> Self {
-        BootstrapReply {
-            kind: kind.to_owned(),
-            status: "ok".to_owned(),
-            message: message.into(),
-        }
-    }
-    pub fn fail(kind: &str, message: impl Into<String>) -> Self {
-        BootstrapReply {
-            kind: kind.to_owned(),
-            status: "fail".to_owned(),
-            message: message.into(),
-        }
-    }
+    move |error| BundleError::Io { step, error }
 }
 
 /// A bootstrap message decoded from an input (JSON with base64 content, or BSON with binary
@@ -325,23 +307,6 @@ fn unpack(
     Ok(())
 }
 
-/// A zip entry name as a relative path that stays inside the directory.
-fn safe_relative(name: &str) -> Option<PathBuf> {
-    if name.contains('\0') || name.contains('\\') {
-        return None;
-    }
-    let path = Path::new(name);
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
 fn read_config(dir: &Path) -> Result<(ContractConfig, bool), BundleError> {
     let cfg_path = dir.join("contract.config");
     let text = std::fs::read(&cfg_path).map_err(|_| BundleError::NoConfig)?;
@@ -379,34 +344,6 @@ fn read_config(dir: &Path) -> Result<(ContractConfig, bool), BundleError> {
         return Err(BundleError::MissingBinary(config.bin_path.clone()));
     }
     Ok((config, dir.join("install.sh").is_file()))
-}
-
-/// Builds a bundle zip: `contract.config` plus files `(name in the bundle, bytes, unix mode)`.
-pub fn build_bundle(
-    config: &ContractConfig,
-    files: &[(String, Vec<u8>, u32)],
-) -> Result<Vec<u8>, BundleError> {
-    use std::io::Write;
-    let zip_err = |e: zip::result::ZipError| BundleError::NotZip(e.to_string());
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut buf);
-    let text =
-        serde_json::to_vec_pretty(config).map_err(|e| BundleError::BadConfig(e.to_string()))?;
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file("contract.config", opts.unix_permissions(0o644))
-        .map_err(zip_err)?;
-    zip.write_all(&text).map_err(io("writing the bundle"))?;
-    for (name, bytes, mode) in files {
-        if safe_relative(name).is_none() {
-            return Err(BundleError::PathEscape(name.clone()));
-        }
-        zip.start_file(name.as_str(), opts.unix_permissions(*mode))
-            .map_err(zip_err)?;
-        zip.write_all(bytes).map_err(io("writing the bundle"))?;
-    }
-    zip.finish().map_err(zip_err)?;
-    Ok(buf.into_inner())
 }
 
 #[cfg(test)]

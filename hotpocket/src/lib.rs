@@ -1,6 +1,7 @@
 //! The HotPocket-compatible instance runtime that runs inside every instance.
 //!
-//! - [`protocol`]: wire formats (user messages, contract args, bundle `contract.config`).
+//! - `protocol`: the wire formats, from `berth-hotpocket-client` (which also holds the
+//!   user-side client the tenant CLI and the tests use).
 //! - [`config`]: the node's `hp.cfg` in its state directory.
 //! - [`node`]: start-up and shared state; `round`: the round loop (proposals, closing
 //!   ledgers, executing them, output votes); [`consensus`]: the agreement rules as pure
@@ -8,12 +9,14 @@
 //!   [`clock`]: the wall clock rounds are timed by.
 //! - [`exec`]: running a contract; [`bootstrap`]: installing an owner's bundle.
 //! - [`ledger`] and [`store`]: hash formulas and the SQLite record.
-//! - [`client`]: the user-side library (used by tests and the tenant CLI).
 //! - [`image`]: the build context of the instance image.
 #![forbid(unsafe_code)]
 
+/// The wire formats live in `berth-hotpocket-client`, shared with the tenant CLI; the runtime
+/// names them `crate::protocol`.
+use berth_hotpocket_client::protocol;
+
 pub mod bootstrap;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod consensus;
@@ -23,7 +26,6 @@ pub mod image;
 pub mod ledger;
 pub mod node;
 pub mod peer;
-pub mod protocol;
 mod round;
 mod server;
 pub mod store;

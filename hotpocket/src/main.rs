@@ -146,14 +146,7 @@ fn main() -> ExitCode {
         eprintln!("hotpocket: starting contract `{program}`: {err}");
         return ExitCode::from(127);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    berth_log::init("info", berth_log::Format::from_env());
     match real_main(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -279,11 +272,12 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 entries.push((name, bytes, 0o755));
             }
-            let config: berth_hotpocket::protocol::bundle::ContractConfig = serde_json::from_value(
-                serde_json::json!({"bin_path": "contract", "version": version}),
-            )
-            .context("building contract.config")?;
-            let zip = berth_hotpocket::bootstrap::build_bundle(&config, &entries)?;
+            let config: berth_hotpocket_client::protocol::bundle::ContractConfig =
+                serde_json::from_value(
+                    serde_json::json!({"bin_path": "contract", "version": version}),
+                )
+                .context("building contract.config")?;
+            let zip = berth_hotpocket_client::protocol::bundle::build_bundle(&config, &entries)?;
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;

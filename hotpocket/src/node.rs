@@ -354,7 +354,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         },
         signing_key.clone(),
         tls.clone(),
-        crate::tls::client_config_accepting_self_signed()?,
+        crate::tls::peer_client_config()?,
         peer_tx,
         cancel.clone(),
         tracker.clone(),

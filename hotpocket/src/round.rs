@@ -161,6 +161,7 @@ fn reject(reason: RejectReason, hash: &Hash) -> Reply {
 }
 
 impl RoundLoop {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         store: Store,

@@ -1,13 +1,12 @@
-//! TLS for the user port: a self-signed certificate made at first start, the server config,
-//! and a client config that accepts a node's self-signed certificate (as HotPocket clients do;
-//! the user authenticates the node through the server challenge instead).
+//! TLS for the user port: a self-signed certificate made at first start and the server config.
+//! The client side (accepting a node's self-signed certificate) is
+//! `berth_hotpocket_client::tls`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// TLS set-up errors naming the file or step.
 #[derive(Debug, thiserror::Error)]
@@ -63,14 +62,16 @@ pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsE
         path: key_path.clone(),
         source,
     })?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile_certs(&cert_pem);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
         return Err(TlsError::Empty {
             path: cert_path,
             what: "certificate",
         });
     }
-    let key = pem_private_key(&key_pem).ok_or(TlsError::Empty {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Empty {
         path: key_path,
         what: "private key",
     })?;
@@ -81,105 +82,8 @@ pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(config))
 }
 
-fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let text = String::from_utf8_lossy(pem);
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut out = Vec::new();
-    let mut rest = text.as_ref();
-    while let Some(start) = rest.find(&begin) {
-        let after = &rest[start + begin.len()..];
-        let Some(stop) = after.find(&end) else { break };
-        let body: String = after[..stop]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) {
-            out.push(der);
-        }
-        rest = &after[stop + end.len()..];
-    }
-    out
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
-    pem_blocks(pem, "CERTIFICATE")
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect()
-}
-
-fn pem_private_key(pem: &[u8]) -> Option<PrivateKeyDer<'static>> {
-    pem_blocks(pem, "PRIVATE KEY")
-        .into_iter()
-        .next()
-        .map(|der| PrivateKeyDer::Pkcs8(der.into()))
-}
-
-/// A client config that accepts any server certificate but still checks the handshake
-/// signatures (the node's identity is proved by the server challenge, not by a CA).
-pub fn client_config_accepting_self_signed() -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = provider();
-    let verifier = Arc::new(AcceptSelfSigned {
-        provider: provider.clone(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-#[derive(Debug)]
-struct AcceptSelfSigned {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptSelfSigned {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// The config a node dials its peers with: it accepts their self-signed certificates, since
+/// a peer proves its node key by the challenge, not by its certificate.
+pub fn peer_client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(berth_hotpocket_client::tls::client_config_accepting_self_signed()?)
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 
-fn refused(reply: &berth_hotpocket::bootstrap::BootstrapReply, needle: &str) {
+fn refused(reply: &berth_hotpocket_client::protocol::bundle::BootstrapReply, needle: &str) {
     assert_eq!(reply.kind, "uploadResult");
     assert_eq!(reply.status, "fail", "{reply:?}");
     assert!(

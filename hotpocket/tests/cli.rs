@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
 
 fn run_with_env(dir: &std::path::Path, env: &[(&str, String)]) -> Node {

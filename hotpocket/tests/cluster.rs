@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_hotpocket::client::{Client, ConnectOptions, LedgerOutputs};
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions, LedgerOutputs};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
 use ed25519_dalek::SigningKey;
 
@@ -387,7 +387,8 @@ async fn a_non_deterministic_contract_is_reported_and_no_ledger_closes_on_split_
     let user = cluster.connect(1, &key(9)).await;
     let submitted = user.submit(b"random").await.unwrap();
     let accepted = user.wait_status(&submitted.input_hash).await.unwrap();
-    let berth_hotpocket::client::InputOutcome::Accepted { ledger_seq_no, .. } = accepted else {
+    let berth_hotpocket_client::client::InputOutcome::Accepted { ledger_seq_no, .. } = accepted
+    else {
         panic!("random input rejected: {accepted:?}");
     };
     // Each node wrote its own random bytes: their states split and stay split.
@@ -604,7 +605,7 @@ async fn forged_replayed_unsigned_and_strangers_peer_messages_are_dropped_with_a
         },
         stranger.clone(),
         berth_hotpocket::tls::server_config(tls_dir.path()).unwrap(),
-        berth_hotpocket::tls::client_config_accepting_self_signed().unwrap(),
+        berth_hotpocket::tls::peer_client_config().unwrap(),
         tx,
         cancel.clone(),
         tracker.clone(),

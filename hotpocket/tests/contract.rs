@@ -10,14 +10,14 @@ use common::*;
 async fn probe_node(
     dir: &std::path::Path,
     config: serde_json::Value,
-) -> (Node, berth_hotpocket::client::Client) {
+) -> (Node, berth_hotpocket_client::client::Client) {
     let owner = key(1);
     let node = Node::create(dir, &owner, 200);
     let client = install(&node, &owner, &bundle("probe-contract", config)).await;
     (node, client)
 }
 
-fn text(out: &berth_hotpocket::client::LedgerOutputs) -> String {
+fn text(out: &berth_hotpocket_client::client::LedgerOutputs) -> String {
     out.outputs
         .iter()
         .map(|o| String::from_utf8_lossy(o).into_owned())

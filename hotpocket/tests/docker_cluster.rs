@@ -26,10 +26,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use berth_hotpocket::client::{Client, ConnectOptions, NodeStat};
 use berth_hotpocket::consensus::RoundTiming;
 use berth_hotpocket::image::IMAGE_TAG;
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions, NodeStat};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
 use ed25519_dalek::SigningKey;
 

@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_hotpocket::client::{Client, ConnectOptions};
 use berth_hotpocket::image::IMAGE_TAG;
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
 
 fn docker(args: &[&str]) -> Result<String, String> {
@@ -31,23 +31,11 @@ fn docker(args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// Builds the image and bundles when missing.
 fn ensure_image() -> PathBuf {
-    let bundle = workspace().join("examples/bundles/echo.zip");
-    if docker(&["image", "inspect", IMAGE_TAG]).is_err() || !bundle.exists() {
-        let status = Command::new(workspace().join("hotpocket/image/build.sh"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "hotpocket/image/build.sh failed");
-    }
-    bundle
+    assert_eq!(IMAGE_TAG, berth_test_support::HOTPOCKET_IMAGE);
+    berth_test_support::ensure_hotpocket_image();
+    berth_test_support::root().join("examples/bundles/echo.zip")
 }
 
 struct Cleanup(Vec<Vec<String>>);
@@ -64,11 +52,7 @@ impl Drop for Cleanup {
 #[tokio::test]
 async fn hardened_container_serves_an_uploaded_bundle() {
     if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
-        assert!(
-            std::env::var("BERTH_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "docker required: {e}"
-        );
-        eprintln!("skipping: docker unavailable ({e})");
+        berth_test_support::docker_unreachable(e);
         return;
     }
     let bundle = ensure_image();

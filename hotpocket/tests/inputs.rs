@@ -3,7 +3,7 @@
 
 mod common;
 
-use berth_hotpocket::client::{Client, ConnectOptions, InputOutcome};
+use berth_hotpocket_client::client::{Client, ConnectOptions, InputOutcome};
 use common::*;
 use ed25519_dalek::Signer;
 
@@ -139,7 +139,7 @@ async fn malformed_and_unknown_messages_get_reject_reasons() {
         .take_unmatched()
         .into_iter()
         .filter_map(|m| match m {
-            berth_hotpocket::protocol::user::Reply::InputStatus {
+            berth_hotpocket_client::protocol::user::Reply::InputStatus {
                 reason: Some(r), ..
             } => Some(r.as_str().to_owned()),
             _ => None,

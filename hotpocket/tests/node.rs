@@ -62,7 +62,7 @@ async fn handshake_with_a_bad_signature_is_refused() {
     let response = serde_json::json!({
         "type": "user_challenge_response",
         "sig": hex::encode(sig.to_bytes()),
-        "pubkey": berth_hotpocket::protocol::pubkey_hex(&owner.verifying_key()),
+        "pubkey": berth_hotpocket_client::protocol::pubkey_hex(&owner.verifying_key()),
         "protocol": "json",
     });
     ws.send(tokio_tungstenite::tungstenite::Message::binary(
@@ -86,10 +86,10 @@ async fn one_connection_per_user_key() {
     let owner = key(1);
     let node = Node::create(dir.path(), &owner, 200);
     let _first = node.connect(&owner).await;
-    let second = berth_hotpocket::client::Client::connect(
+    let second = berth_hotpocket_client::client::Client::connect(
         &node.addr,
         owner.clone(),
-        berth_hotpocket::client::ConnectOptions::default(),
+        berth_hotpocket_client::client::ConnectOptions::default(),
     )
     .await;
     assert!(
@@ -102,8 +102,8 @@ async fn one_connection_per_user_key() {
 
 #[tokio::test]
 async fn bson_protocol_carries_binary_inputs_outputs_and_uploads() {
-    use berth_hotpocket::client::{Client, ConnectOptions};
-    use berth_hotpocket::protocol::user::Protocol;
+    use berth_hotpocket_client::client::{Client, ConnectOptions};
+    use berth_hotpocket_client::protocol::user::Protocol;
     let dir = tempfile::tempdir().unwrap();
     let owner = key(1);
     let node = Node::create(dir.path(), &owner, 200);

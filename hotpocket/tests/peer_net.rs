@@ -61,7 +61,7 @@ impl TestNode {
             },
             key(n),
             berth_hotpocket::tls::server_config(dir.path()).unwrap(),
-            berth_hotpocket::tls::client_config_accepting_self_signed().unwrap(),
+            berth_hotpocket::tls::peer_client_config().unwrap(),
             tx,
             cancel.clone(),
             tracker.clone(),
@@ -161,7 +161,7 @@ type Raw = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A raw TLS WebSocket connection to a node's peer port.
 async fn raw_connect(addr: &str) -> Raw {
-    let tls = berth_hotpocket::tls::client_config_accepting_self_signed().unwrap();
+    let tls = berth_hotpocket::tls::peer_client_config().unwrap();
     let config = WebSocketConfig {
         max_message_size: Some(4 * MAX_FRAME),
         max_frame_size: Some(4 * MAX_FRAME),

@@ -64,7 +64,7 @@ async fn replaying_the_same_inputs_gives_identical_outputs_and_state() {
         node.stop();
         let store = Store::open(&dir.path().join("ledger.sqlite")).unwrap();
         let recorded = store
-            .outputs_for_user(&berth_hotpocket::protocol::pubkey_hex(
+            .outputs_for_user(&berth_hotpocket_client::protocol::pubkey_hex(
                 &key(2).verifying_key(),
             ))
             .unwrap();

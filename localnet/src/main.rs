@@ -53,8 +53,8 @@ enum Command {
         /// Amount in XRP.
         #[arg(long, default_value_t = 1000)]
         xrp: u64,
-        /// JSON-RPC URL of the localnet.
-        #[arg(long, default_value = "http://127.0.0.1:6006/")]
+        /// URL of the localnet (its WebSocket, ws://; an http:// URL names the same server).
+        #[arg(long, default_value = "ws://127.0.0.1:6006/")]
         url: String,
         /// Print the answer as JSON.
         #[arg(long)]
@@ -63,15 +63,11 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
+    let format = match format {
+        LogFormat::Text => berth_log::Format::Text,
+        LogFormat::Json => berth_log::Format::Json,
+    };
+    berth_log::init("info", format);
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -106,18 +102,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn fund(address: String, xrp: u64, url: String, json: bool) -> anyhow::Result<()> {
     let drops = xrp.checked_mul(1_000_000).context("amount too large")?;
-    let body = serde_json::json!({"method": "wallet_fund", "params": [{"destination": address, "amount": drops.to_string()}]});
-    let res = http_post(&url, &body.to_string())
+    let request = serde_json::json!({
+        "id": 1,
+        "command": "wallet_fund",
+        "destination": address,
+        "amount": drops.to_string(),
+    });
+    let answer = ws_request(&url, &request)
         .await
-        .with_context(|| format!("posting to {url}"))?;
-    let v: serde_json::Value = serde_json::from_str(&res).context("reading the answer")?;
-    let r = &v["result"];
-    if r["status"] != "success" {
+        .with_context(|| format!("asking the localnet at {url}"))?;
+    if answer["status"] != "success" {
         anyhow::bail!(
             "funding {address} failed: {}",
-            r["error_message"].as_str().unwrap_or("unknown error")
+            answer["error_message"]
+                .as_str()
+                .or(answer["error"].as_str())
+                .unwrap_or("unknown error")
         );
     }
+    let r = &answer["result"];
     if json {
         println!("{}", serde_json::to_string_pretty(r)?);
     } else {
@@ -129,25 +132,32 @@ async fn fund(address: String, xrp: u64, url: String, json: bool) -> anyhow::Res
     Ok(())
 }
 
-/// A minimal HTTP/1.1 POST over a plain TCP stream (localnet is on loopback).
-async fn http_post(url: &str, body: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url
-        .strip_prefix("http://")
-        .context("the URL must start with http://")?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    let mut s = tokio::net::TcpStream::connect(host)
+/// One request over localnet's WebSocket API (`ws://…`; an `http://` URL names the same
+/// server, whose WebSocket is at `/` too) and its answer.
+async fn ws_request(url: &str, request: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = match url.strip_prefix("http://") {
+        Some(rest) => format!("ws://{rest}"),
+        None => url.to_owned(),
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
-        .with_context(|| format!("connecting to {host}"))?;
-    let req = format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let (_, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    Ok(body.to_string())
+        .context("connecting")?;
+    ws.send(Message::text(request.to_string()))
+        .await
+        .context("sending the request")?;
+    while let Some(message) = ws.next().await {
+        match message.context("reading the answer")? {
+            Message::Text(text) => {
+                let _ = ws.close(None).await;
+                return serde_json::from_str(text.as_str()).context("reading the answer");
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    anyhow::bail!("the connection closed without an answer")
 }
 
 #[tokio::main]

@@ -39,8 +39,8 @@ pub enum IndexEntry {
 /// The state of one ledger.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    objects: im::OrdMap<Key, Arc<Entry>>,
-    indexes: im::OrdSet<IndexEntry>,
+    objects: imbl::OrdMap<Key, Arc<Entry>>,
+    indexes: imbl::OrdSet<IndexEntry>,
 }
 
 pub fn pad_account(a: &[u8; 20]) -> Key {

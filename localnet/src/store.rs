@@ -13,12 +13,12 @@ use crate::state::Key;
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open ledger store {path}: {source}")]
+    #[error("cannot open ledger store {path}")]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("ledger store {path}: {source}")]
+    #[error("ledger store {path}")]
     Sql {
         path: PathBuf,
         source: rusqlite::Error,

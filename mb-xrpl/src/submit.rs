@@ -184,7 +184,7 @@ pub enum SubmitError {
         result: String,
         message: String,
     },
-    #[error("transaction {hash}: cannot persist the re-signed version: {source}")]
+    #[error("transaction {hash}: cannot persist the re-signed version")]
     Persist {
         hash: String,
         source: Box<dyn std::error::Error + Send + Sync>,

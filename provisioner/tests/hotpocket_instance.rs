@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_hotpocket::client::{Client, ConnectOptions};
 use berth_hotpocket::image::IMAGE_TAG;
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use berth_provisioner::{InstanceIdentity, InstanceSpec, Provisioner};
 use common::*;
 

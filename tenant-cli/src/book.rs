@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Why the local record could not be read or written; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum BookError {
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
@@ -252,18 +252,13 @@ fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BookErr
 }
 
 fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<PathBuf, BookError> {
-    use std::io::Write;
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let path = dir.join(format!("{}.json", name.to_uppercase()));
-    let tmp = dir.join(format!(".{}.json.tmp", name.to_uppercase()));
     let text = serde_json::to_vec_pretty(value).map_err(|e| BookError::Corrupt {
         path: path.clone(),
         problem: e.to_string(),
     })?;
-    let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    file.write_all(&text).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
+    crate::atomic::write(&path, &text, 0o644).map_err(io("writing", &path))?;
     Ok(path)
 }
 

@@ -14,12 +14,12 @@ use serde_json::{json, Value};
 /// Errors naming the account or the ledger request.
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
-    #[error("reading the registry {registry}: {source}")]
+    #[error("reading the registry {registry}")]
     Registry {
         registry: String,
         source: ClientError,
     },
-    #[error("reading the offers of host {host}: {source}")]
+    #[error("reading the offers of host {host}")]
     Offers { host: String, source: ClientError },
 }
 

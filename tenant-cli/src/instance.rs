@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_hotpocket::bootstrap::{build_bundle, BootstrapReply};
-use berth_hotpocket::client::{Client, ClientError, ConnectOptions, LedgerOutputs};
-use berth_hotpocket::protocol::bundle::ContractConfig;
+use berth_hotpocket_client::client::{Client, ClientError, ConnectOptions, LedgerOutputs};
+use berth_hotpocket_client::protocol::bundle::ContractConfig;
+use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
@@ -18,12 +18,12 @@ pub const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 pub enum InstanceError {
     #[error("bad instance address `{0}`: expected host:port or wss://host:port")]
     BadAddress(String),
-    #[error("instance {addr} is unreachable: {source}")]
+    #[error("instance {addr} is unreachable")]
     Unreachable {
         addr: String,
         source: Box<ClientError>,
     },
-    #[error("instance {addr}: {source}")]
+    #[error("instance {addr}")]
     Request {
         addr: String,
         source: Box<ClientError>,
@@ -39,7 +39,7 @@ pub enum InstanceError {
     },
     #[error("bad bundle {path}: {problem}")]
     BadBundle { path: PathBuf, problem: String },
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
@@ -280,7 +280,7 @@ fn bundle_dir(dir: &Path) -> Result<Vec<u8>, InstanceError> {
             "{total} bytes of files, more than the limit of {MAX_BUNDLE_BYTES}"
         )));
     }
-    build_bundle(&config, &files).map_err(|e| bad(e.to_string()))
+    build_bundle(&config, &files).map_err(|e| bad(berth_log::chain(&e)))
 }
 
 fn collect(

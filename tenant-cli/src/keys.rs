@@ -1,8 +1,7 @@
 //! The tenant's key store: one XRPL wallet and one HotPocket user key (ed25519), kept in
 //! `<home>/keys.json` with mode 0600 inside a 0700 directory.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use berth_xrpl_core::{KeyPair, KeyType};
@@ -25,9 +24,9 @@ pub enum KeysError {
     BadUserKey(String),
     #[error("key file {path} is not valid: {problem}")]
     Corrupt { path: PathBuf, problem: String },
-    #[error("setting the MessageKey: {0}")]
+    #[error("setting the MessageKey")]
     Ledger(#[from] berth_mb_xrpl::SubmitError),
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
@@ -108,7 +107,7 @@ impl Keys {
 
     /// The HotPocket user public key as HotPocket writes it (`ed` + 64 hex).
     pub fn user_pubkey_hex(&self) -> String {
-        berth_hotpocket::protocol::pubkey_hex(&self.user.verifying_key())
+        berth_hotpocket_client::protocol::pubkey_hex(&self.user.verifying_key())
     }
 
     pub fn view(&self, show_secrets: bool) -> KeysView {
@@ -144,17 +143,7 @@ impl Keys {
             path: path.clone(),
             problem: e.to_string(),
         })?;
-        let tmp = home.join(format!("{KEYS_FILE}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        file.write_all(&text).map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("syncing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))?;
+        crate::atomic::write(&path, &text, 0o600).map_err(io_err("writing", &path))?;
         Ok(path)
     }
 

@@ -230,10 +230,7 @@ pub fn now_unix() -> u64 {
 
 /// A fresh random (version 4) contract id.
 pub fn random_contract_id() -> ContractId {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    ContractId(bytes)
+    ContractId(uuid::Uuid::new_v4().into_bytes())
 }
 
 /// The issuer (the host) of a lease token.

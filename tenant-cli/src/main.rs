@@ -10,11 +10,12 @@ use berth_tenant::hosts::{self, Filter, HostView};
 use berth_tenant::instance::{self, InputView, Instance, InstanceError};
 use berth_tenant::keys::{self, Keys};
 use berth_tenant::lease::{self, AcquireOptions, Tenant, Xrp};
+use berth_tenant::progress::Progress;
 use berth_tenant::settings::Settings;
 use berth_xrpl_core::KeyType;
 use clap::{Args, Parser, Subcommand};
 
-mod sandbox_cmd;
+mod external;
 
 #[derive(Parser)]
 #[command(
@@ -112,8 +113,14 @@ enum Command {
         all: bool,
     },
     /// Run the whole marketplace locally (ledger, registry, host agent, funded tenant) until
-    /// Ctrl-C; needs the Docker engine and the instance image.
-    Sandbox(sandbox_cmd::SandboxArgs),
+    /// Ctrl-C; needs the Docker engine and the instance image. Runs `berth-sandbox` (next to
+    /// `berth` or on the PATH); `berth sandbox --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    Sandbox {
+        /// Flags of `berth-sandbox`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args)]
@@ -224,15 +231,19 @@ struct HostsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The sandbox logs to its own file; every other command logs to stderr, quiet unless
-    // RUST_LOG asks (e.g. RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
-    if !matches!(cli.command, Command::Sandbox(_)) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
+    if let Command::Sandbox { args } = &cli.command {
+        // The sandbox is a binary of its own, so that a tenant's `berth` builds none of the
+        // host agent, the ledger server, the Docker client or SQLite.
+        let mut args = args.clone();
+        if cli.json {
+            args.insert(0, "--json".into());
+        }
+        return external::run("sandbox", &args);
+    }
+    // Every command logs to stderr, quiet unless RUST_LOG asks (e.g.
+    // RUST_LOG=berth_tenant=debug,berth_mb_xrpl=debug).
+    {
+        berth_log::init("warn", berth_log::Format::from_env());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -319,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Leases { .. }) => {
             run_lease_command(command, &home(cli.home.as_deref())?, &net, json).await
         }
-        Command::Sandbox(args) => sandbox_cmd::run(args, json).await,
+        Command::Sandbox { .. } => unreachable!("`berth sandbox` runs berth-sandbox in main"),
         Command::Deploy {
             instance,
             bundle,
@@ -337,13 +348,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.close().await;
                 bail!("instance {instance} runs contract {announced}, not {want}; check the instance address");
             }
-            eprintln!(
-                "uploading {} bytes to {} (contract {announced}) as {}…",
-                zip.len(),
-                node.addr(),
-                keys.user_pubkey_hex()
+            // The client sends a bundle as one message: the bar fills when the node has it.
+            let progress = Progress::bytes(
+                zip.len() as u64,
+                &format!(
+                    "uploading to {} (contract {announced}) as {}",
+                    node.addr(),
+                    keys.user_pubkey_hex()
+                ),
             );
-            let reply = node.upload(&zip).await?;
+            let reply = node.upload(&zip).await;
+            progress.set_position(zip.len() as u64);
+            progress.finish();
+            let reply = reply?;
             node.close().await;
             if json {
                 print_json(&reply)?;
@@ -493,11 +510,6 @@ fn wait(args: &WaitArgs) -> Duration {
     Duration::from_secs(args.wait_secs)
 }
 
-/// Progress lines on stderr.
-fn progress_to_stderr() -> impl FnMut(&str) {
-    |line: &str| eprintln!("{line}")
-}
-
 fn when(unix: u64) -> String {
     let now = lease::now_unix();
     if unix > now {
@@ -530,11 +542,12 @@ async fn run_lease_command(
 }
 
 async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow::Result<()> {
-    let mut progress = progress_to_stderr();
+    let bar = Progress::stages();
+    let mut progress = |line: &str| bar.line(line);
     match command {
         Command::Acquire(args) => {
             let acquired = match &args.resume {
-                Some(hash) => tenant.resume(hash, wait(&args.wait), &mut progress).await?,
+                Some(hash) => tenant.resume(hash, wait(&args.wait), &mut progress).await,
                 None => {
                     let host = args.host.as_deref().context("name the host (r…)")?;
                     let opts = AcquireOptions {
@@ -544,9 +557,11 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         wait: wait(&args.wait),
                         allow_silent: args.allow_silent,
                     };
-                    tenant.acquire(host, &opts, &mut progress).await?
+                    tenant.acquire(host, &opts, &mut progress).await
                 }
             };
+            bar.finish();
+            let acquired = acquired?;
             if json {
                 return print_json(&acquired);
             }
@@ -571,7 +586,9 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
         } => {
             let extended = tenant
                 .extend(&lease, moments, wait(&w), &mut progress)
-                .await?;
+                .await;
+            bar.finish();
+            let extended = extended?;
             if json {
                 return print_json(&extended);
             }
@@ -586,7 +603,9 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
         }
         Command::Terminate { lease, wait: w } => {
             let record = tenant.find(&lease).await?;
-            let request = tenant.terminate(&lease, wait(&w), &mut progress).await?;
+            let request = tenant.terminate(&lease, wait(&w), &mut progress).await;
+            bar.finish();
+            let request = request?;
             if json {
                 return print_json(&serde_json::json!({
                     "lease": record.lease, "terminated": true, "request": request,
@@ -737,6 +756,12 @@ async fn run_hosts(args: HostsArgs, net: &Network, json: bool) -> anyhow::Result
                 "{registered} registered host(s), none with a live offer matching the filters; relax --max-price/--min-free/--min-memory/--seen-within, add --include-silent, or try again later"
             )
         };
+        if json {
+            // A list that happens to be empty is still a list: scripts get `[]`, people the
+            // reason.
+            eprintln!("no host found: {why}");
+            return print_json(&found);
+        }
         bail!("no host found: {why}");
     }
     if json {

@@ -14,7 +14,7 @@ pub const SETTINGS_FILE: &str = "settings.json";
 pub enum SettingsError {
     #[error("settings file {path} is not valid: {problem}")]
     Corrupt { path: PathBuf, problem: String },
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
@@ -64,9 +64,7 @@ impl Settings {
             path: path.clone(),
             problem: e.to_string(),
         })?;
-        let tmp = home.join(format!("{SETTINGS_FILE}.tmp"));
-        std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("renaming into", &path))?;
+        crate::atomic::write(&path, &text, 0o644).map_err(io("writing", &path))?;
         Ok(path)
     }
 }

@@ -205,11 +205,11 @@ async fn a_lease_connection_refuses_a_node_that_is_not_the_leased_instance() {
 
     let tmp = tempfile::tempdir().unwrap();
     let user = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let user_hex = berth_hotpocket::protocol::pubkey_hex(&user.verifying_key());
+    let user_hex = berth_hotpocket_client::protocol::pubkey_hex(&user.verifying_key());
     let node = Node::create(&tmp.path().join("node"), &user_hex);
     let url = format!("wss://{}", node.addr);
     // The node's secret in `Node::create` is 0x42 × 32.
-    let node_key = berth_hotpocket::protocol::pubkey_hex(
+    let node_key = berth_hotpocket_client::protocol::pubkey_hex(
         &ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]).verifying_key(),
     );
     let timeout = Duration::from_secs(10);
@@ -220,7 +220,7 @@ async fn a_lease_connection_refuses_a_node_that_is_not_the_leased_instance() {
     assert_eq!(good.node_key(), Some(node_key.as_str()));
     good.close().await;
 
-    let impostor = berth_hotpocket::protocol::pubkey_hex(
+    let impostor = berth_hotpocket_client::protocol::pubkey_hex(
         &ed25519_dalek::SigningKey::from_bytes(&[0x43; 32]).verifying_key(),
     );
     match Instance::connect_expecting(&url, &user, timeout, &impostor, common::CONTRACT_ID).await {

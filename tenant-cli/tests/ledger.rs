@@ -312,6 +312,17 @@ async fn hosts_lists_registered_hosts_with_live_offers_and_filters() {
         err.contains("no host found") && err.contains("no host has registered"),
         "{err}"
     );
+    // With --json: an empty list on stdout, the reason on stderr.
+    let out = berth_async(
+        &home,
+        &["--json", "hosts", "--ledger", &url, "--registry", &reg],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, json!([]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no host has registered"), "{err}");
 
     let pay = |k: &KeyPair, m: &Message| {
         json!({"TransactionType": "Payment", "Account": k.address(), "Destination": reg,

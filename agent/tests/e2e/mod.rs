@@ -142,10 +142,7 @@ async fn provisioner(config: &HostConfig, tag: &str) -> Option<Arc<DockerProvisi
             Some(Arc::new(p))
         }
         Err(e) => {
-            if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") {
-                panic!("BERTH_REQUIRE_DOCKER=1 but the docker engine is unreachable: {e}");
-            }
-            eprintln!("SKIPPED: docker engine unreachable ({e})");
+            berth_test_support::docker_unreachable(e);
             None
         }
     }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use berth_hotpocket::client::{Client, ConnectOptions};
-use berth_hotpocket::protocol::pubkey_hex;
+use berth_hotpocket_client::client::{Client, ConnectOptions};
+use berth_hotpocket_client::protocol::pubkey_hex;
 use ed25519_dalek::SigningKey;
 
 pub const CONTRACT_ID: &str = "3c349abe-4d70-4f50-9fa6-018f1f2530ab";
@@ -172,7 +172,7 @@ pub async fn sleep_ms(ms: u64) {
 pub async fn raw_ws(
     addr: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let tls = berth_hotpocket::tls::client_config_accepting_self_signed().unwrap();
+    let tls = berth_hotpocket_client::tls::client_config_accepting_self_signed().unwrap();
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         format!("wss://{addr}").as_str(),
         None,

@@ -23,10 +23,7 @@ pub async fn docker() -> Option<Docker> {
     match connected {
         Ok(docker) => Some(docker),
         Err(error) => {
-            if std::env::var("BERTH_REQUIRE_DOCKER").as_deref() == Ok("1") {
-                panic!("BERTH_REQUIRE_DOCKER=1 but the docker engine is unreachable: {error}");
-            }
-            eprintln!("SKIPPED: docker engine unreachable ({error})");
+            berth_test_support::docker_unreachable(error);
             None
         }
     }

@@ -25,37 +25,8 @@ pub fn berth(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout.
-pub fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "berth failed ({}): stdout {} stderr {}",
-        o.status,
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Asserts exit code 1 and returns stderr.
-pub fn fails(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected failure: stdout {} stderr {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stderr(&o)
-}
+#[allow(unused_imports)]
+pub use berth_test_support::{fails, ok, stderr, stdout};
 
 pub fn json(o: Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).unwrap()
@@ -65,37 +36,14 @@ pub fn json(o: Output) -> serde_json::Value {
 pub fn hotpocket_artifacts() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_BIN_EXE_berth"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // The variables cargo sets for this test would make the nested build look different
-        // from a plain `cargo build` and rebuild dependencies every time.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            let per_test = [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-                || name == "CARGO_PRIMARY_PACKAGE"
-                || name == "CARGO_TARGET_TMPDIR";
-            if per_test {
-                build.env_remove(&name);
-            }
-        }
-        let status = build
-            .args(["build", "-p", "berth-hotpocket", "--bin", "hotpocket"])
-            .args(["--example", "echo-contract"])
-            .env("CARGO_TARGET_DIR", dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building hotpocket failed");
+        let dir = berth_test_support::cargo_build(&[
+            "-p",
+            "berth-hotpocket",
+            "--bin",
+            "hotpocket",
+            "--example",
+            "echo-contract",
+        ]);
         let bin = dir.join("hotpocket");
         let echo = dir.join("examples").join("echo-contract");
         assert!(
@@ -121,7 +69,14 @@ impl Node {
             .arg("new")
             .arg(dir)
             .args(["--owner", owner_pubkey, "--contract-id", CONTRACT_ID])
-            .args(["--user-port", "0", "--peer-port", "0", "--roundtime-ms", "200"])
+            .args([
+                "--user-port",
+                "0",
+                "--peer-port",
+                "0",
+                "--roundtime-ms",
+                "200",
+            ])
             .args(["--node-secret", &"42".repeat(32)])
             .stdout(Stdio::null())
             .status()

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use berth_mb_xrpl::{Client, ClientConfig};
 use serde::Serialize;
 
-use crate::book::Book;
-use crate::hosts;
-use crate::instance::{self, Instance};
-use crate::keys::Keys;
-use crate::lease::{self, AcquireOptions, Tenant};
+use berth_tenant::book::Book;
+use berth_tenant::hosts;
+use berth_tenant::instance::{self, Instance};
+use berth_tenant::keys::Keys;
+use berth_tenant::lease::{self, AcquireOptions, Tenant};
 
 /// Where the demo runs.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ async fn flow(env: &DemoEnv, r: &mut Runner<'_>) -> Option<String> {
     let keys = match Keys::load(&env.tenant_home) {
         Ok(k) => k,
         Err(e) => {
-            r.record::<()>("hosts", Instant::now(), Err(e.to_string()));
+            r.record::<()>("hosts", Instant::now(), Err(berth_log::chain(&e)));
             return None;
         }
     };
@@ -123,7 +123,11 @@ async fn flow(env: &DemoEnv, r: &mut Runner<'_>) -> Option<String> {
             r.record::<()>(
                 "hosts",
                 Instant::now(),
-                Err(format!("connecting to {}: {e}", env.ledger)),
+                Err(format!(
+                    "connecting to {}: {}",
+                    env.ledger,
+                    berth_log::chain(&e)
+                )),
             );
             return None;
         }
@@ -142,7 +146,7 @@ async fn tenant_flow(
     // 1. hosts
     let t = Instant::now();
     let listed = hosts::list(client, &env.registry).await;
-    let found = listed.map_err(|e| e.to_string()).and_then(|hosts| {
+    let found = listed.map_err(|e| berth_log::chain(&e)).and_then(|hosts| {
         let count = hosts.len();
         hosts
             .into_iter()
@@ -165,7 +169,7 @@ async fn tenant_flow(
     let tenant = match Tenant::new(client.clone(), keys, Book::new(&env.tenant_home)) {
         Ok(t) => t,
         Err(e) => {
-            r.record::<()>("acquire", Instant::now(), Err(e.to_string()));
+            r.record::<()>("acquire", Instant::now(), Err(berth_log::chain(&e)));
             return None;
         }
     };
@@ -184,12 +188,12 @@ async fn tenant_flow(
         .map(|a| {
             let detail = format!(
                 "lease {} → instance {}",
-                crate::book::short_lease(&a.record.lease),
+                berth_tenant::book::short_lease(&a.record.lease),
                 a.record.instance_url()
             );
             (a, detail)
         })
-        .map_err(|e| e.to_string());
+        .map_err(|e| berth_log::chain(&e));
     let acquired = r.record("acquire", t, acquired)?;
     let record = acquired.record;
     let lease_id = record.lease.clone();
@@ -198,7 +202,7 @@ async fn tenant_flow(
     let t = Instant::now();
     let timeout = Duration::from_secs(20);
     let deployed = async {
-        let zip = instance::load_bundle(&env.bundle).map_err(|e| e.to_string())?;
+        let zip = instance::load_bundle(&env.bundle).map_err(|e| berth_log::chain(&e))?;
         let node = Instance::connect_expecting(
             &record.instance_url(),
             &keys.user,
@@ -207,7 +211,7 @@ async fn tenant_flow(
             &record.contract_id,
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| berth_log::chain(&e))?;
         let reply = node.upload(&zip).await;
         let result = match reply {
             Ok(reply) if reply.status == "ok" => Ok((
@@ -221,7 +225,7 @@ async fn tenant_flow(
                 ),
             )),
             Ok(reply) => Err(format!("bootstrap {}: {}", reply.status, reply.message)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(berth_log::chain(&e)),
         };
         result
     }
@@ -233,7 +237,7 @@ async fn tenant_flow(
     let first = node
         .input(b"incr visits")
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| berth_log::chain(&e))
         .map(|o| {
             let view = instance::InputView::from(o);
             let detail = format!(
@@ -248,9 +252,9 @@ async fn tenant_flow(
         let again = node
             .input(b"incr visits")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| berth_log::chain(&e))?;
         let again = instance::InputView::from(again);
-        let read = node.read(b"get visits").await.map_err(|e| e.to_string())?;
+        let read = node.read(b"get visits").await.map_err(|e| berth_log::chain(&e))?;
         let read = String::from_utf8_lossy(&read).into_owned();
         let expected_first = first.outputs.first().cloned().unwrap_or_default();
         let counted = again.outputs.first().cloned().unwrap_or_default();
@@ -277,7 +281,7 @@ async fn tenant_flow(
     let extended = tenant
         .extend(&lease_id, 1, env.wait, &mut quiet)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| berth_log::chain(&e))
         .and_then(|x| {
             if x.expires_at > record.expires_at {
                 Ok((
@@ -301,7 +305,7 @@ async fn tenant_flow(
     let terminated = tenant
         .terminate(&lease_id, env.wait, &mut quiet)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| berth_log::chain(&e))
         .map(|request| {
             (
                 (),

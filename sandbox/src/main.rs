@@ -1,20 +1,34 @@
-//! `berth sandbox`: flags, the ready message, and waiting for SIGINT / SIGTERM. The work is
-//! in [`berth_tenant::sandbox`].
+//! `berth-sandbox` (run as `berth sandbox`): flags, the ready message, and waiting for SIGINT /
+//! SIGTERM. The work is in [`berth_sandbox::sandbox`]. Exit codes: 0 ok, 1 failure, 2 usage.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use berth_sandbox::demo::{self, DemoEnv};
+use berth_sandbox::sandbox::{Sandbox, SandboxInfo, SandboxOptions};
 use berth_schemas::config::PortRange;
-use berth_tenant::demo::{self, DemoEnv};
-use berth_tenant::sandbox::{Sandbox, SandboxInfo, SandboxOptions};
-use clap::Args;
+use berth_tenant::progress::Progress;
+use clap::{Args, Parser};
 use tokio::signal::unix::{signal, SignalKind};
+
+/// `berth sandbox`: run the whole marketplace locally (ledger, registry, host agent, funded
+/// tenant) until Ctrl-C; needs the Docker engine and the instance image.
+#[derive(Parser)]
+#[command(name = "berth sandbox", bin_name = "berth sandbox", version)]
+struct Cli {
+    /// Print data as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    args: SandboxArgs,
+}
 
 /// `berth sandbox` flags. Defaults are those of [`SandboxOptions::default`].
 #[derive(Args)]
-pub struct SandboxArgs {
+struct SandboxArgs {
     /// Use (and create) this directory instead of a temporary one; it is kept at exit and
     /// must be empty or absent.
     #[arg(long)]
@@ -123,8 +137,30 @@ impl SandboxArgs {
     }
 }
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.args, cli.json)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the sandbox until SIGINT or SIGTERM (or until its agent fails).
-pub async fn run(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
+async fn run(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
     if args.demo {
         return demo(args, json).await;
     }
@@ -133,7 +169,10 @@ pub async fn run(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let started = Instant::now();
-    let mut sandbox = Sandbox::start(opts, &mut |line| eprintln!("{line}")).await?;
+    let progress = Progress::stages();
+    let started_sandbox = Sandbox::start(opts, &mut |line| progress.line(line)).await;
+    progress.finish();
+    let mut sandbox = started_sandbox?;
     if json {
         println!("{}", serde_json::to_string(&sandbox.info)?);
     } else {
@@ -194,12 +233,17 @@ fn print_ready(info: &SandboxInfo, took: Duration) {
     println!("  logs       {}", info.log.display());
     println!("next steps (in another shell):");
     // Run by path (scripts/sandbox.sh, target/…): `berth` may not be on the PATH.
+    // `berth` runs this binary with its own argv[0]; it sits next to this one.
     if std::env::args_os()
         .next()
         .is_some_and(|argv0| Path::new(&argv0).components().count() > 1)
     {
-        if let Ok(exe) = std::env::current_exe() {
-            println!("  alias berth={}", exe.display());
+        if let Some(berth) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("berth")))
+            .filter(|berth| berth.is_file())
+        {
+            println!("  alias berth={}", berth.display());
         }
     }
     println!("  export BERTH_HOME={}", info.tenant_home.display());
@@ -230,7 +274,10 @@ async fn demo(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
         "starting the sandbox: local ledger, host agent with {} slots on Docker, funded tenant…",
         opts.slots
     );
-    let mut sandbox = Sandbox::start(opts, &mut |line| eprintln!("{line}")).await?;
+    let progress = Progress::stages();
+    let started_sandbox = Sandbox::start(opts, &mut |line| progress.line(line)).await;
+    progress.finish();
+    let mut sandbox = started_sandbox?;
     eprintln!(
         "sandbox ready in {:.1} s; host {} (logs in {})",
         started.elapsed().as_secs_f64(),

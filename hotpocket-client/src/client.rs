@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::bootstrap::BootstrapReply;
 use crate::protocol::bson::{Bson, Doc};
+use crate::protocol::bundle::BootstrapReply;
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -31,13 +31,13 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// Client errors naming the node address or the step.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         addr: String,
         source: tokio_tungstenite::tungstenite::Error,
     },
-    #[error("tls set-up: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    #[error("tls set-up")]
+    Tls(#[from] rustls::Error),
     #[error("handshake with {addr}: {problem}")]
     Handshake { addr: String, problem: String },
     #[error("sending to the node: {0}")]
@@ -131,22 +131,33 @@ pub fn output_signers(
     hash_tree: &[Option<Vec<u8>>],
     unl_sig: &[(Vec<u8>, Vec<u8>)],
 ) -> Vec<String> {
-    let own = crate::ledger::user_output_hash(me, outputs);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(me);
+    for o in outputs {
+        hasher.update(o);
+    }
+    let own = *hasher.finalize().as_bytes();
     if own.as_slice() != output_hash || hash_tree.iter().filter(|h| h.is_none()).count() != 1 {
         return Vec::new();
     }
-    let root = crate::ledger::hash_parts(hash_tree.iter().map(|h| match h {
-        Some(h) => h.as_slice(),
-        None => own.as_slice(),
-    }));
+    let mut hasher = blake3::Hasher::new();
+    for h in hash_tree {
+        hasher.update(h.as_deref().unwrap_or(own.as_slice()));
+    }
+    let root = *hasher.finalize().as_bytes();
     let mut signers: Vec<String> = unl_sig
         .iter()
         .filter_map(|(key, sig)| {
-            let key: [u8; 32] = key.get(1..)?.try_into().ok()?;
+            let bytes: [u8; 32] = key.get(1..)?.try_into().ok()?;
             let sig: [u8; 64] = sig.as_slice().try_into().ok()?;
-            let node = crate::peer::wire::NodeKey(key);
-            node.verifies(&root, &crate::peer::wire::Sig(sig))
-                .then(|| node.hex())
+            let node = ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+            ed25519_dalek::Verifier::verify(
+                &node,
+                &root,
+                &ed25519_dalek::Signature::from_bytes(&sig),
+            )
+            .ok()
+            .map(|()| pubkey_hex(&node))
         })
         .collect();
     signers.sort();
@@ -231,7 +242,10 @@ impl Drop for Client {
 }
 
 fn now_ms() -> u64 {
-    crate::node::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn next_payload(source: &mut SplitStream<Ws>) -> Option<Vec<u8>> {
@@ -422,7 +436,7 @@ impl Client {
         input_container: Vec<u8>,
         sig: Vec<u8>,
     ) -> Result<Submitted, ClientError> {
-        let input_hash = hex::encode(crate::ledger::hash_parts([sig.as_slice()]));
+        let input_hash = hex::encode(blake3::hash(&sig).as_bytes());
         let request = Request::Input {
             container: input_container.clone(),
             sig: sig.clone(),

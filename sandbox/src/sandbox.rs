@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use berth_agent::run::{provisioner_config, run, RunError, RunSettings};
 use berth_agent::setup::HostKeys;
 use berth_localnet::{Config as LedgerConfig, Localnet, StartError};
+use berth_log::chain;
 use berth_mb_xrpl::{Client, ClientConfig, ClientError};
 use berth_provisioner::{
     BuildContext, DockerProvisioner, ImageSpec, ProvisionError, Provisioner, ReconcileAction,
@@ -26,9 +27,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::hosts;
-use crate::keys::{self, Keys, KeysError};
-use crate::settings::{Settings, SettingsError};
+use berth_tenant::hosts;
+use berth_tenant::keys::{self, Keys, KeysError};
+use berth_tenant::settings::{Settings, SettingsError};
 
 const XRP: u64 = 1_000_000;
 /// What the registry account is funded with.
@@ -166,11 +167,11 @@ pub enum SandboxError {
         #[source]
         source: Box<ProvisionError>,
     },
-    #[error("the sandbox options do not make a valid host: {0}")]
+    #[error("the sandbox options do not make a valid host")]
     Options(#[source] ConfigError),
     #[error("sandbox directory {path} exists and is not empty; remove it or choose another")]
     DirExists { path: PathBuf },
-    #[error("{step} {path}: {source}")]
+    #[error("{step} {path}")]
     Io {
         step: &'static str,
         path: PathBuf,
@@ -423,18 +424,6 @@ impl AgentTask {
     }
 }
 
-/// The error and its sources, `a: b: c`.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The build context of an image that must not be built here: only asked for when the image
 /// is missing.
 #[derive(Debug)]
@@ -510,14 +499,7 @@ fn install_log(path: &Path) -> Result<(), SandboxError> {
             path: path.to_owned(),
             source,
         })?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Fails only when the process already has a subscriber: its logs then go there.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .try_init();
+    berth_log::init_file("info", file);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The contract section of HotPocket's config, as a bundle's `contract.config` carries it.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +196,89 @@ impl ContractConfig {
         }
         Ok(())
     }
+}
+
+/// Why a bundle could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildBundleError {
+    #[error("bundle entry `{0}` escapes the contract directory")]
+    PathEscape(String),
+    #[error("encoding contract.config")]
+    Config(#[source] serde_json::Error),
+    #[error("writing the bundle zip")]
+    Zip(#[source] zip::result::ZipError),
+    #[error("writing the bundle zip")]
+    Write(#[source] std::io::Error),
+}
+
+/// The bootstrap's answer (`uploadResult` / `statusResult`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootstrapReply {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub message: String,
+}
+
+impl BootstrapReply {
+    pub fn ok(kind: &str, message: impl Into<String>) -> Self {
+        BootstrapReply {
+            kind: kind.to_owned(),
+            status: "ok".to_owned(),
+            message: message.into(),
+        }
+    }
+    pub fn fail(kind: &str, message: impl Into<String>) -> Self {
+        BootstrapReply {
+            kind: kind.to_owned(),
+            status: "fail".to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A zip entry name as a relative path that stays inside the directory.
+pub fn safe_relative(name: &str) -> Option<PathBuf> {
+    if name.contains('\0') || name.contains('\\') {
+        return None;
+    }
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Builds a bundle zip: `contract.config` plus files `(name in the bundle, bytes, unix mode)`.
+pub fn build_bundle(
+    config: &ContractConfig,
+    files: &[(String, Vec<u8>, u32)],
+) -> Result<Vec<u8>, BuildBundleError> {
+    use std::io::Write;
+    let zip_err = BuildBundleError::Zip;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut buf);
+    let text = serde_json::to_vec_pretty(config).map_err(BuildBundleError::Config)?;
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("contract.config", opts.unix_permissions(0o644))
+        .map_err(zip_err)?;
+    zip.write_all(&text).map_err(BuildBundleError::Write)?;
+    for (name, bytes, mode) in files {
+        if safe_relative(name).is_none() {
+            return Err(BuildBundleError::PathEscape(name.clone()));
+        }
+        zip.start_file(name.as_str(), opts.unix_permissions(*mode))
+            .map_err(zip_err)?;
+        zip.write_all(bytes).map_err(BuildBundleError::Write)?;
+    }
+    zip.finish().map_err(zip_err)?;
+    Ok(buf.into_inner())
 }
 
 #[cfg(test)]

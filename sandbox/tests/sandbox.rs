@@ -4,8 +4,6 @@
 //! uses its own ports and Docker namespace, so they run in parallel.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,46 +16,28 @@ use berth_schemas::memo::Message;
 use berth_schemas::message::{Acquire, AcquireRequest, Sealed};
 use berth_tenant::instance::{Instance, StatusView};
 use berth_tenant::keys::Keys;
+use berth_test_support::{docker_available, ensure_hotpocket_image, fails};
 use berth_xrpl_core::KeyPair;
-use common::{berth, fails};
 use serde_json::{json, Value};
 
 const CONTRACT: &str = "5d0b6b0e-8c1a-4f7e-9f53-2a6c1b9e4d21";
 
-/// Whether the engine answers; panics when it does not and `BERTH_REQUIRE_DOCKER=1`.
-fn docker_available() -> bool {
-    let up = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !up {
-        assert_ne!(
-            std::env::var("BERTH_REQUIRE_DOCKER").as_deref(),
-            Ok("1"),
-            "BERTH_REQUIRE_DOCKER=1 but `docker info` fails"
-        );
-        eprintln!("SKIPPED: no Docker engine (`docker info` fails)");
-    }
-    up
+/// `berth` (built by a nested `cargo build`), which runs this package's `berth-sandbox` from
+/// the same directory.
+fn berth_bin() -> PathBuf {
+    berth_test_support::bin("berth-tenant", "berth")
 }
 
-/// `berth-hotpocket:latest`, built with hotpocket/image/build.sh when the engine lacks it.
-fn ensure_hotpocket_image() -> String {
-    let tag = berth_provisioner::spec::HOTPOCKET_IMAGE;
-    let present = Command::new("docker")
-        .args(["image", "inspect", tag])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hotpocket/image/build.sh");
-        let status = Command::new(script).status().unwrap();
-        assert!(status.success(), "hotpocket/image/build.sh failed");
-    }
-    tag.to_owned()
+/// Runs `berth` with `BERTH_HOME=home` and the given arguments.
+fn berth(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(berth_bin())
+        .args(args)
+        .env("BERTH_HOME", home)
+        .env_remove("BERTH_LEDGER")
+        .env_remove("BERTH_REGISTRY")
+        .env_remove("BERTH_SEED")
+        .output()
+        .unwrap()
 }
 
 /// A `berth --json sandbox` process; SIGTERMed when dropped.
@@ -69,7 +49,7 @@ struct Running {
 
 impl Running {
     fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = Command::new(berth_bin())
             .arg("--json")
             .arg("sandbox")
             .args(args)
@@ -300,7 +280,7 @@ async fn sandbox_in_a_given_dir_lists_its_host_runs_a_purchase_and_stops_clean()
 
     // The tenant home alone is enough: no --ledger, no --registry.
     let out = berth(&home, &["hosts", "--json"]);
-    let hosts: Value = serde_json::from_str(&common::ok(out)).unwrap();
+    let hosts: Value = serde_json::from_str(&berth_test_support::ok(out)).unwrap();
     let host = &hosts.as_array().unwrap()[0];
     assert_eq!(host["address"], info["host"], "{hosts}");
     let offers = host["offers"].as_array().unwrap();
@@ -328,7 +308,7 @@ async fn sandbox_in_a_given_dir_lists_its_host_runs_a_purchase_and_stops_clean()
     assert!(containers(&namespace, "{{.Names}}").is_empty());
     // A given dir is kept, and a second sandbox refuses it.
     assert!(dir.join("tenant/keys.json").is_file());
-    let again = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let again = Command::new(berth_bin())
         .args(["sandbox", "--dir", dir.to_str().unwrap()])
         .output()
         .unwrap();
@@ -368,7 +348,7 @@ fn sandbox_in_a_temp_dir_is_deleted_on_sigterm() {
 
 #[test]
 fn sandbox_without_docker_says_how_to_get_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let out = Command::new(berth_bin())
         .args(["sandbox"])
         .env("DOCKER_HOST", "unix:///nonexistent.sock")
         .output()
@@ -393,7 +373,7 @@ fn sandbox_names_a_missing_image_and_build_sh() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sandbox");
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let out = Command::new(berth_bin())
         .args(["sandbox", "--image", "berth-no-such-image:latest", "--dir"])
         .arg(&dir)
         .output()
