@@ -1630,6 +1630,9 @@ async fn verifier(
 }
 
 fn verify_relayed(from: NodeKey, batch: Vec<RelayedInput>) -> Vec<SignedInput> {
+    // One batch verification for the common case (about twice as fast as one by one);
+    // when it fails, each signature is checked on its own to find the bad ones.
+    let all_good = batch_verifies(&batch);
     let mut out = Vec::with_capacity(batch.len());
     for relay in batch {
         let protocol = match relay.protocol {
@@ -1640,7 +1643,7 @@ fn verify_relayed(from: NodeKey, batch: Vec<RelayedInput>) -> Vec<SignedInput> {
                 continue;
             }
         };
-        if !relay.user.verifies(&relay.container, &relay.sig) {
+        if !all_good && !relay.user.verifies(&relay.container, &relay.sig) {
             tracing::warn!(peer = %from, user = %relay.user, "relayed input with a bad user signature dropped");
             continue;
         }
@@ -1672,4 +1675,56 @@ fn stage3_of(props: &RoundProposals, unl: &BTreeSet<NodeKey>, p: &Proposal) -> V
         .filter(|q| q.stage == 3 && q.root() == root)
         .cloned()
         .collect()
+}
+
+/// Whether every user signature of a batch verifies (ed25519 batch verification).
+fn batch_verifies(batch: &[RelayedInput]) -> bool {
+    if batch.len() < 4 {
+        return false;
+    }
+    let mut keys = Vec::with_capacity(batch.len());
+    for r in batch {
+        match ed25519_dalek::VerifyingKey::from_bytes(&r.user.0) {
+            Ok(k) => keys.push(k),
+            Err(_) => return false,
+        }
+    }
+    let messages: Vec<&[u8]> = batch.iter().map(|r| r.container.as_slice()).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = batch
+        .iter()
+        .map(|r| ed25519_dalek::Signature::from_bytes(&r.sig.0))
+        .collect();
+    ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn relay(user: u8, nonce: u64) -> RelayedInput {
+        let key = SigningKey::from_bytes(&[user; 32]);
+        let container =
+            format!(r#"{{"input":"aGk=","nonce":{nonce},"max_ledger_seq_no":10}}"#).into_bytes();
+        RelayedInput {
+            user: NodeKey::of(&key),
+            protocol: 0,
+            sig: Sig::sign(&key, &container),
+            container,
+        }
+    }
+
+    #[test]
+    fn a_bad_signature_in_a_batch_drops_only_that_input() {
+        let mut batch: Vec<RelayedInput> = (1..=8).map(|u| relay(u, 5)).collect();
+        assert!(batch_verifies(&batch));
+        assert_eq!(verify_relayed(NodeKey([0; 32]), batch.clone()).len(), 8);
+        batch[3].sig = Sig([7; 64]);
+        batch[5].container[10] ^= 1;
+        assert!(!batch_verifies(&batch));
+        let kept = verify_relayed(NodeKey([0; 32]), batch);
+        assert_eq!(kept.len(), 6);
+        assert!(kept.iter().all(|i| i.nonce == 5 && i.input == b"aGk="));
+    }
 }
