@@ -226,7 +226,7 @@ impl NodeConfig {
             consensus.threshold = t;
         }
         let mut unl = Vec::with_capacity(new.unl.len() + 1);
-        for key in &new.unl {
+        for key in new.unl.iter().filter(|k| !k.trim().is_empty()) {
             let key =
                 parse_pubkey_hex(key.trim()).map_err(|e| invalid("contract.unl", e.to_string()))?;
             let hex = pubkey_hex(&key);
@@ -268,7 +268,12 @@ impl NodeConfig {
             },
             mesh: MeshSection {
                 port: new.peer_port,
-                known_peers: new.peers.clone(),
+                known_peers: new
+                    .peers
+                    .iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
             },
         };
         cfg.validate()?;
@@ -438,6 +443,32 @@ mod tests {
         assert_eq!(cfg.contract.unl, vec![cfg.node.public_key.clone()]);
         assert_eq!(cfg.contract.consensus.roundtime, 200);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_list_entries_are_ignored_and_a_bad_peer_is_named() {
+        let mut new = NewNode {
+            contract_id: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+            owner_pubkey: owner(),
+            unl: vec![String::new()],
+            peers: vec![String::new(), " 10.0.0.2:22861 ".into()],
+            threshold: Some(51),
+            ..Default::default()
+        };
+        let cfg = NodeConfig::create(&new).unwrap();
+        assert_eq!(cfg.contract.unl.len(), 1);
+        assert_eq!(cfg.mesh.known_peers, vec!["10.0.0.2:22861".to_owned()]);
+        assert_eq!(cfg.contract.consensus.threshold, 51);
+        new.peers = vec!["nohost".into()];
+        let err = NodeConfig::create(&new).unwrap_err().to_string();
+        assert!(
+            err.contains("mesh.known_peers") && err.contains("nohost"),
+            "{err}"
+        );
+        new.peers = vec![];
+        new.unl = vec!["ed1234".into()];
+        let err = NodeConfig::create(&new).unwrap_err().to_string();
+        assert!(err.contains("contract.unl"), "{err}");
     }
 
     #[test]
