@@ -479,8 +479,10 @@ impl RoundLoop {
                 wake = wake.min(flush_at);
             }
         }
-        if let Some(r) = &self.release {
-            wake = wake.min(r.deadline.max(now + 1));
+        // Wake for the release deadline while it is ahead; past it, only a vote can
+        // release the outputs.
+        if let Some(r) = self.release.as_ref().filter(|r| r.deadline > now) {
+            wake = wake.min(r.deadline);
         }
         tokio::select! {
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
