@@ -126,10 +126,17 @@ impl Drop for NodeProc {
     }
 }
 
+/// A peer port below the kernel's ephemeral range, so that the other nodes' outgoing
+/// connections cannot take it before the node binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use rand::Rng;
+    for _ in 0..1000 {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000..32000")
 }
 
 /// Starts `n` nodes sharing a UNL, each dialing the others; returns them and their user
