@@ -116,6 +116,9 @@ pub(crate) struct RoundLoop {
     last_status: String,
     /// The peer port's channel closed (it only does at shutdown).
     peer_closed: bool,
+    /// The UNL's keys and the threshold of the current config (see `save_contract`).
+    unl: BTreeSet<NodeKey>,
+    threshold: u32,
     /// A stage-3 proposal of an earlier round arrived: that round may close late.
     late_check: bool,
     /// A bundle waiting for the UNL's verdict.
@@ -175,6 +178,8 @@ impl RoundLoop {
     ) -> RoundLoop {
         let me = NodeKey::of(&shared.signing_key);
         let (verify_tx, verify_rx) = mpsc::channel(256);
+        let unl = Self::parse_unl(&cfg.contract);
+        let threshold = cfg.contract.consensus.threshold;
         tracker.spawn(verifier(verify_rx, verified_tx));
         let lcl = shared.lcl();
         RoundLoop {
@@ -207,6 +212,8 @@ impl RoundLoop {
             npl_early: Vec::new(),
             last_status: String::new(),
             peer_closed: false,
+            unl,
+            threshold,
             late_check: false,
             pending_install: None,
             verify_tx,
@@ -223,9 +230,13 @@ impl RoundLoop {
         RoundTiming::new(&c.id, c.consensus.roundtime, c.consensus.stage_slice)
     }
 
-    fn unl(&self) -> BTreeSet<NodeKey> {
-        self.shared
-            .contract()
+    /// The UNL's keys, parsed once per config change (every peer message consults them).
+    fn unl(&self) -> &BTreeSet<NodeKey> {
+        &self.unl
+    }
+
+    fn parse_unl(contract: &crate::config::ContractSection) -> BTreeSet<NodeKey> {
+        contract
             .unl
             .iter()
             .filter_map(|k| NodeKey::parse(k))
@@ -343,8 +354,8 @@ impl RoundLoop {
         if !std::mem::take(&mut self.late_check) {
             return Ok(());
         }
-        let unl = self.unl();
-        let threshold = self.shared.contract().consensus.threshold;
+        let unl = self.unl().clone();
+        let threshold = self.threshold;
         let found = self.rounds.values().find_map(|props| {
             let p = agreed(props, &unl, threshold).ok()?;
             if LclId::from(p.lcl) != self.exec.lcl {
@@ -364,8 +375,8 @@ impl RoundLoop {
     /// and inputs whose users signed them.
     async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         while let Some(proof) = self.catchup.pop_front() {
-            let unl = self.unl();
-            let threshold = self.shared.contract().consensus.threshold;
+            let unl = self.unl().clone();
+            let threshold = self.threshold;
             let mut props = RoundProposals::default();
             for p in &proof.proposals {
                 if p.stage == 3 && p.check().is_ok() {
@@ -422,7 +433,7 @@ impl RoundLoop {
             .get(&start)
             .map(|props| {
                 props
-                    .from_unl(&self.unl())
+                    .from_unl(self.unl())
                     .filter(|p| LclId::from(p.lcl) == majority)
                     .map(|p| p.node)
                     .collect()
@@ -780,9 +791,9 @@ impl RoundLoop {
     ) -> Result<(), Stop> {
         self.rounds
             .retain(|t, _| *t + 3 * timing.roundtime >= start);
-        let unl = self.unl();
+        let unl = self.unl().clone();
         let member = unl.contains(&self.me);
-        let threshold = self.shared.contract().consensus.threshold;
+        let threshold = self.threshold;
         self.flush_relay();
         if member {
             let inputs = self.stage0_inputs();
@@ -1001,7 +1012,7 @@ impl RoundLoop {
                 blob: i.input.clone(),
             })
             .collect();
-        self.store.commit(&closed, &stored, &[])?;
+        self.store.commit(&closed, &stored)?;
         self.store.record_proof(closed.seq_no, &proof.to_bytes())?;
         self.recent.insert(
             closed.seq_no,
@@ -1297,8 +1308,8 @@ impl RoundLoop {
     /// `threshold` %.
     fn try_release(&mut self, now: u64) {
         let Some(r) = &self.release else { return };
-        let unl = self.unl();
-        let threshold = self.shared.contract().consensus.threshold;
+        let unl = self.unl().clone();
+        let threshold = self.threshold;
         let need = votes_needed(unl.len(), f64::from(threshold));
         let full = need.max(votes_needed(unl.len(), 80.0));
         let sigs: Vec<(NodeKey, Sig)> = self
@@ -1491,7 +1502,7 @@ impl RoundLoop {
             return;
         }
         let against = install_vote(&p.bundle, false);
-        let unl = self.unl();
+        let unl = self.unl().clone();
         let lcl = self.exec.lcl;
         let seen = self.rounds.get(&start).is_some_and(|props| {
             props
@@ -1578,6 +1589,8 @@ impl RoundLoop {
             }
             self.applied_patch = Some(ledger::hash_parts([text.as_slice()]));
         }
+        self.unl = Self::parse_unl(&contract);
+        self.threshold = contract.consensus.threshold;
         self.shared.set_contract(contract);
         Ok(())
     }

@@ -181,13 +181,9 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// Records a closed ledger with its inputs and outputs in one transaction.
-    pub fn commit(
-        &mut self,
-        ledger: &Ledger,
-        inputs: &[StoredInput],
-        outputs: &[StoredOutputs],
-    ) -> Result<(), StoreError> {
+    /// Records a closed ledger with its inputs in one transaction (its outputs come with its
+    /// execution, [`Store::record_execution`]).
+    pub fn commit(&mut self, ledger: &Ledger, inputs: &[StoredInput]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |op| {
             let path = path.clone();
@@ -241,15 +237,6 @@ impl Store {
                 nonce
                     .execute(params![pubkey, last])
                     .map_err(err("update nonce"))?;
-            }
-            let mut out = tx
-                .prepare_cached("INSERT INTO outputs VALUES (?1, ?2, ?3, ?4)")
-                .map_err(err("prepare output insert"))?;
-            for user in outputs {
-                for (i, blob) in user.outputs.iter().enumerate() {
-                    out.execute(params![ledger.seq_no, user.pubkey, i as i64, blob])
-                        .map_err(err("insert output"))?;
-                }
             }
         }
         tx.commit().map_err(err("commit"))
