@@ -6,7 +6,8 @@
 //! it heard from in this round, its own included), `random` (writes random bytes to its
 //! state: a non-deterministic contract), `patch-unl <k1,k2,…>` (writes `../patch.cfg` with a
 //! new UNL), `track-unl` (from then on appends `<lcl_seq_no> <unl keys>` to `unl.log` every
-//! round).
+//! round); for state sync: `fill <name> <offset> <len> <seed>` (writes `len` pseudo-random
+//! bytes from `seed` at `offset` of a file, creating it).
 
 #[path = "../common/sdk.rs"]
 mod sdk;
@@ -124,6 +125,16 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
                     std::fs::write(name, body)?;
                     format!("wrote {name}")
                 }
+                "fill" => {
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    match f.as_slice() {
+                        [name, offset, len, seed] => {
+                            fill(name, offset.parse()?, len.parse()?, seed.parse()?)?;
+                            format!("filled {name}")
+                        }
+                        _ => "usage: fill <name> <offset> <len> <seed>".to_owned(),
+                    }
+                }
                 _ => format!("unknown `{text}`"),
             };
             write_output(&mut out, reply.as_bytes())?;
@@ -161,4 +172,25 @@ fn npl_round(
         }
     }
     Ok(heard.into_iter().collect::<Vec<_>>().join(","))
+}
+
+/// Writes `len` pseudo-random bytes (xorshift from `seed`) at `offset` of `name`.
+fn fill(name: &str, offset: u64, len: usize, seed: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(name)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut x = seed | 1;
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(len);
+    file.write_all(&buf)
 }

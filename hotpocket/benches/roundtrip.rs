@@ -12,16 +12,16 @@
 //! comma-separated lists, default 1000,200 and 1,3,5; BENCH_NODE_LOG = the nodes' RUST_LOG).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use berth_hotpocket_client::client::{Client, ConnectOptions};
-use berth_hotpocket_client::protocol::pubkey_hex;
+use common::{bundle, example_contract, start_cluster};
 use ed25519_dalek::SigningKey;
+
+mod common;
 
 const USERS: usize = 100;
 
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
     let hotpocket = PathBuf::from(env!("CARGO_BIN_EXE_hotpocket"));
-    let echo = echo_contract(&hotpocket)?;
+    let echo = example_contract(&hotpocket, "echo-contract")?;
     let runtime = tokio::runtime::Runtime::new()?;
     println!(
         "hotpocket roundtrip bench: {USERS} users, echo contract, {secs} s per run; \
@@ -97,155 +97,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The echo example next to the binary, built first when missing.
-fn echo_contract(hotpocket: &Path) -> anyhow::Result<PathBuf> {
-    let dir = hotpocket.parent().context("binary has no parent dir")?;
-    let path = dir.join("examples").join("echo-contract");
-    if !path.exists() {
-        let profile = if dir.ends_with("release") {
-            "release"
-        } else {
-            "dev"
-        };
-        berth_test_support::cargo_build_profile(
-            profile,
-            &["-p", "berth-hotpocket", "--example", "echo-contract"],
-        );
-        if !path.exists() {
-            bail!("could not build {}", path.display());
-        }
-    }
-    Ok(path)
-}
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A peer port below the kernel's ephemeral range, so that the other nodes' outgoing
-/// connections cannot take it before the node binds it.
-fn free_port() -> anyhow::Result<u16> {
-    use rand::Rng;
-    for _ in 0..1000 {
-        let port = rand::thread_rng().gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port in 20000..32000")
-}
-
-/// Starts `n` nodes sharing a UNL, each dialing the others; returns them and their user
-/// addresses.
-fn start_cluster(
-    hotpocket: &Path,
-    root: &Path,
-    owner: &SigningKey,
-    roundtime: u64,
-    n: usize,
-) -> anyhow::Result<(Vec<NodeProc>, Vec<String>)> {
-    let keys: Vec<SigningKey> = (0..n)
-        .map(|i| SigningKey::from_bytes(&[200 + i as u8; 32]))
-        .collect();
-    let unl: Vec<String> = keys
-        .iter()
-        .map(|k| pubkey_hex(&k.verifying_key()))
-        .collect();
-    let ports = (0..n)
-        .map(|_| free_port())
-        .collect::<anyhow::Result<Vec<u16>>>()?;
-    let mut nodes = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..n {
-        let peers: Vec<String> = (0..n)
-            .filter(|j| *j != i)
-            .map(|j| format!("127.0.0.1:{}", ports[j]))
-            .collect();
-        let (node, addr) = start_node(
-            hotpocket,
-            &root.join(format!("node{i}")),
-            owner,
-            roundtime,
-            &[
-                "--peer-port".to_owned(),
-                ports[i].to_string(),
-                "--node-secret".to_owned(),
-                hex::encode(keys[i].to_bytes()),
-                "--unl".to_owned(),
-                unl.join(","),
-                "--peers".to_owned(),
-                peers.join(","),
-            ],
-        )?;
-        nodes.push(node);
-        addrs.push(addr);
-    }
-    Ok((nodes, addrs))
-}
-
-fn start_node(
-    hotpocket: &Path,
-    dir: &Path,
-    owner: &SigningKey,
-    roundtime: u64,
-    extra: &[String],
-) -> anyhow::Result<(NodeProc, String)> {
-    let status = Command::new(hotpocket)
-        .arg("new")
-        .arg(dir)
-        .args(["--owner", &pubkey_hex(&owner.verifying_key())])
-        .args([
-            "--contract-id",
-            "3c349abe-4d70-4f50-9fa6-018f1f2530ab",
-            "--user-port",
-            "0",
-        ])
-        .args(["--roundtime-ms", &roundtime.to_string()])
-        .args(extra)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("hotpocket new failed");
-    }
-    let mut child = Command::new(hotpocket)
-        .args(["run", "--listen", "127.0.0.1", "--state-dir"])
-        .arg(dir)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let node = NodeProc(child);
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if let Some(addr) = line?.strip_prefix("hotpocket user port listening on ") {
-            let addr = addr.trim().to_owned();
-            std::thread::spawn(move || for _ in lines {});
-            return Ok((node, addr));
-        }
-    }
-    bail!("node exited before listening")
-}
-
-fn bundle(echo: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut zip = zip::ZipWriter::new(&mut buf);
-    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
-    zip.start_file("contract.config", opts)?;
-    zip.write_all(br#"{"bin_path":"contract"}"#)?;
-    zip.start_file("contract", opts)?;
-    zip.write_all(&std::fs::read(echo)?)?;
-    zip.finish()?;
-    Ok(buf.into_inner())
-}
-
 struct Figures {
     throughput: f64,
     p50: f64,

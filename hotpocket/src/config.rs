@@ -184,6 +184,8 @@ pub struct NewNode {
     pub peers: Vec<String>,
     /// Percent of the UNL that must agree (1–100).
     pub threshold: Option<u32>,
+    /// This node's key is not added to the UNL (it joins as an observer).
+    pub observer: bool,
 }
 
 /// Settings an environment may change on a later start.
@@ -234,7 +236,13 @@ impl NodeConfig {
                 unl.push(hex);
             }
         }
-        if !unl.contains(&node_pk) {
+        if new.observer && unl.is_empty() {
+            return Err(invalid(
+                "contract.unl",
+                "an observer needs the UNL it follows",
+            ));
+        }
+        if !new.observer && !unl.contains(&node_pk) {
             unl.push(node_pk.clone());
         }
         let cfg = NodeConfig {

@@ -6,10 +6,6 @@
 //!   input_hash ‖ output_hash)`
 //! - `ledger_hash = blake3(prev_ledger_hash ‖ data_hash)`; genesis is seq 0, all-zero hash.
 
-use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-
 /// A 32-byte blake3 hash.
 pub type Hash = [u8; 32];
 
@@ -136,69 +132,6 @@ pub fn input_order_key(nonce: u64, input_hash: &Hash) -> [u8; 40] {
     key
 }
 
-/// Deterministic hash of a directory tree: entries sorted by path, each contributing its
-/// relative path, kind, executable bits and content hash (or link target). File content
-/// hashes are cached by (inode, size, mtime) so unchanged files are not read again.
-#[derive(Debug, Default)]
-pub struct StateHasher {
-    cache: HashMap<PathBuf, (u64, u64, i64, i64, Hash)>,
-}
-
-impl StateHasher {
-    /// Hashes the tree at `root`.
-    pub fn hash_dir(&mut self, root: &Path) -> std::io::Result<Hash> {
-        let mut entries = Vec::new();
-        collect(root, Path::new(""), &mut entries)?;
-        entries.sort();
-        let mut seen = HashMap::new();
-        let mut top = blake3::Hasher::new();
-        for rel in entries {
-            let full = root.join(&rel);
-            let meta = std::fs::symlink_metadata(&full)?;
-            let rel_bytes = rel.to_string_lossy().into_owned();
-            top.update(rel_bytes.as_bytes());
-            top.update(&[0]);
-            if meta.file_type().is_symlink() {
-                top.update(b"l");
-                top.update(std::fs::read_link(&full)?.to_string_lossy().as_bytes());
-            } else if meta.is_dir() {
-                top.update(b"d");
-            } else {
-                top.update(b"f");
-                top.update(&[u8::from(meta.permissions().mode() & 0o111 != 0)]);
-                let key = (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
-                let content = match self.cache.get(&rel) {
-                    Some(&(ino, size, s, ns, h)) if (ino, size, s, ns) == key => h,
-                    _ => {
-                        let mut hasher = blake3::Hasher::new();
-                        let mut file = std::fs::File::open(&full)?;
-                        std::io::copy(&mut file, &mut hasher)?;
-                        *hasher.finalize().as_bytes()
-                    }
-                };
-                top.update(&content);
-                seen.insert(rel.clone(), (key.0, key.1, key.2, key.3, content));
-            }
-            top.update(&[0]);
-        }
-        self.cache = seen;
-        Ok(*top.finalize().as_bytes())
-    }
-}
-
-fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(root.join(rel))? {
-        let entry = entry?;
-        let child = rel.join(entry.file_name());
-        let kind = entry.file_type()?;
-        out.push(child.clone());
-        if kind.is_dir() {
-            collect(root, &child, out)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -223,19 +156,5 @@ mod tests {
         let second = close_ledger(first.id(), &round);
         assert_eq!(second.prev_hash, first.hash);
         assert_ne!(second.hash, first.hash);
-    }
-
-    #[test]
-    fn state_hash_follows_content_and_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut hasher = StateHasher::default();
-        std::fs::write(dir.path().join("a"), b"one").unwrap();
-        let h1 = hasher.hash_dir(dir.path()).unwrap();
-        assert_eq!(h1, StateHasher::default().hash_dir(dir.path()).unwrap());
-        std::fs::write(dir.path().join("a"), b"two").unwrap();
-        let h2 = hasher.hash_dir(dir.path()).unwrap();
-        assert_ne!(h1, h2);
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        assert_ne!(h2, hasher.hash_dir(dir.path()).unwrap());
     }
 }

@@ -28,5 +28,7 @@ pub mod node;
 pub mod peer;
 mod round;
 mod server;
+pub mod state;
 pub mod store;
+mod sync;
 pub mod tls;

@@ -49,6 +49,10 @@ enum Command {
         /// Percent of the UNL that must agree for a ledger to close (1–100, default 80).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         threshold: Option<u32>,
+        /// Join as an observer: this node's key is not added to the UNL (it syncs, follows
+        /// and proposes once a `patch.cfg` adds it).
+        #[arg(long, requires = "unl")]
+        observer: bool,
     },
     /// Run a node. Creates the config from HP_* variables on first start.
     Run {
@@ -78,6 +82,9 @@ enum Command {
         /// Percent of the UNL that must agree, at creation (1–100).
         #[arg(long, env = "HP_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..=100))]
         threshold: Option<u32>,
+        /// At creation: join as an observer (this node's key is not added to the UNL).
+        #[arg(long, env = "HP_OBSERVER")]
+        observer: bool,
         /// Testing only: run this node's clock this many ms ahead (negative: behind).
         #[arg(
             long,
@@ -169,6 +176,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             unl,
             peers,
             threshold,
+            observer,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if dir.join(CONFIG_FILE).exists() {
@@ -184,6 +192,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 unl,
                 peers,
                 threshold,
+                observer,
             })?;
             cfg.save(&dir)?;
             println!("created node {} in {}", cfg.node.public_key, dir.display());
@@ -201,6 +210,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             unl,
             peers,
             threshold,
+            observer,
             clock_skew_ms,
         } => {
             let mut cfg = if state_dir.join(CONFIG_FILE).exists() {
@@ -221,6 +231,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     unl,
                     peers: peers.clone().unwrap_or_default(),
                     threshold,
+                    observer,
                 })?;
                 cfg.save(&state_dir)?;
                 tracing::info!(node = %cfg.node.public_key, "created node config");

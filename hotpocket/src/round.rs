@@ -28,7 +28,7 @@ use crate::consensus::{
     self, agreed, stage_verdict, votes_needed, OwnView, RoundProposals, RoundTiming, StageVerdict,
 };
 use crate::exec::{self, NplLink, RunEnd};
-use crate::ledger::{self, Hash, LclId, RoundOutcome, StateHasher, ZERO_HASH};
+use crate::ledger::{self, Hash, LclId, RoundOutcome, ZERO_HASH};
 use crate::node::{NodeError, RoundMsg, Shared, SignedInput, SyncStatus};
 use crate::peer::net::Inbound;
 use crate::peer::wire::{install_vote, LedgerProof, MAX_LEDGERS_PER_MESSAGE};
@@ -38,12 +38,51 @@ use crate::peer::wire::{
 use crate::protocol::bundle::ContractConfig;
 use crate::protocol::pubkey_bytes_from_hex;
 use crate::protocol::user::{InputStatus, ParsedContainer, Protocol, RejectReason, Reply};
+use crate::state::StateTree;
 use crate::store::{Execution, Store, StoredInput, StoredOutputs};
+use crate::sync::{self, RateLimit, StateSync, SyncError, SyncProgress, SyncStats, SyncTarget};
 
 /// Relayed inputs are sent in batches of at most this age (ms).
 const RELAY_BATCH_MS: u64 = 5;
 /// Most NPL messages kept for a ledger this node has not started executing yet.
 const MAX_EARLY_NPL: usize = 1024;
+/// A node this many ledgers behind or fewer, whose state is right, executes the ledgers it
+/// missed; further behind, it records them and syncs the state of the last one instead.
+const REPLAY_MAX: u64 = 8;
+/// What one peer may ask of this node: requests a second (ledgers, inputs, state pieces)
+/// and state bytes a second, each with a burst allowance.
+const PEER_REQUESTS_PER_SEC: f64 = 500.0;
+const PEER_STATE_BYTES_PER_SEC: f64 = 64.0 * 1024.0 * 1024.0;
+const PEER_STATE_BYTES_BURST: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// Rate limits on one peer's requests.
+struct PeerLimits {
+    requests: RateLimit,
+    bytes: RateLimit,
+}
+
+impl PeerLimits {
+    fn new() -> PeerLimits {
+        PeerLimits {
+            requests: RateLimit::new(PEER_REQUESTS_PER_SEC, PEER_REQUESTS_PER_SEC),
+            bytes: RateLimit::new(PEER_STATE_BYTES_PER_SEC, PEER_STATE_BYTES_BURST),
+        }
+    }
+}
+
+/// A state sync in progress, and the ledger to close once it is done.
+struct Syncing {
+    target: SyncTarget,
+    responses: mpsc::Sender<sync::Response>,
+    progress: Arc<SyncProgress>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
 
 /// An input waiting for a ledger.
 struct Pooled {
@@ -102,7 +141,8 @@ pub(crate) struct RoundLoop {
     nonces: HashMap<String, u64>,
     relay_batch: Vec<RelayedInput>,
     relay_since: u64,
-    hasher: StateHasher,
+    /// The hash tree of the state directory as of the last execution.
+    tree: StateTree,
     applied_patch: Option<Hash>,
     /// The last closed ledger and the result of executing it.
     exec: OwnView,
@@ -136,6 +176,21 @@ pub(crate) struct RoundLoop {
     ledgers_asked_at: u64,
     /// Answers to the owner that go out with the next execution's outputs.
     boot_replies: Vec<(String, BootstrapReply)>,
+    /// Ledgers were recorded without being executed here: the state is not that of
+    /// `exec.lcl` until a state sync brings it.
+    state_unknown: bool,
+    /// The newest ledger the UNL was seen on while this node was behind.
+    behind_goal: Option<LclId>,
+    /// The running state sync.
+    syncing: Option<Syncing>,
+    sync_done_tx: mpsc::Sender<Result<SyncStats, SyncError>>,
+    sync_done_rx: mpsc::Receiver<Result<SyncStats, SyncError>>,
+    /// Rate limits on what each peer asks of this node.
+    limits: HashMap<NodeKey, PeerLimits>,
+    /// Fault injection for tests (`HP_FAULT_CORRUPT_STATE_BLOCKS`): every state block this
+    /// node serves has a byte flipped.
+    corrupt_served_blocks: bool,
+    tracker: TaskTracker,
 }
 
 /// A bundle this node validated, waiting for the UNL to agree that it goes live.
@@ -182,6 +237,7 @@ impl RoundLoop {
         let threshold = cfg.contract.consensus.threshold;
         tracker.spawn(verifier(verify_rx, verified_tx));
         let lcl = shared.lcl();
+        let (sync_done_tx, sync_done_rx) = mpsc::channel(1);
         RoundLoop {
             shared,
             store,
@@ -196,7 +252,7 @@ impl RoundLoop {
             nonces: HashMap::new(),
             relay_batch: Vec::new(),
             relay_since: 0,
-            hasher: StateHasher::default(),
+            tree: StateTree::default(),
             applied_patch: None,
             exec: OwnView {
                 lcl,
@@ -222,6 +278,14 @@ impl RoundLoop {
             catchup: std::collections::VecDeque::new(),
             ledgers_asked_at: 0,
             boot_replies: Vec::new(),
+            state_unknown: false,
+            behind_goal: None,
+            syncing: None,
+            sync_done_tx,
+            sync_done_rx,
+            limits: HashMap::new(),
+            corrupt_served_blocks: std::env::var_os("HP_FAULT_CORRUPT_STATE_BLOCKS").is_some(),
+            tracker,
         }
     }
 
@@ -280,13 +344,24 @@ impl RoundLoop {
     async fn recover(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         // A bundle prepared before a stop was never voted on: it is dropped.
         bootstrap::abort_bundle(&self.shared.fs);
+        // A state switch a crash interrupted is finished; an unfinished sync is dropped.
+        sync::recover(&self.shared.fs).map_err(|source| NodeError::ContractDir {
+            path: self.shared.fs.root.clone(),
+            source,
+        })?;
         let lcl = self.store.lcl()?;
         let last = self.store.last_execution()?;
         match last {
             Some(e) if e.seq_no == lcl.seq_no => {
+                // The tree is needed to serve peers; a state changed while the node was
+                // stopped shows here, and the node syncs it from the UNL.
+                let state_hash = self.state_hash()?;
+                if state_hash != e.state_hash {
+                    tracing::warn!(lcl = %lcl, "the state directory changed while the node was stopped");
+                }
                 self.exec = OwnView {
                     lcl,
-                    state_hash: e.state_hash,
+                    state_hash,
                     patch_hash: e.patch_hash,
                     output_hash: e.output_hash,
                     install: ZERO_HASH,
@@ -307,6 +382,24 @@ impl RoundLoop {
                 let time = self.store.ledger(lcl.seq_no)?.map_or(0, |l| l.timestamp);
                 self.applied_patch = Some(e.patch_hash);
                 self.execute(lcl, time, inputs, false, cancel).await?;
+            }
+            Some(e) if e.seq_no < lcl.seq_no => {
+                // Ledgers recorded without executing them (a catch-up that a stop
+                // interrupted): the state comes from the UNL by state sync.
+                tracing::info!(
+                    seq = lcl.seq_no,
+                    executed = e.seq_no,
+                    "ledgers recorded but not executed: the state will be synced"
+                );
+                self.state_unknown = true;
+                self.applied_patch = Some(e.patch_hash);
+                self.exec = OwnView {
+                    lcl,
+                    state_hash: ZERO_HASH,
+                    patch_hash: ZERO_HASH,
+                    output_hash: ZERO_HASH,
+                    install: ZERO_HASH,
+                };
             }
             _ => {
                 // A new node (genesis), or a store from before executions were recorded:
@@ -370,54 +463,357 @@ impl RoundLoop {
         Ok(())
     }
 
-    /// Replays ledgers received from peers, each checked against its proof: stage-3
+    /// Follows ledgers received from peers, each checked against its proof: stage-3
     /// proposals that `threshold` % of the UNL signed with one root on this node's ledger,
-    /// and inputs whose users signed them.
+    /// and inputs whose users signed them. A node a few ledgers behind whose state is right
+    /// executes them; one further behind, or whose state is wrong, records them without
+    /// executing, then syncs the state the UNL proposes on the last one.
     async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        let mut progressed = false;
         while let Some(proof) = self.catchup.pop_front() {
-            let unl = self.unl().clone();
-            let threshold = self.threshold;
-            let mut props = RoundProposals::default();
-            for p in &proof.proposals {
-                if p.stage == 3 && p.check().is_ok() {
-                    props.insert(p.clone());
-                }
+            if self.syncing.is_some() {
+                self.catchup.clear();
+                break;
             }
-            let Ok(p) = agreed(&props, &unl, threshold) else {
-                tracing::warn!(lcl = %self.exec.lcl, "ledger from a peer without enough UNL signatures dropped");
+            let Some((p, stage3)) = self.check_proof(&proof) else {
                 continue;
             };
             if LclId::from(p.lcl) != self.exec.lcl {
                 continue;
             }
-            let p = p.clone();
-            let stage3 = stage3_of(&props, &unl, &p);
-            let inputs = verify_relayed(self.me, proof.inputs);
             let wanted: BTreeSet<Hash> = p.inputs.iter().copied().collect();
-            for input in inputs {
-                if wanted.contains(&input.hash) && !self.pool.contains_key(&input.hash) {
-                    self.add_to_pool(input);
+            let mut inputs: Vec<SignedInput> = verify_relayed(self.me, proof.inputs)
+                .into_iter()
+                .filter(|i| wanted.contains(&i.hash))
+                .collect();
+            inputs.sort_by_key(|i| i.hash);
+            inputs.dedup_by_key(|i| i.hash);
+            let seq = self.exec.lcl.seq_no + 1;
+            let goal = self.behind_goal.map_or(seq, |g| g.seq_no.max(seq));
+            let state_fits = !self.state_unknown
+                && p.state_hash == self.exec.state_hash
+                && p.patch_hash == self.exec.patch_hash
+                && p.output_hash == self.exec.output_hash;
+            if state_fits && goal - seq <= REPLAY_MAX {
+                for input in inputs {
+                    if !self.pool.contains_key(&input.hash) {
+                        self.add_to_pool(input);
+                    }
                 }
+                // A ledger or two behind (a round lost to load), the node acts as if it had
+                // closed the ledger itself: it votes on the outputs and sends its users
+                // theirs.
+                let live = goal - seq <= 1;
+                tracing::info!(
+                    seq,
+                    live,
+                    "replaying a ledger the UNL closed while this node was away"
+                );
+                let before = self.exec.lcl;
+                self.close(p, stage3, live, cancel).await?;
+                if self.exec.lcl == before {
+                    // It could not follow (another state, missing inputs): the rest cannot
+                    // either.
+                    self.catchup.clear();
+                    break;
+                }
+                progressed = true;
+                continue;
             }
-            tracing::info!(
-                seq = self.exec.lcl.seq_no + 1,
-                "replaying a ledger the UNL closed while this node was away"
-            );
-            let before = self.exec.lcl;
-            self.close(p, stage3, false, cancel).await?;
-            if self.exec.lcl == before {
-                // It could not follow (another state, missing inputs): the rest cannot
-                // either.
+            if inputs.len() != wanted.len() {
+                tracing::warn!(
+                    seq,
+                    have = inputs.len(),
+                    agreed = wanted.len(),
+                    "ledger from a peer without all its inputs signed by their users; dropped"
+                );
                 self.catchup.clear();
+                break;
+            }
+            self.record_unexecuted(p, stage3, inputs)?;
+            progressed = true;
+        }
+        if progressed && self.syncing.is_none() {
+            match self.behind_goal {
+                Some(goal) if goal.seq_no > self.exec.lcl.seq_no => {
+                    // Ask for the next batch at once rather than next round.
+                    self.ledgers_asked_at = 0;
+                    self.request_ledgers(goal);
+                }
+                // On the UNL's ledger with a state not known: sync it from the latest
+                // proposals rather than waiting for the next round.
+                _ if self.state_unknown => {
+                    if let Some(start) = self.rounds.keys().next_back().copied() {
+                        self.sync_to_majority(start);
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
+    /// The agreed proposal a ledger proof holds, and its stage-3 proposals from the UNL,
+    /// when `threshold` % of the UNL signed one root.
+    fn check_proof(&self, proof: &LedgerProof) -> Option<(Proposal, Vec<Proposal>)> {
+        let unl = self.unl();
+        let mut props = RoundProposals::default();
+        for p in &proof.proposals {
+            if p.stage == 3 && p.check().is_ok() {
+                props.insert(p.clone());
+            }
+        }
+        match agreed(&props, unl, self.threshold) {
+            Ok(p) => {
+                let p = p.clone();
+                let stage3 = stage3_of(&props, unl, &p);
+                Some((p, stage3))
+            }
+            Err(_) => {
+                tracing::warn!(lcl = %self.exec.lcl, "ledger from a peer without enough UNL signatures dropped");
+                None
+            }
+        }
+    }
+
+    /// Records a ledger the UNL closed without executing it (the state sync that follows
+    /// brings the state it led to).
+    fn record_unexecuted(
+        &mut self,
+        p: Proposal,
+        stage3: Vec<Proposal>,
+        inputs: Vec<SignedInput>,
+    ) -> Result<(), Stop> {
+        for i in &inputs {
+            self.take_from_pool(&i.hash);
+        }
+        let (closed, _) = self.commit_agreed(&p, stage3, inputs)?;
+        if self.pending_install.take().is_some() {
+            bootstrap::abort_bundle(&self.shared.fs);
+        }
+        self.release = None;
+        self.state_unknown = true;
+        self.exec = OwnView {
+            lcl: closed.id(),
+            state_hash: ZERO_HASH,
+            patch_hash: ZERO_HASH,
+            output_hash: ZERO_HASH,
+            install: ZERO_HASH,
+        };
+        let goal = self.behind_goal.map_or(closed.seq_no, |g| g.seq_no);
+        if closed.seq_no % 100 == 0 || closed.seq_no >= goal {
+            tracing::info!(
+                seq = closed.seq_no,
+                goal,
+                "catching up: ledgers recorded without executing them"
+            );
+        }
+        self.shared.set_sync_status(SyncStatus {
+            in_sync: false,
+            vote_status: format!(
+                "catching up: {} ledgers behind",
+                goal.saturating_sub(closed.seq_no)
+            ),
+        });
+        Ok(())
+    }
+
+    /// When more than half of the UNL propose one result of this node's last ledger and it
+    /// is not this node's (a state changed behind the contract's back, or a contract that
+    /// is not deterministic here), syncs to it: a node's own view cannot be trusted over a
+    /// majority of the UNL, and with a high threshold the others may need this node to
+    /// close the next ledger.
+    fn sync_to_majority(&mut self, start: u64) {
+        if self.syncing.is_some() {
+            return;
+        }
+        let unl = self.unl().clone();
+        let mut views: BTreeMap<(Hash, Hash, Hash), Vec<NodeKey>> = BTreeMap::new();
+        if let Some(props) = self.rounds.get(&start) {
+            for p in props.from_unl(&unl) {
+                if LclId::from(p.lcl) == self.exec.lcl && p.node != self.me {
+                    views
+                        .entry((p.state_hash, p.patch_hash, p.output_hash))
+                        .or_default()
+                        .push(p.node);
+                }
+            }
+        }
+        let Some(((state, patch, output), nodes)) =
+            views.into_iter().max_by_key(|(_, nodes)| nodes.len())
+        else {
+            return;
+        };
+        let own = (
+            self.exec.state_hash,
+            self.exec.patch_hash,
+            self.exec.output_hash,
+        );
+        if nodes.len() * 2 <= unl.len() || (!self.state_unknown && own == (state, patch, output)) {
+            return;
+        }
+        let target = SyncTarget {
+            lcl: self.exec.lcl,
+            state,
+            patch,
+            output,
+        };
+        self.start_sync(target, nodes);
+    }
+
+    /// Starts syncing the state `target` names (the result of this node's last ledger)
+    /// from `peers`, the UNL members that propose it.
+    fn start_sync(&mut self, target: SyncTarget, peers: Vec<NodeKey>) {
+        let peers: Vec<NodeKey> = peers.into_iter().filter(|k| *k != self.me).collect();
+        let (responses, rx) = mpsc::channel(64);
+        let progress = Arc::new(SyncProgress::default());
+        let cancel = CancellationToken::new();
+        let job = StateSync {
+            target,
+            own: Arc::new(self.tree.clone()),
+            fs: self.shared.fs.clone(),
+            net: self.shared.net.clone(),
+            peers,
+            responses: rx,
+            progress: progress.clone(),
+        };
+        let done = self.sync_done_tx.clone();
+        let token = cancel.clone();
+        self.tracker.spawn(async move {
+            let result = job.run(token).await;
+            let _ = done.send(result).await;
+        });
+        tracing::info!(
+            lcl = %target.lcl,
+            state = %hex::encode(target.state),
+            "state sync started: this node's state is not the one the UNL agreed on"
+        );
+        self.syncing = Some(Syncing {
+            target,
+            responses,
+            progress,
+            cancel,
+        });
+        self.set_status(false, format!("syncing the state of ledger {}", target.lcl));
+    }
+
+    /// Switches to the state a sync brought: the node proposes from the next round on.
+    fn on_sync_done(&mut self, result: Result<SyncStats, SyncError>) -> Result<(), Stop> {
+        let Some(syncing) = self.syncing.take() else {
+            return Ok(());
+        };
+        let target = syncing.target;
+        let stats = match result {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!(error = %e, "state sync failed; it starts again with the next ledgers");
+                self.set_status(false, format!("out of sync: {e}"));
+                return Ok(());
+            }
+        };
+        sync::switch(&self.shared.fs).map_err(|source| NodeError::ContractDir {
+            path: self.shared.fs.root.clone(),
+            source,
+        })?;
+        let state_hash = self.state_hash()?;
+        if state_hash != target.state {
+            tracing::warn!(lcl = %target.lcl, "the state after a sync is not its target; syncing again");
+            self.state_unknown = true;
+            return Ok(());
+        }
+        self.store.record_execution(
+            &Execution {
+                seq_no: target.lcl.seq_no,
+                state_hash,
+                patch_hash: target.patch,
+                output_hash: target.output,
+            },
+            &[],
+        )?;
+        self.exec = OwnView {
+            lcl: target.lcl,
+            state_hash,
+            patch_hash: target.patch,
+            output_hash: target.output,
+            install: ZERO_HASH,
+        };
+        self.state_unknown = false;
+        self.release = None;
+        tracing::info!(
+            lcl = %target.lcl,
+            fetched_bytes = stats.fetched_bytes,
+            local_bytes = stats.local_bytes,
+            pieces = stats.pieces,
+            ms = stats.elapsed.as_millis() as u64,
+            "state sync done"
+        );
+        self.set_status(false, "state synced; joining the next round".to_owned());
+        if let Some(goal) = self.behind_goal {
+            self.ledgers_asked_at = 0;
+            self.request_ledgers(goal);
+        }
+        Ok(())
+    }
+
+    /// Answers a peer syncing its state, within its rate limit.
+    fn on_state_request(&mut self, from: NodeKey, id: u32, wants: Vec<crate::peer::wire::Want>) {
+        use crate::peer::wire::{PieceKind, MAX_STATE_RESPONSE_BYTES};
+        let budget = MAX_STATE_RESPONSE_BYTES.min(self.shared.max_msg_bytes / 2);
+        let estimate: usize = wants
+            .iter()
+            .map(|w| match w.kind {
+                PieceKind::Block => crate::state::BLOCK_SIZE as usize,
+                _ => 4096,
+            })
+            .sum::<usize>()
+            .min(budget);
+        let limits = self.limits.entry(from).or_insert_with(PeerLimits::new);
+        let allowed = limits.requests.take(1.0) && limits.bytes.take(estimate as f64);
+        let msg = if allowed {
+            let pieces = sync::serve(
+                &self.tree,
+                &self.shared.fs,
+                &wants,
+                budget,
+                self.corrupt_served_blocks,
+            );
+            PeerMsg::StateResponse {
+                id,
+                pieces,
+                busy: false,
+            }
+        } else {
+            tracing::debug!(peer = %from, "state request over the peer's rate limit; answered busy");
+            PeerMsg::StateResponse {
+                id,
+                pieces: Vec::new(),
+                busy: true,
+            }
+        };
+        self.shared.net.send(&from, &msg);
+    }
+
+    /// Whether a peer may ask this node for something now (its request rate limit).
+    fn request_allowed(&mut self, from: NodeKey) -> bool {
+        let ok = self
+            .limits
+            .entry(from)
+            .or_insert_with(PeerLimits::new)
+            .requests
+            .take(1.0);
+        if !ok {
+            tracing::debug!(peer = %from, "peer request over its rate limit dropped");
+        }
+        ok
+    }
+
     /// Asks a peer on the UNL's ledger for the ledgers this node missed (at most once a
-    /// round).
-    fn request_ledgers(&mut self, majority: LclId, start: u64) {
-        if majority.seq_no <= self.exec.lcl.seq_no {
+    /// round, or at once when the last batch was followed).
+    fn request_ledgers(&mut self, majority: LclId) {
+        if self.behind_goal.is_none_or(|g| g.seq_no < majority.seq_no) {
+            self.behind_goal = Some(majority);
+        }
+        if majority.seq_no <= self.exec.lcl.seq_no || self.syncing.is_some() {
             return;
         }
         let now = self.clock.now_ms();
@@ -428,20 +824,18 @@ impl RoundLoop {
         let from_seq = self.exec.lcl.seq_no + 1;
         let count =
             (majority.seq_no - self.exec.lcl.seq_no).min(u64::from(MAX_LEDGERS_PER_MESSAGE)) as u16;
-        let holders: Vec<NodeKey> = self
+        let mut holders: Vec<NodeKey> = self
             .rounds
-            .get(&start)
-            .map(|props| {
-                props
-                    .from_unl(self.unl())
-                    .filter(|p| LclId::from(p.lcl) == majority)
-                    .map(|p| p.node)
-                    .collect()
-            })
-            .unwrap_or_default();
+            .values()
+            .flat_map(|props| props.from_unl(self.unl()))
+            .filter(|p| p.lcl.seq_no >= from_seq && p.node != self.me)
+            .map(|p| p.node)
+            .collect();
+        holders.sort();
+        holders.dedup();
         let msg = PeerMsg::LedgerRequest { from_seq, count };
         let pick = holders.get((now as usize) % holders.len().max(1)).copied();
-        tracing::info!(from_seq, count, majority = %majority, peer = ?pick, "asking for the ledgers this node missed");
+        tracing::debug!(from_seq, count, majority = %majority, peer = ?pick, "asking for the ledgers this node missed");
         if !pick.is_some_and(|k| self.shared.net.send(&k, &msg)) {
             self.shared.net.broadcast(&msg);
         }
@@ -495,9 +889,31 @@ impl RoundLoop {
         if let Some(r) = self.release.as_ref().filter(|r| r.deadline > now) {
             wake = wake.min(r.deadline);
         }
+        if let Some(s) = &self.syncing {
+            let behind = self
+                .behind_goal
+                .map_or(0, |g| g.seq_no.saturating_sub(self.exec.lcl.seq_no));
+            self.shared.set_sync_status(SyncStatus {
+                in_sync: false,
+                vote_status: format!(
+                    "syncing the state of ledger {}: {} of {} bytes fetched, {} ledgers behind",
+                    s.target.lcl,
+                    s.progress
+                        .fetched
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    s.progress
+                        .to_fetch
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    behind
+                ),
+            });
+        }
         tokio::select! {
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
             _ = tokio::time::sleep(sleep_for(wake, now)) => {}
+            done = self.sync_done_rx.recv() => if let Some(done) = done {
+                self.on_sync_done(done)?;
+            },
             msg = self.user_rx.recv() => match msg {
                 Some(msg) => self.on_round_msg(msg),
                 None => return Err(Stop::Cancelled),
@@ -599,10 +1015,33 @@ impl RoundLoop {
                     tracing::warn!(peer = %from, "input verifier busy; relayed batch dropped");
                 }
             }
-            PeerMsg::InputRequest(hashes) => self.on_input_request(from, hashes),
-            PeerMsg::LedgerRequest { from_seq, count } => {
-                self.on_ledger_request(from, from_seq, count.min(MAX_LEDGERS_PER_MESSAGE))
+            PeerMsg::InputRequest(hashes) => {
+                if self.request_allowed(from) {
+                    self.on_input_request(from, hashes)
+                }
             }
+            PeerMsg::LedgerRequest { from_seq, count } => {
+                if self.request_allowed(from) {
+                    self.on_ledger_request(from, from_seq, count.min(MAX_LEDGERS_PER_MESSAGE))
+                }
+            }
+            PeerMsg::StateRequest { id, wants } => self.on_state_request(from, id, wants),
+            PeerMsg::StateResponse { id, pieces, busy } => match &self.syncing {
+                Some(s) => {
+                    let r = sync::Response {
+                        from,
+                        id,
+                        pieces,
+                        busy,
+                    };
+                    if s.responses.try_send(r).is_err() {
+                        tracing::debug!(peer = %from, "state sync busy; response dropped");
+                    }
+                }
+                None => {
+                    tracing::debug!(peer = %from, "state response with no sync running dropped")
+                }
+            },
             PeerMsg::Ledgers(proofs) => {
                 if self.catchup.len() + proofs.len() <= 4 * usize::from(MAX_LEDGERS_PER_MESSAGE) {
                     self.catchup.extend(proofs);
@@ -792,7 +1231,8 @@ impl RoundLoop {
         self.rounds
             .retain(|t, _| *t + 3 * timing.roundtime >= start);
         let unl = self.unl().clone();
-        let member = unl.contains(&self.me);
+        // A node syncing, or whose state is not known, proposes nothing.
+        let member = unl.contains(&self.me) && self.syncing.is_none() && !self.state_unknown;
         let threshold = self.threshold;
         self.flush_relay();
         if member {
@@ -816,6 +1256,9 @@ impl RoundLoop {
             loop {
                 self.flush_relay();
                 self.absorb_install_failure(start);
+                if self.state_unknown {
+                    self.sync_to_majority(start);
+                }
                 let empty = RoundProposals::default();
                 let props = self.rounds.get(&start).unwrap_or(&empty);
                 let pool = &self.pool;
@@ -840,8 +1283,11 @@ impl RoundLoop {
                         self.follow_late(cancel).await?;
                     }
                     StageVerdict::OutOfSync(why) => {
-                        if let consensus::Desync::Lcl { majority } = why {
-                            self.request_ledgers(majority, start);
+                        match why {
+                            consensus::Desync::Lcl { majority } => self.request_ledgers(majority),
+                            consensus::Desync::State { .. }
+                            | consensus::Desync::Patch { .. }
+                            | consensus::Desync::Diverged { .. } => self.sync_to_majority(start),
                         }
                         self.set_status(false, format!("out of sync: {why}"));
                         return Ok(());
@@ -880,6 +1326,10 @@ impl RoundLoop {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let lcl = self.exec.lcl;
+        if self.syncing.is_some() || self.state_unknown {
+            // The state sync under way (or the next one) decides.
+            return Ok(());
+        }
         if agreed.install != self.exec.install {
             // The only difference a node may follow: the UNL voted against a bundle this
             // node could install.
@@ -950,11 +1400,70 @@ impl RoundLoop {
             return Ok(());
         }
         self.requested = None;
-        let mut inputs: Vec<SignedInput> = agreed
+        let inputs: Vec<SignedInput> = agreed
             .inputs
             .iter()
             .filter_map(|h| self.take_from_pool(h))
             .collect();
+        let proof_signers: Vec<(NodeKey, Sig)> =
+            stage3.iter().map(|q| (q.node, q.output_sig)).collect();
+        let (closed, valid) = self.commit_agreed(&agreed, stage3, inputs)?;
+        // The previous execution's outputs: the UNL just agreed on their root.
+        if let Some(r) = &self.release {
+            if r.root == agreed.output_hash {
+                let votes = self.votes.entry(r.ledger.into()).or_default();
+                for &(node, sig) in &proof_signers {
+                    votes.entry(node).or_insert(OutputVote {
+                        node,
+                        ledger: r.ledger.into(),
+                        state_hash: agreed.state_hash,
+                        output_hash: agreed.output_hash,
+                        sig,
+                    });
+                }
+                if let Some(r) = self.release.as_mut() {
+                    r.deadline = 0;
+                }
+                self.try_release(self.clock.now_ms());
+            }
+        }
+        self.release = None;
+        if self.behind_goal.is_some_and(|g| g.seq_no <= closed.seq_no) {
+            self.behind_goal = None;
+        }
+        self.settle_install(agreed.install);
+        self.apply_agreed_patch(agreed.patch_hash);
+        let member = self.unl().contains(&self.me);
+        self.set_status(
+            true,
+            if member {
+                "in sync".to_owned()
+            } else {
+                "in sync (observer)".to_owned()
+            },
+        );
+        tracing::debug!(seq = closed.seq_no, inputs = valid.len(), "ledger closed");
+        let inputs = valid
+            .into_iter()
+            .map(|i| LedgerInput {
+                user: i.user,
+                input: i.input,
+            })
+            .collect();
+        self.execute(closed.id(), agreed.time, inputs, live, cancel)
+            .await
+    }
+
+    /// Records the ledger the UNL agreed on, with its proof, applying the input rules that
+    /// every node applies against the ledger chain; users with inputs in it are told. Returns
+    /// the ledger and the inputs that made it.
+    fn commit_agreed(
+        &mut self,
+        agreed: &Proposal,
+        stage3: Vec<Proposal>,
+        mut inputs: Vec<SignedInput>,
+    ) -> Result<(ledger::Ledger, Vec<SignedInput>), Stop> {
+        let lcl = self.exec.lcl;
         inputs.sort_by_key(|i| ledger::input_order_key(i.nonce, &i.hash));
         let proof = LedgerProof {
             proposals: stage3,
@@ -1034,48 +1543,7 @@ impl RoundLoop {
             );
         }
         self.expire_pool(closed.seq_no);
-        // The previous execution's outputs: the UNL just agreed on their root.
-        if let Some(r) = &self.release {
-            if r.root == agreed.output_hash {
-                let votes = self.votes.entry(r.ledger.into()).or_default();
-                for q in &proof.proposals {
-                    let (node, sig) = (q.node, q.output_sig);
-                    votes.entry(node).or_insert(OutputVote {
-                        node,
-                        ledger: r.ledger.into(),
-                        state_hash: agreed.state_hash,
-                        output_hash: agreed.output_hash,
-                        sig,
-                    });
-                }
-                if let Some(r) = self.release.as_mut() {
-                    r.deadline = 0;
-                }
-                self.try_release(self.clock.now_ms());
-            }
-        }
-        self.release = None;
-        self.settle_install(agreed.install);
-        self.apply_agreed_patch(agreed.patch_hash);
-        let member = self.unl().contains(&self.me);
-        self.set_status(
-            true,
-            if member {
-                "in sync".to_owned()
-            } else {
-                "in sync (observer)".to_owned()
-            },
-        );
-        tracing::debug!(seq = closed.seq_no, inputs = valid.len(), "ledger closed");
-        let inputs = valid
-            .into_iter()
-            .map(|i| LedgerInput {
-                user: i.user,
-                input: i.input,
-            })
-            .collect();
-        self.execute(closed.id(), agreed.time, inputs, live, cancel)
-            .await
+        Ok((closed, valid))
     }
 
     /// Drops pooled inputs that can no longer make a ledger after `seq`.
@@ -1361,8 +1829,8 @@ impl RoundLoop {
 
     fn state_hash(&mut self) -> Result<Hash, NodeError> {
         let state_dir = self.shared.fs.state_dir();
-        self.hasher
-            .hash_dir(&state_dir)
+        self.tree
+            .rehash(&state_dir)
             .map_err(|source| NodeError::ContractDir {
                 path: state_dir,
                 source,

@@ -42,6 +42,9 @@ struct Member {
     child: Option<Child>,
     addr: String,
     key: SigningKey,
+    peer_port: u16,
+    /// Extra environment for the node's process (fault injection).
+    env: Vec<(&'static str, &'static str)>,
 }
 
 /// A cluster of `hotpocket` processes sharing a UNL and peering with each other.
@@ -56,6 +59,8 @@ struct Settings {
     threshold: u32,
     /// Clock skew (ms) per node, when any.
     skews: Vec<i64>,
+    /// Extra environment variables: (node, name, value).
+    envs: Vec<(usize, &'static str, &'static str)>,
 }
 
 impl Settings {
@@ -65,6 +70,7 @@ impl Settings {
             roundtime,
             threshold: 80,
             skews: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -107,6 +113,13 @@ impl Cluster {
                 child: None,
                 addr: String::new(),
                 key: k.clone(),
+                peer_port: ports[i],
+                env: s
+                    .envs
+                    .iter()
+                    .filter(|(n, _, _)| *n == i)
+                    .map(|(_, k, v)| (*k, *v))
+                    .collect(),
             });
         }
         let mut cluster = Cluster {
@@ -140,6 +153,9 @@ impl Cluster {
         if let Some(skew) = skew {
             cmd.env("HP_CLOCK_SKEW_MS", skew.to_string());
         }
+        for (k, v) in &m.env {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = None;
@@ -153,6 +169,99 @@ impl Cluster {
         std::thread::spawn(move || for _ in lines {});
         m.addr = addr.expect("node printed its address");
         m.child = Some(child);
+    }
+
+    /// Creates a blank node that follows the cluster's UNL as an observer (its key is not
+    /// in the UNL) and dials every member; returns its index. It is not started.
+    fn add_observer(&mut self, roundtime: u64, threshold: u32) -> usize {
+        let i = self.members.len();
+        let k = key(100 + i as u8);
+        let dir = self._root.path().join(format!("node{i}"));
+        let unl: Vec<String> = (0..i).map(|j| self.key_hex(j)).collect();
+        let peers: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.peer_port))
+            .collect();
+        let port = free_port();
+        let status = Command::new(hotpocket_bin())
+            .arg("new")
+            .arg(&dir)
+            .args(["--owner", &pubkey_hex(&key(OWNER).verifying_key())])
+            .args(["--contract-id", CONTRACT_ID, "--user-port", "0"])
+            .args(["--peer-port", &port.to_string()])
+            .args(["--roundtime-ms", &roundtime.to_string()])
+            .args(["--threshold", &threshold.to_string()])
+            .args(["--node-secret", &hex::encode(k.to_bytes())])
+            .args(["--unl", &unl.join(",")])
+            .args(["--peers", &peers.join(",")])
+            .arg("--observer")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.members.push(Member {
+            dir,
+            child: None,
+            addr: String::new(),
+            key: k,
+            peer_port: port,
+            env: Vec::new(),
+        });
+        i
+    }
+
+    /// Node `i`'s record of ledger `seq` (read from its SQLite store).
+    fn ledger_of(&self, i: usize, seq: u64) -> Option<berth_hotpocket::ledger::Ledger> {
+        let path = berth_hotpocket::node::ledger_db_path(&self.members[i].dir);
+        let store = berth_hotpocket::store::Store::open(&path).unwrap();
+        store.ledger(seq).unwrap()
+    }
+
+    /// Node `i`'s contract state directory.
+    fn state_dir(&self, i: usize) -> PathBuf {
+        self.members[i].dir.join("contract_fs").join("state")
+    }
+
+    /// Waits until node `i` says it is in sync (as a UNL member, or an observer when
+    /// `observer`) on a ledger at or past `seq`.
+    async fn wait_in_sync(&self, i: usize, seq: u64, observer: bool, within: Duration) {
+        let want = if observer {
+            "in sync (observer)"
+        } else {
+            "in sync"
+        };
+        let deadline = Instant::now() + within;
+        let c = self.connect(i, &key(220 + i as u8)).await;
+        loop {
+            let stat = c.stat().await.unwrap();
+            let lcl = c.lcl().await.unwrap().0;
+            if stat.in_sync && stat.vote_status == want && lcl >= seq {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} not {want} at ledger {seq} (lcl {lcl}, {})\n{}",
+                stat.vote_status,
+                self.logs_tail()
+            );
+            sleep_ms(100).await;
+        }
+    }
+
+    /// Checks that nodes `nodes` recorded the same ledger at the highest sequence number
+    /// they all have: the same chain, and so the same state hashes up to it.
+    async fn assert_same_chain(&self, nodes: &[usize]) {
+        let seq = *self.lcls(nodes).await.iter().min().unwrap();
+        let first = self.ledger_of(nodes[0], seq).expect("ledger recorded");
+        for &i in &nodes[1..] {
+            let other = self.ledger_of(i, seq).expect("ledger recorded");
+            assert_eq!(
+                other, first,
+                "node {i} and node {} differ at ledger {seq}",
+                nodes[0]
+            );
+        }
     }
 
     fn kill(&mut self, i: usize) {
@@ -731,4 +840,261 @@ async fn a_bundle_whose_install_fails_on_one_node_goes_live_nowhere() {
         &[0, 1, 2],
     )
     .await;
+}
+
+// ----- catch-up: ledger sync and state sync -----
+
+/// Sends `cmd` as a user through node `via` and waits for its output.
+async fn run_cmd(cluster: &Cluster, via: usize, cmd: &str) -> String {
+    let c = cluster.connect(via, &key(9)).await;
+    match c.submit_and_wait(cmd.as_bytes()).await {
+        Ok(out) => text(&out),
+        Err(e) => panic!("`{cmd}` through node {via}: {e}\n{}", cluster.logs_tail()),
+    }
+}
+
+fn state_root(dir: &Path) -> [u8; 32] {
+    berth_hotpocket::state::StateTree::default()
+        .rehash(dir)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_200_state_changing_ledgers_close_rejoins_on_the_same_chain() {
+    let _serial = serial().await;
+    let mut s = Settings::new(3, 200);
+    s.threshold = 51;
+    let mut cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    // From now on every ledger changes the state (unl.log grows by a line).
+    assert_eq!(run_cmd(&cluster, 0, "track-unl").await, "tracking");
+    run_cmd(&cluster, 0, "fill big 0 300000 7").await;
+    cluster.kill(2);
+    let from = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    run_cmd(&cluster, 1, "fill big 70000 5000 8").await;
+    cluster
+        .wait_for_ledger(&[0, 1], from + 200, Duration::from_secs(120))
+        .await;
+    cluster.run(2, None);
+    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(2, target, false, Duration::from_secs(60))
+        .await;
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+    let log = cluster.log(2);
+    assert!(
+        log.contains("state sync done"),
+        "node 2 synced its state rather than replaying 200 ledgers"
+    );
+    assert_eq!(
+        std::fs::read(cluster.state_dir(2).join("big")).unwrap(),
+        std::fs::read(cluster.state_dir(0).join("big")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_corrupted_on_one_node_is_detected_and_repaired_from_its_peers() {
+    let _serial = serial().await;
+    // With 80 % of 3, no ledger closes without the corrupted node: the cluster goes on
+    // only once it repaired its state.
+    let cluster = Cluster::start(Settings::new(3, 300));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    run_cmd(&cluster, 0, "fill data 0 200000 3").await;
+    let good = std::fs::read(cluster.state_dir(0).join("data")).unwrap();
+    // Overwrite a few bytes behind the runtime's back.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cluster.state_dir(2).join("data"))
+            .unwrap();
+        f.seek(SeekFrom::Start(100_000)).unwrap();
+        f.write_all(b"corrupted by the test").unwrap();
+    }
+    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_for_ledger(&[0, 1, 2], now + 5, Duration::from_secs(40))
+        .await;
+    let log = cluster.log(2);
+    assert!(log.contains("state sync started"), "node 2 noticed");
+    assert!(log.contains("state sync done"), "node 2 repaired");
+    assert_eq!(
+        std::fs::read(cluster.state_dir(2).join("data")).unwrap(),
+        good
+    );
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupted_state_blocks_fault_injected_is_skipped_and_sync_completes() {
+    let _serial = serial().await;
+    let mut s = Settings::new(3, 250);
+    s.threshold = 51;
+    s.envs = vec![(0, "HP_FAULT_CORRUPT_STATE_BLOCKS", "1")];
+    let mut cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    cluster.kill(2);
+    run_cmd(&cluster, 1, "fill big 0 4000000 11").await;
+    let now = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_for_ledger(&[0, 1], now + 12, Duration::from_secs(30))
+        .await;
+    cluster.run(2, None);
+    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(2, target, false, Duration::from_secs(60))
+        .await;
+    let log = cluster.log(2);
+    assert!(
+        log.contains("peer served bad state data"),
+        "the corrupted blocks were noticed:\n{}",
+        cluster.logs_tail()
+    );
+    assert!(log.contains("state sync done"));
+    assert_eq!(
+        std::fs::read(cluster.state_dir(2).join("big")).unwrap(),
+        std::fs::read(cluster.state_dir(1).join("big")).unwrap()
+    );
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_in_the_middle_of_a_state_sync_keeps_a_whole_state_and_finishes_later() {
+    let _serial = serial().await;
+    let mut s = Settings::new(3, 250);
+    s.threshold = 51;
+    let mut cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    run_cmd(&cluster, 0, "fill small 0 1000 1").await;
+    cluster.kill(2);
+    let old = state_root(&cluster.state_dir(2));
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        run_cmd(&cluster, 0, &format!("fill {name} 0 16000000 {i}")).await;
+    }
+    let now = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_for_ledger(&[0, 1], now + 12, Duration::from_secs(30))
+        .await;
+    let new = state_root(&cluster.state_dir(0));
+    assert_ne!(old, new);
+
+    // Restart, and kill it as soon as its sync has begun building the new state.
+    let work = cluster.members[2].dir.join("contract_fs").join(".sync");
+    cluster.run(2, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !work.join("state").exists() {
+        assert!(Instant::now() < deadline, "no sync started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    cluster.kill(2);
+    let completed = work.join("COMPLETE").exists();
+    let after_kill = state_root(&cluster.state_dir(2));
+    assert!(
+        after_kill == old || after_kill == new,
+        "the state after a kill is the old or the new one, never a mix"
+    );
+
+    cluster.run(2, None);
+    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(2, target, false, Duration::from_secs(60))
+        .await;
+    assert_eq!(state_root(&cluster.state_dir(2)), new);
+    assert!(!work.exists(), "the sync's work directory is gone");
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+    let log = cluster.log(2);
+    assert!(
+        completed || log.contains("dropping a state sync that had not completed"),
+        "the restart dropped the unfinished sync"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blank_node_syncs_as_an_observer_then_proposes_once_patch_cfg_adds_it() {
+    let _serial = serial().await;
+    let mut s = Settings::new(3, 300);
+    s.threshold = 51;
+    let mut cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    run_cmd(&cluster, 0, "fill data 0 500000 5").await;
+    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_for_ledger(&[0, 1, 2], now + 10, Duration::from_secs(30))
+        .await;
+
+    let fresh = cluster.add_observer(300, 51);
+    cluster.run(fresh, None);
+    let target = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(fresh, target, true, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        std::fs::read(cluster.state_dir(fresh).join("data")).unwrap(),
+        std::fs::read(cluster.state_dir(0).join("data")).unwrap()
+    );
+
+    // The UNL takes the new node in; 51 % of 4 is 3, so with node 1 gone ledgers close only
+    // if the new node proposes.
+    let mut unl: Vec<String> = (0..4).map(|i| cluster.key_hex(i)).collect();
+    unl.sort();
+    assert_eq!(
+        run_cmd(&cluster, 0, &format!("patch-unl {}", unl.join(","))).await,
+        "patched"
+    );
+    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(fresh, now + 2, false, Duration::from_secs(30))
+        .await;
+    cluster.kill(1);
+    let now = *cluster.lcls(&[0, 2, fresh]).await.iter().max().unwrap();
+    cluster
+        .wait_for_ledger(&[0, 2, fresh], now + 3, Duration::from_secs(30))
+        .await;
+    cluster.assert_same_chain(&[0, 2, fresh]).await;
 }

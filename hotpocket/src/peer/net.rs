@@ -988,7 +988,9 @@ where
                     | PeerMsg::LedgerRequest { .. }
                     | PeerMsg::Ledgers(_)
                     | PeerMsg::Npl(_)
-                    | PeerMsg::OutputVote(_)),
+                    | PeerMsg::OutputVote(_)
+                    | PeerMsg::StateRequest { .. }
+                    | PeerMsg::StateResponse { .. }),
                 ) => {
                     let kind = msg.kind();
                     match inner.inbound.try_send(Inbound { from: key, msg }) {

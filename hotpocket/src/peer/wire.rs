@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::{hash_parts, Hash, LclId};
 
 /// The version this node speaks (and the only one it accepts).
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// Most input hashes a proposal may carry.
 pub const MAX_PROPOSAL_INPUTS: usize = 65_536;
 /// Largest NPL message a contract may send (hp-nodejs-contract's own cap).
@@ -417,6 +417,42 @@ impl LedgerProof {
     }
 }
 
+/// Most pieces asked for in one state request.
+pub const MAX_STATE_WANTS: usize = 64;
+/// Most block bytes in one state response (and never more than half a frame).
+pub const MAX_STATE_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Most entries in one directory listing a peer may send.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// What kind of state piece a hash names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PieceKind {
+    /// A directory's listing.
+    Dir,
+    /// A file's manifest.
+    File,
+    /// A file block's bytes (or `patch.cfg`'s whole content, hashed the same way).
+    Block,
+}
+
+/// One piece of state asked for by its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Want {
+    pub kind: PieceKind,
+    pub hash: Hash,
+}
+
+/// A piece of state as a peer sends it; the receiver checks it against the hash it asked
+/// for before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Piece {
+    Dir(Vec<crate::state::DirEntry>),
+    File(crate::state::FileManifest),
+    Block(Vec<u8>),
+    /// The peer does not have it (its state moved on).
+    Missing,
+}
+
 /// Every peer message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -439,6 +475,18 @@ pub enum PeerMsg {
     Ledgers(Vec<LedgerProof>),
     Npl(NplMessage),
     OutputVote(OutputVote),
+    /// Pieces of a state tree, by hash (state sync).
+    StateRequest {
+        id: u32,
+        wants: Vec<Want>,
+    },
+    /// The answer to a `StateRequest`, pieces in the order asked (a prefix of them when the
+    /// response budget ran out). `busy`: the peer's rate limit refused the request.
+    StateResponse {
+        id: u32,
+        pieces: Vec<(Want, Piece)>,
+        busy: bool,
+    },
 }
 
 impl PeerMsg {
@@ -455,6 +503,8 @@ impl PeerMsg {
             PeerMsg::Ledgers(_) => "ledgers",
             PeerMsg::Npl(_) => "npl",
             PeerMsg::OutputVote(_) => "output_vote",
+            PeerMsg::StateRequest { .. } => "state_request",
+            PeerMsg::StateResponse { .. } => "state_response",
         }
     }
 }
@@ -537,6 +587,38 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<PeerMsg, DecodeError> {
                 p.inputs.len()
             )));
         }
+        PeerMsg::StateRequest { wants, .. } if wants.len() > MAX_STATE_WANTS => {
+            return Err(DecodeError::Malformed(format!(
+                "state request for {} pieces, more than {MAX_STATE_WANTS}",
+                wants.len()
+            )));
+        }
+        PeerMsg::StateResponse { pieces, .. } => {
+            if pieces.len() > MAX_STATE_WANTS {
+                return Err(DecodeError::Malformed(format!(
+                    "state response with {} pieces, more than {MAX_STATE_WANTS}",
+                    pieces.len()
+                )));
+            }
+            for (_, piece) in pieces {
+                match piece {
+                    Piece::Block(b) if b.len() as u64 > crate::state::BLOCK_SIZE => {
+                        return Err(DecodeError::Malformed(format!(
+                            "state block of {} bytes, more than {}",
+                            b.len(),
+                            crate::state::BLOCK_SIZE
+                        )));
+                    }
+                    Piece::Dir(e) if e.len() > MAX_DIR_ENTRIES => {
+                        return Err(DecodeError::Malformed(format!(
+                            "directory listing of {} entries, more than {MAX_DIR_ENTRIES}",
+                            e.len()
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
         _ => {}
     }
     Ok(frame.msg)
@@ -607,6 +689,36 @@ mod tests {
         other[0] = 9;
         assert_eq!(decode(&other, 1 << 20), Err(DecodeError::Version(9)));
         assert!(decode(&[], 10).is_err());
+    }
+
+    #[test]
+    fn state_sync_messages_over_their_bounds_are_refused_with_the_bound_named() {
+        let want = Want {
+            kind: PieceKind::Block,
+            hash: [1; 32],
+        };
+        let ok = encode(&PeerMsg::StateRequest {
+            id: 1,
+            wants: vec![want; MAX_STATE_WANTS],
+        });
+        assert!(decode(&ok, 1 << 20).is_ok());
+        let many = encode(&PeerMsg::StateRequest {
+            id: 1,
+            wants: vec![want; MAX_STATE_WANTS + 1],
+        });
+        match decode(&many, 1 << 20) {
+            Err(DecodeError::Malformed(why)) => assert!(why.contains("65 pieces"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let big = encode(&PeerMsg::StateResponse {
+            id: 1,
+            pieces: vec![(want, Piece::Block(vec![0; 64 * 1024 + 1]))],
+            busy: false,
+        });
+        match decode(&big, 1 << 20) {
+            Err(DecodeError::Malformed(why)) => assert!(why.contains("state block"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
