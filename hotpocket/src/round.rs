@@ -1290,6 +1290,15 @@ impl RoundLoop {
                             | consensus::Desync::Diverged { .. } => self.sync_to_majority(start),
                         }
                         self.set_status(false, format!("out of sync: {why}"));
+                        let behind = matches!(why, consensus::Desync::Lcl { .. });
+                        if behind && self.syncing.is_none() && self.clock.now_ms() < give_up {
+                            // The missed ledgers may arrive within this stage: the node then
+                            // joins this round rather than the next, which the others may
+                            // close without it (and it would be behind again).
+                            self.next_event(give_up, cancel).await?;
+                            self.follow_late(cancel).await?;
+                            continue;
+                        }
                         return Ok(());
                     }
                 }
