@@ -447,8 +447,10 @@ pub fn exec_with_limits(limits: ProcLimits, program: &str, args: &[String]) -> s
             return e.into();
         }
     }
+    // RLIMIT_DATA, as hpcore: it bounds what a process allocates (heap and private
+    // mappings) but not the address space it reserves, which V8 (Node.js) needs by the GiB.
     if limits.mem_bytes > 0 {
-        if let Err(e) = set(Resource::As, limits.mem_bytes, limits.mem_bytes) {
+        if let Err(e) = set(Resource::Data, limits.mem_bytes, limits.mem_bytes) {
             return e.into();
         }
     }

@@ -1668,6 +1668,8 @@ impl RoundLoop {
                 }
             };
             self.npl_sink = None;
+            // As hpcore: post_exec.sh follows a run that exited, never a killed one.
+            let exited = matches!(&run, Ok(r) if matches!(r.end, RunEnd::Exited(_)));
             match run {
                 Ok(result) => {
                     match result.end {
@@ -1696,7 +1698,9 @@ impl RoundLoop {
                 }
                 Err(e) => tracing::error!(error = %e, "contract could not run"),
             }
-            self.post_exec(ledger).await;
+            if exited {
+                self.post_exec(ledger).await;
+            }
         }
         let executed = started.elapsed();
         for (user, req) in boot {
@@ -1863,10 +1867,7 @@ impl RoundLoop {
             return;
         }
         self.applied_patch = Some(hash);
-        let parsed = serde_json::from_slice::<ContractConfig>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.validate().map(|()| c).map_err(|e| e.to_string()));
-        match parsed {
+        match parse_patch(&bytes) {
             Ok(patch) => {
                 let before = self.shared.contract();
                 let mut contract = before.clone();
@@ -2077,7 +2078,8 @@ impl RoundLoop {
         if !dir.join("post_exec.sh").is_file() {
             return;
         }
-        let args = vec![(lcl.seq_no).to_string(), hex::encode(lcl.hash)];
+        // One argument, `"<seq> <hash>"`, as hpcore passes it.
+        let args = vec![format!("{} {}", lcl.seq_no, hex::encode(lcl.hash))];
         let timeout = self
             .shared
             .contract_command(&self.shared.contract())
@@ -2092,6 +2094,42 @@ impl RoundLoop {
             Err(e) => tracing::warn!(error = %e, "post_exec.sh could not run"),
         }
     }
+}
+
+/// The keys of the contract section a `patch.cfg` may set.
+const PATCH_KEYS: [&str; 10] = [
+    "id",
+    "version",
+    "unl",
+    "bin_path",
+    "bin_args",
+    "environment",
+    "max_input_ledger_offset",
+    "consensus",
+    "npl",
+    "round_limits",
+];
+
+/// Parses and validates a `patch.cfg`. As hpcore, a top-level key it does not know is
+/// ignored (and logged), not a reason to reject the file.
+fn parse_patch(bytes: &[u8]) -> Result<ContractConfig, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| "not a JSON object".to_owned())?;
+    let unknown: Vec<String> = object
+        .keys()
+        .filter(|k| !PATCH_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in &unknown {
+        tracing::warn!(key, "patch.cfg key not known; ignored");
+        object.remove(key);
+    }
+    let config: ContractConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 fn reply_kind(req: &BootstrapInput) -> &'static str {

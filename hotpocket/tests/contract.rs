@@ -70,8 +70,15 @@ async fn round_limits_are_applied_to_the_process() {
         "{}",
         line("Max cpu time")
     );
+    // proc_mem_bytes is RLIMIT_DATA (as hpcore), so that Node.js can still reserve its
+    // address space.
     assert!(
-        line("Max address space").contains("268435456"),
+        line("Max data size").contains("268435456"),
+        "{}",
+        line("Max data size")
+    );
+    assert!(
+        line("Max address space").contains("unlimited"),
         "{}",
         line("Max address space")
     );
@@ -100,6 +107,9 @@ async fn crash_and_timeout_do_not_stop_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let config = serde_json::json!({"bin_path": "contract", "round_limits": {"exec_timeout": 600}});
     let (_node, client) = probe_node(dir.path(), config).await;
+    // A post_exec.sh that stays (exit 1) and logs the ledger of every run it follows.
+    let script = "write post_exec.sh echo \"$1\" >> post_exec.log; exit 1";
+    client.submit_and_wait(script.as_bytes()).await.unwrap();
     let crash = client.submit_and_wait(b"crash").await.unwrap();
     assert!(crash.outputs.is_empty());
     let started = Instant::now();
@@ -111,6 +121,19 @@ async fn crash_and_timeout_do_not_stop_the_node() {
     );
     let fine = client.submit_and_wait(b"echo still here").await.unwrap();
     assert_eq!(fine.outputs, vec![b"still here".to_vec()]);
+    let log = std::fs::read_to_string(dir.path().join("contract_fs/state/post_exec.log")).unwrap();
+    let seqs: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        seqs.contains(&crash.ledger_seq_no),
+        "a run that exited (code 3) is followed by post_exec.sh: {log}"
+    );
+    assert!(
+        !seqs.contains(&slow.ledger_seq_no),
+        "a run killed at exec_timeout is not: {log}"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +141,8 @@ async fn post_exec_script_runs_and_patch_cfg_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = probe_node(dir.path(), basic_config()).await;
     let state = dir.path().join("contract_fs/state");
-    let script = "write post_exec.sh echo \"$1 $2\" > post_exec.out";
+    // One argument, "<seq> <hash>", as hpcore passes it: $2 is empty.
+    let script = "write post_exec.sh echo \"$1|$2|$#\" > post_exec.out";
     client.submit_and_wait(script.as_bytes()).await.unwrap();
     for _ in 0..50 {
         if state.join("post_exec.out").exists() {
@@ -127,7 +151,9 @@ async fn post_exec_script_runs_and_patch_cfg_is_applied() {
         sleep_ms(100).await;
     }
     let out = std::fs::read_to_string(state.join("post_exec.out")).unwrap();
-    let mut parts = out.split_whitespace();
+    let fields: Vec<&str> = out.trim().split('|').collect();
+    assert_eq!(fields[1..], ["", "1"], "one argument: {out}");
+    let mut parts = fields[0].split(' ');
     assert!(parts.next().unwrap().parse::<u64>().is_ok());
     assert_eq!(parts.next().unwrap().len(), 64);
     assert!(
@@ -141,6 +167,8 @@ async fn post_exec_script_runs_and_patch_cfg_is_applied() {
     assert_eq!(patch["bin_path"], "contract");
     let mut patched = patch.clone();
     patched["version"] = serde_json::json!("3.1");
+    // A key this runtime does not know is ignored, as hpcore does, not a reason to refuse.
+    patched["a_future_key"] = serde_json::json!({"x": 1});
     let cmd = format!("write ../patch.cfg {patched}");
     client.submit_and_wait(cmd.as_bytes()).await.unwrap();
     sleep_ms(500).await;
