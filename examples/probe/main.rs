@@ -7,7 +7,8 @@
 //! state: a non-deterministic contract), `patch-unl <k1,k2,…>` (writes `../patch.cfg` with a
 //! new UNL), `track-unl` (from then on appends `<lcl_seq_no> <unl keys>` to `unl.log` every
 //! round); for state sync: `fill <name> <offset> <len> <seed>` (writes `len` pseudo-random
-//! bytes from `seed` at `offset` of a file, creating it).
+//! bytes from `seed` at `offset` of a file, creating it); `peers add|remove <h:p,…>` (sends a
+//! `peer_changeset` on the control channel, as the official libraries' `updatePeers`).
 
 #[path = "../common/sdk.rs"]
 mod sdk;
@@ -54,6 +55,12 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
         .and_then(|v| v.as_i64())
         .and_then(|n| i32::try_from(n).ok());
     let mut npl = npl_fd.map(|fd| UnixStream::from(take_fd(fd)));
+    let control_fd = args
+        .raw
+        .get("control_fd")
+        .and_then(|v| v.as_i64())
+        .and_then(|n| i32::try_from(n).ok());
+    let mut control = control_fd.map(|fd| UnixStream::from(take_fd(fd)));
     for (out_fd, spans) in args.users.values() {
         let mut out = UnixStream::from(take_fd(*out_fd));
         for span in spans {
@@ -124,6 +131,25 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
                     let (name, body) = (kv.next().unwrap_or("out"), kv.next().unwrap_or(""));
                     std::fs::write(name, body)?;
                     format!("wrote {name}")
+                }
+                "peers" => {
+                    let mut f = rest.split_whitespace();
+                    let (op, list) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                    let peers: Vec<&str> = list.split(',').filter(|p| !p.is_empty()).collect();
+                    let (add, remove) = match op {
+                        "add" => (peers, Vec::new()),
+                        "remove" => (Vec::new(), peers),
+                        _ => (Vec::new(), Vec::new()),
+                    };
+                    let msg =
+                        serde_json::json!({"type": "peer_changeset", "add": add, "remove": remove});
+                    match control.as_mut() {
+                        Some(sock) => {
+                            std::io::Write::write_all(sock, msg.to_string().as_bytes())?;
+                            "peers changed".to_owned()
+                        }
+                        None => "no control channel".to_owned(),
+                    }
                 }
                 "fill" => {
                     let f: Vec<&str> = rest.split_whitespace().collect();

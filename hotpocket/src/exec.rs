@@ -83,6 +83,49 @@ pub struct RunResult {
     pub end: RunEnd,
     /// Users whose outputs passed `user_output_bytes` and were cut.
     pub truncated: Vec<String>,
+    /// Messages the contract sent on its control channel (`peer_changeset`, …), in order.
+    pub control: Vec<ControlMessage>,
+}
+
+/// A message a contract sends on its control channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// `{"type":"peer_changeset","add":[host:port…],"remove":[…]}` (the official libraries'
+    /// `updatePeers` / `hp_update_peers`): peers this node dials.
+    PeerChangeset {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+/// Most control messages kept from one run.
+const MAX_CONTROL_MESSAGES: usize = 64;
+
+impl ControlMessage {
+    /// Parses one control packet; `Err` names what is wrong with it.
+    pub fn parse(packet: &[u8]) -> Result<Option<ControlMessage>, String> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            add: Vec<String>,
+            #[serde(default)]
+            remove: Vec<String>,
+        }
+        let raw: Raw =
+            serde_json::from_slice(packet).map_err(|e| format!("not a control message: {e}"))?;
+        match raw.kind.as_str() {
+            "peer_changeset" => Ok(Some(ControlMessage::PeerChangeset {
+                add: raw.add,
+                remove: raw.remove,
+            })),
+            // Sent by some library versions when the contract is done; the run ends when the
+            // process exits.
+            "contract_end" => Ok(None),
+            other => Err(format!("control message type `{other}` not known")),
+        }
+    }
 }
 
 /// The node's side of a run's NPL socket: what the contract sends goes to `outgoing` (one
@@ -214,6 +257,12 @@ pub async fn run_contract(
     let mut child = command.spawn().map_err(io("starting the contract"))?;
     // The child holds its ends now; drop ours so EOF arrives when the contract exits.
     drop(command);
+    let control_task = {
+        let fd = control_parent
+            .try_clone()
+            .map_err(io("sharing the control socket"))?;
+        tokio::spawn(read_control(fd))
+    };
     let npl_task = match (npl.as_ref(), npl_link) {
         (Some((_, parent)), Some(link)) => {
             let fd = parent.try_clone().map_err(io("sharing the npl socket"))?;
@@ -242,6 +291,11 @@ pub async fn run_contract(
     if let Some(task) = npl_task {
         task.abort();
     }
+    // The contract's end of the control socket closed with it: the reader sees EOF.
+    let control = match tokio::time::timeout(Duration::from_millis(500), control_task).await {
+        Ok(Ok(messages)) => messages,
+        _ => Vec::new(),
+    };
 
     let mut outputs = BTreeMap::new();
     let mut truncated = Vec::new();
@@ -259,7 +313,39 @@ pub async fn run_contract(
         outputs,
         end,
         truncated,
+        control,
     })
+}
+
+/// Reads the contract's control packets until the socket closes.
+async fn read_control(fd: OwnedFd) -> Vec<ControlMessage> {
+    let mut messages = Vec::new();
+    if rustix::io::ioctl_fionbio(&fd, true).is_err() {
+        return messages;
+    }
+    // As in `serve_npl`: the AsyncFd owns the fd for its whole life.
+    #[allow(deprecated)]
+    let Ok(afd) = tokio::io::unix::AsyncFd::new(fd) else {
+        return messages;
+    };
+    let mut buf = vec![0u8; MAX_NPL_PACKET + 1];
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return messages;
+        };
+        match guard.try_io(|inner| {
+            rustix::net::recv(inner.get_ref(), &mut buf, rustix::net::RecvFlags::DONTWAIT)
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(Ok(0)) | Ok(Err(_)) => return messages,
+            Ok(Ok(n)) => match ControlMessage::parse(&buf[..n.min(buf.len())]) {
+                Ok(Some(m)) if messages.len() < MAX_CONTROL_MESSAGES => messages.push(m),
+                Ok(_) => {}
+                Err(why) => tracing::warn!(reason = %why, "contract control message dropped"),
+            },
+            Err(_would_block) => continue,
+        }
+    }
 }
 
 /// Moves NPL packets between the contract's socket and the node until the run ends (the

@@ -1690,6 +1690,9 @@ impl RoundLoop {
                     for user in &result.truncated {
                         tracing::warn!(user, "contract output passed user_output_bytes; cut");
                     }
+                    for message in &result.control {
+                        self.on_control(message);
+                    }
                     for (user, msgs) in result.outputs {
                         if !msgs.is_empty() {
                             outputs.entry(user).or_default().extend(msgs);
@@ -2071,6 +2074,40 @@ impl RoundLoop {
         self.threshold = contract.consensus.threshold;
         self.shared.set_contract(contract);
         Ok(())
+    }
+
+    /// A contract's control message: `peer_changeset` changes the peers this node dials
+    /// (each node applies its own contract's, as hpcore does).
+    fn on_control(&mut self, message: &exec::ControlMessage) {
+        let exec::ControlMessage::PeerChangeset { add, remove } = message;
+        let valid = |p: &String| {
+            p.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0)
+            })
+        };
+        let mut peers = self.cfg.mesh.known_peers.clone();
+        for p in add {
+            if !valid(p) {
+                tracing::warn!(peer = %p, "peer_changeset: not host:port; ignored");
+            } else if !peers.contains(p) {
+                peers.push(p.clone());
+            }
+        }
+        peers.retain(|p| !remove.contains(p));
+        if peers == self.cfg.mesh.known_peers {
+            return;
+        }
+        tracing::info!(
+            added = add.len(),
+            removed = remove.len(),
+            peers = peers.len(),
+            "peer_changeset from the contract applied"
+        );
+        self.cfg.mesh.known_peers = peers.clone();
+        if let Err(e) = self.cfg.save(&self.state_dir) {
+            tracing::warn!(error = %e, "saving the changed peers failed; they apply until a restart");
+        }
+        self.shared.net.set_known_peers(peers);
     }
 
     async fn post_exec(&mut self, lcl: LclId) {

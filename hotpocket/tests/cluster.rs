@@ -61,6 +61,8 @@ struct Settings {
     skews: Vec<i64>,
     /// Extra environment variables: (node, name, value).
     envs: Vec<(usize, &'static str, &'static str)>,
+    /// Nodes that dial nobody and that nobody dials.
+    isolated: Vec<usize>,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             threshold: 80,
             skews: Vec::new(),
             envs: Vec::new(),
+            isolated: Vec::new(),
         }
     }
 }
@@ -90,7 +93,7 @@ impl Cluster {
             let peers: Vec<String> = ports
                 .iter()
                 .enumerate()
-                .filter(|(j, _)| *j != i)
+                .filter(|(j, _)| *j != i && !s.isolated.contains(j) && !s.isolated.contains(&i))
                 .map(|(_, p)| format!("127.0.0.1:{p}"))
                 .collect();
             let status = Command::new(hotpocket_bin())
@@ -1097,4 +1100,49 @@ async fn a_blank_node_syncs_as_an_observer_then_proposes_once_patch_cfg_adds_it(
         .wait_for_ledger(&[0, 2, fresh], now + 3, Duration::from_secs(30))
         .await;
     cluster.assert_same_chain(&[0, 2, fresh]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_changeset_from_the_contract_connects_a_node_nobody_dialed() {
+    let _serial = serial().await;
+    let mut s = Settings::new(3, 300);
+    s.threshold = 51;
+    s.isolated = vec![2];
+    let cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(&[0, 1], 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(
+        &cluster,
+        0,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1],
+    )
+    .await;
+    let alone = cluster.connect(2, &key(30)).await.stat().await.unwrap();
+    assert!(alone.peers.is_empty() && !alone.in_sync, "{alone:?}");
+
+    let addr = format!("127.0.0.1:{}", cluster.members[2].peer_port);
+    assert_eq!(
+        run_cmd(&cluster, 0, &format!("peers add {addr}")).await,
+        "peers changed"
+    );
+    let now = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(2, now, false, Duration::from_secs(60))
+        .await;
+    let stat = cluster.connect(0, &key(31)).await.stat().await.unwrap();
+    assert_eq!(stat.peers.len(), 2, "node 0 dials node 2 now: {stat:?}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.members[0].dir.join("hp.cfg")).unwrap())
+            .unwrap();
+    assert!(
+        saved["mesh"]["known_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == &serde_json::json!(addr)),
+        "the changed peers are saved: {saved}"
+    );
+    cluster.assert_same_chain(&[0, 1, 2]).await;
 }
