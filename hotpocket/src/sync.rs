@@ -414,13 +414,7 @@ impl StateSync {
                 }
             }
             if !fetch_dirs.is_empty() {
-                let wants = fetch_dirs
-                    .keys()
-                    .map(|h| Want {
-                        kind: PieceKind::Dir,
-                        hash: *h,
-                    })
-                    .collect();
+                let wants = wants_of(PieceKind::Dir, fetch_dirs.keys());
                 let mut listings = Vec::new();
                 pieces += fetcher
                     .fetch(wants, &cancel, &mut |want, piece| {
@@ -444,13 +438,7 @@ impl StateSync {
         let mut written: Vec<PathBuf> = Vec::new();
         let mut jobs: HashMap<Hash, Vec<BlockJob>> = HashMap::new();
         if !manifests.is_empty() {
-            let wants = manifests
-                .keys()
-                .map(|h| Want {
-                    kind: PieceKind::File,
-                    hash: *h,
-                })
-                .collect();
+            let wants = wants_of(PieceKind::File, manifests.keys());
             let mut got: Vec<(Hash, FileManifest)> = Vec::new();
             pieces += fetcher
                 .fetch(wants, &cancel, &mut |want, piece| {
@@ -481,13 +469,7 @@ impl StateSync {
 
         // Blocks from peers, written where the manifests put them.
         if !jobs.is_empty() {
-            let wants = jobs
-                .keys()
-                .map(|h| Want {
-                    kind: PieceKind::Block,
-                    hash: *h,
-                })
-                .collect();
+            let wants = wants_of(PieceKind::Block, jobs.keys());
             let progress = &progress;
             pieces += fetcher
                 .fetch(wants, &cancel, &mut |want, piece| {
@@ -544,6 +526,11 @@ impl StateSync {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Wants of one kind for these hashes.
+fn wants_of<'a>(kind: PieceKind, hashes: impl Iterator<Item = &'a Hash>) -> Vec<Want> {
+    hashes.map(|h| Want { kind, hash: *h }).collect()
 }
 
 fn write_at(path: &Path, index: usize, bytes: &[u8]) -> std::io::Result<()> {

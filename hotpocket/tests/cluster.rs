@@ -252,6 +252,19 @@ impl Cluster {
         }
     }
 
+    /// Restarts node `i` and waits until it is in sync on the ledger `others` are on.
+    async fn rejoin(&mut self, i: usize, others: &[usize], within: Duration) {
+        self.run(i, None);
+        let target = *self.lcls(others).await.iter().max().unwrap();
+        self.wait_in_sync(i, target, false, within).await;
+    }
+
+    /// Waits until `nodes` closed `n` more ledgers.
+    async fn advance(&self, nodes: &[usize], n: u64, within: Duration) {
+        let now = *self.lcls(nodes).await.iter().max().unwrap();
+        self.wait_for_ledger(nodes, now + n, within).await;
+    }
+
     /// Checks that nodes `nodes` recorded the same ledger at the highest sequence number
     /// they all have: the same chain, and so the same state hashes up to it.
     async fn assert_same_chain(&self, nodes: &[usize]) {
@@ -847,6 +860,16 @@ async fn a_bundle_whose_install_fails_on_one_node_goes_live_nowhere() {
 
 // ----- catch-up: ledger sync and state sync -----
 
+/// Starts a cluster and installs the probe contract on the `live` nodes.
+async fn with_probe(s: Settings, live: &[usize]) -> Cluster {
+    let cluster = Cluster::start(s);
+    cluster
+        .wait_for_ledger(live, 2, Duration::from_secs(20))
+        .await;
+    install_everywhere(&cluster, 0, &bundle("probe-contract", basic_config()), live).await;
+    cluster
+}
+
 /// Sends `cmd` as a user through node `via` and waits for its output.
 async fn run_cmd(cluster: &Cluster, via: usize, cmd: &str) -> String {
     let c = cluster.connect(via, &key(9)).await;
@@ -867,17 +890,7 @@ async fn a_node_killed_while_200_state_changing_ledgers_close_rejoins_on_the_sam
     let _serial = serial().await;
     let mut s = Settings::new(3, 200);
     s.threshold = 51;
-    let mut cluster = Cluster::start(s);
-    cluster
-        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1, 2],
-    )
-    .await;
+    let mut cluster = with_probe(s, &[0, 1, 2]).await;
     // From now on every ledger changes the state (unl.log grows by a line).
     assert_eq!(run_cmd(&cluster, 0, "track-unl").await, "tracking");
     run_cmd(&cluster, 0, "fill big 0 300000 7").await;
@@ -887,11 +900,7 @@ async fn a_node_killed_while_200_state_changing_ledgers_close_rejoins_on_the_sam
     cluster
         .wait_for_ledger(&[0, 1], from + 200, Duration::from_secs(120))
         .await;
-    cluster.run(2, None);
-    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    cluster
-        .wait_in_sync(2, target, false, Duration::from_secs(60))
-        .await;
+    cluster.rejoin(2, &[0, 1], Duration::from_secs(60)).await;
     cluster.assert_same_chain(&[0, 1, 2]).await;
     let log = cluster.log(2);
     assert!(
@@ -909,17 +918,7 @@ async fn a_state_file_corrupted_on_one_node_is_detected_and_repaired_from_its_pe
     let _serial = serial().await;
     // With 80 % of 3, no ledger closes without the corrupted node: the cluster goes on
     // only once it repaired its state.
-    let cluster = Cluster::start(Settings::new(3, 300));
-    cluster
-        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1, 2],
-    )
-    .await;
+    let cluster = with_probe(Settings::new(3, 300), &[0, 1, 2]).await;
     run_cmd(&cluster, 0, "fill data 0 200000 3").await;
     let good = std::fs::read(cluster.state_dir(0).join("data")).unwrap();
     // Overwrite a few bytes behind the runtime's back.
@@ -932,9 +931,8 @@ async fn a_state_file_corrupted_on_one_node_is_detected_and_repaired_from_its_pe
         f.seek(SeekFrom::Start(100_000)).unwrap();
         f.write_all(b"corrupted by the test").unwrap();
     }
-    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
     cluster
-        .wait_for_ledger(&[0, 1, 2], now + 5, Duration::from_secs(40))
+        .advance(&[0, 1, 2], 5, Duration::from_secs(40))
         .await;
     let log = cluster.log(2);
     assert!(log.contains("state sync started"), "node 2 noticed");
@@ -952,28 +950,11 @@ async fn a_peer_serving_corrupted_state_blocks_fault_injected_is_skipped_and_syn
     let mut s = Settings::new(3, 250);
     s.threshold = 51;
     s.envs = vec![(0, "HP_FAULT_CORRUPT_STATE_BLOCKS", "1")];
-    let mut cluster = Cluster::start(s);
-    cluster
-        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1, 2],
-    )
-    .await;
+    let mut cluster = with_probe(s, &[0, 1, 2]).await;
     cluster.kill(2);
     run_cmd(&cluster, 1, "fill big 0 4000000 11").await;
-    let now = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    cluster
-        .wait_for_ledger(&[0, 1], now + 12, Duration::from_secs(30))
-        .await;
-    cluster.run(2, None);
-    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    cluster
-        .wait_in_sync(2, target, false, Duration::from_secs(60))
-        .await;
+    cluster.advance(&[0, 1], 12, Duration::from_secs(30)).await;
+    cluster.rejoin(2, &[0, 1], Duration::from_secs(60)).await;
     let log = cluster.log(2);
     assert!(
         log.contains("peer served bad state data"),
@@ -993,27 +974,14 @@ async fn a_node_killed_in_the_middle_of_a_state_sync_keeps_a_whole_state_and_fin
     let _serial = serial().await;
     let mut s = Settings::new(3, 250);
     s.threshold = 51;
-    let mut cluster = Cluster::start(s);
-    cluster
-        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1, 2],
-    )
-    .await;
+    let mut cluster = with_probe(s, &[0, 1, 2]).await;
     run_cmd(&cluster, 0, "fill small 0 1000 1").await;
     cluster.kill(2);
     let old = state_root(&cluster.state_dir(2));
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         run_cmd(&cluster, 0, &format!("fill {name} 0 16000000 {i}")).await;
     }
-    let now = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    cluster
-        .wait_for_ledger(&[0, 1], now + 12, Duration::from_secs(30))
-        .await;
+    cluster.advance(&[0, 1], 12, Duration::from_secs(30)).await;
     let new = state_root(&cluster.state_dir(0));
     assert_ne!(old, new);
 
@@ -1034,11 +1002,7 @@ async fn a_node_killed_in_the_middle_of_a_state_sync_keeps_a_whole_state_and_fin
         "the state after a kill is the old or the new one, never a mix"
     );
 
-    cluster.run(2, None);
-    let target = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    cluster
-        .wait_in_sync(2, target, false, Duration::from_secs(60))
-        .await;
+    cluster.rejoin(2, &[0, 1], Duration::from_secs(60)).await;
     assert_eq!(state_root(&cluster.state_dir(2)), new);
     assert!(!work.exists(), "the sync's work directory is gone");
     cluster.assert_same_chain(&[0, 1, 2]).await;
@@ -1054,21 +1018,10 @@ async fn a_blank_node_syncs_as_an_observer_then_proposes_once_patch_cfg_adds_it(
     let _serial = serial().await;
     let mut s = Settings::new(3, 300);
     s.threshold = 51;
-    let mut cluster = Cluster::start(s);
-    cluster
-        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1, 2],
-    )
-    .await;
+    let mut cluster = with_probe(s, &[0, 1, 2]).await;
     run_cmd(&cluster, 0, "fill data 0 500000 5").await;
-    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
     cluster
-        .wait_for_ledger(&[0, 1, 2], now + 10, Duration::from_secs(30))
+        .advance(&[0, 1, 2], 10, Duration::from_secs(30))
         .await;
 
     let fresh = cluster.add_observer(300, 51);
@@ -1108,17 +1061,7 @@ async fn a_peer_changeset_from_the_contract_connects_a_node_nobody_dialed() {
     let mut s = Settings::new(3, 300);
     s.threshold = 51;
     s.isolated = vec![2];
-    let cluster = Cluster::start(s);
-    cluster
-        .wait_for_ledger(&[0, 1], 2, Duration::from_secs(20))
-        .await;
-    install_everywhere(
-        &cluster,
-        0,
-        &bundle("probe-contract", basic_config()),
-        &[0, 1],
-    )
-    .await;
+    let cluster = with_probe(s, &[0, 1]).await;
     let alone = cluster.connect(2, &key(30)).await.stat().await.unwrap();
     assert!(alone.peers.is_empty() && !alone.in_sync, "{alone:?}");
 
