@@ -209,7 +209,7 @@ fn fill(name: &str, offset: u64, len: usize, seed: u64) -> std::io::Result<()> {
         .write(true)
         .open(name)?;
     file.seek(SeekFrom::Start(offset))?;
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         x ^= x << 13;

@@ -128,19 +128,36 @@ fn main() -> anyhow::Result<()> {
     drop(nodes);
     let (ledgers, took, baseline) = result?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let done = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("state sync done"))
-        .unwrap_or("(no state sync logged)");
+    let line = |what: &str| {
+        text.lines()
+            .rev()
+            .find(|l| l.contains(what))
+            .unwrap_or("(not logged)")
+            .to_owned()
+    };
+    let done = line("state sync done");
+    let walked = line("state sync: tree walked");
+    let fetched = line("state sync: blocks fetched");
     println!(
         "  caught up {ledgers} ledgers behind in {:.2} s (process start to in sync on the cluster's ledger)",
         took.as_secs_f64()
     );
-    println!("  state sync: {}", field_summary(done));
     println!(
-        "  baseline: {changed} MiB over one peer connection in {:.3} s; catch-up / baseline = {:.1}",
+        "  state sync: {} (tree walked, local parts linked: {})",
+        field_summary(&done),
+        field_summary(&walked)
+    );
+    if fetched != "(not logged)" {
+        println!("  blocks: {}", field_summary(&fetched));
+    }
+    let sync_ms: f64 = done
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ms=")?.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "  baseline: {changed} MiB over one peer connection in {:.3} s; state sync / baseline = {:.1}, catch-up / baseline = {:.1}",
         baseline.as_secs_f64(),
+        sync_ms / 1000.0 / baseline.as_secs_f64(),
         took.as_secs_f64() / baseline.as_secs_f64()
     );
     Ok(())
@@ -150,9 +167,16 @@ fn main() -> anyhow::Result<()> {
 fn field_summary(line: &str) -> String {
     line.split_whitespace()
         .filter(|w| {
-            ["fetched_bytes=", "local_bytes=", "pieces=", "ms="]
-                .iter()
-                .any(|k| w.starts_with(k))
+            [
+                "fetched_bytes=",
+                "local_bytes=",
+                "pieces=",
+                "ms=",
+                "to_fetch=",
+                "fetch_ms=",
+            ]
+            .iter()
+            .any(|k| w.starts_with(k))
         })
         .collect::<Vec<_>>()
         .join(" ")
