@@ -31,7 +31,9 @@ use crate::exec::{self, NplLink, RunEnd};
 use crate::ledger::{self, Hash, LclId, RoundOutcome, ZERO_HASH};
 use crate::node::{NodeError, RoundMsg, Shared, SignedInput, SyncStatus};
 use crate::peer::net::Inbound;
-use crate::peer::wire::{install_vote, LedgerProof, MAX_LEDGERS_PER_MESSAGE};
+use crate::peer::wire::{
+    install_vote, LedgerOutputs, LedgerProof, SyncedLedger, MAX_LEDGERS_PER_MESSAGE,
+};
 use crate::peer::wire::{
     NodeKey, NplMessage, OutputVote, PeerMsg, Proposal, RelayedInput, Sig, WireLcl, MAX_RELAY_BATCH,
 };
@@ -171,7 +173,10 @@ pub(crate) struct RoundLoop {
     /// Agreed inputs asked of peers, and when.
     requested: Option<(Vec<Hash>, u64)>,
     /// Ledgers received from peers, to check and replay in order.
-    catchup: std::collections::VecDeque<LedgerProof>,
+    catchup: std::collections::VecDeque<SyncedLedger>,
+    /// The outputs a peer sent for the last ledger recorded without executing it, until the
+    /// next ledger's agreed output root can check them.
+    unchecked_outputs: Option<(u64, LedgerOutputs)>,
     /// When this node last asked for missed ledgers.
     ledgers_asked_at: u64,
     /// Answers to the owner that go out with the next execution's outputs.
@@ -276,6 +281,7 @@ impl RoundLoop {
             recent: BTreeMap::new(),
             requested: None,
             catchup: std::collections::VecDeque::new(),
+            unchecked_outputs: None,
             ledgers_asked_at: 0,
             boot_replies: Vec::new(),
             state_unknown: false,
@@ -470,7 +476,7 @@ impl RoundLoop {
     /// executing, then syncs the state the UNL proposes on the last one.
     async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
         let mut progressed = false;
-        while let Some(proof) = self.catchup.pop_front() {
+        while let Some(SyncedLedger { proof, outputs }) = self.catchup.pop_front() {
             if self.syncing.is_some() {
                 self.catchup.clear();
                 break;
@@ -481,6 +487,7 @@ impl RoundLoop {
             if LclId::from(p.lcl) != self.exec.lcl {
                 continue;
             }
+            self.check_outputs(p.state_hash, p.output_hash)?;
             let wanted: BTreeSet<Hash> = p.inputs.iter().copied().collect();
             let mut inputs: Vec<SignedInput> = verify_relayed(self.me, proof.inputs)
                 .into_iter()
@@ -531,6 +538,7 @@ impl RoundLoop {
                 break;
             }
             self.record_unexecuted(p, stage3, inputs)?;
+            self.unchecked_outputs = Some((self.exec.lcl.seq_no, outputs));
             progressed = true;
         }
         if progressed && self.syncing.is_none() {
@@ -549,6 +557,34 @@ impl RoundLoop {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Records the outputs a peer sent for the last ledger recorded unexecuted, if they hash
+    /// to the output root the UNL agreed on for it (with the state after it); drops them
+    /// otherwise.
+    fn check_outputs(&mut self, state_hash: Hash, output_hash: Hash) -> Result<(), Stop> {
+        let Some((seq, outputs)) = self.unchecked_outputs.take() else {
+            return Ok(());
+        };
+        if seq != self.exec.lcl.seq_no {
+            return Ok(());
+        }
+        if output_root(&outputs, state_hash) != Some(output_hash) {
+            tracing::debug!(
+                seq,
+                "outputs from a peer do not match the agreed root; not recorded"
+            );
+            return Ok(());
+        }
+        let stored: Vec<StoredOutputs> = outputs
+            .into_iter()
+            .filter(|(_, msgs)| !msgs.is_empty())
+            .map(|(pubkey, outputs)| StoredOutputs { pubkey, outputs })
+            .collect();
+        if !stored.is_empty() {
+            self.store.record_outputs(seq, &stored)?;
         }
         Ok(())
     }
@@ -739,6 +775,7 @@ impl RoundLoop {
         };
         self.state_unknown = false;
         self.release = None;
+        self.check_outputs(target.state, target.output)?;
         tracing::info!(
             lcl = %target.lcl,
             fetched_bytes = stats.fetched_bytes,
@@ -851,18 +888,27 @@ impl RoundLoop {
             if seq == 0 || seq > last {
                 break;
             }
-            match self.store.proof(seq) {
-                Ok(Some(blob)) => match LedgerProof::from_bytes(&blob) {
-                    Some(p) => {
-                        bytes += blob.len();
-                        proofs.push(p);
-                        if bytes > budget {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                _ => break,
+            let Ok(Some(blob)) = self.store.proof(seq) else {
+                break;
+            };
+            let Some(proof) = LedgerProof::from_bytes(&blob) else {
+                break;
+            };
+            let outputs: LedgerOutputs = self
+                .store
+                .outputs_of(seq)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| (o.pubkey, o.outputs))
+                .collect();
+            bytes += blob.len()
+                + outputs
+                    .iter()
+                    .map(|(u, m)| u.len() + m.iter().map(Vec::len).sum::<usize>())
+                    .sum::<usize>();
+            proofs.push(SyncedLedger { proof, outputs });
+            if bytes > budget {
+                break;
             }
         }
         tracing::debug!(peer = %from, from_seq, count, sent = proofs.len(), "ledger request answered");
@@ -2167,6 +2213,19 @@ fn parse_patch(bytes: &[u8]) -> Result<ContractConfig, String> {
     let config: ContractConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// The output root of a ledger's outputs, as execution computes it: the users' output
+/// hashes in byte order, then the state hash after the run. None when a user key is bad.
+fn output_root(outputs: &LedgerOutputs, state_hash: Hash) -> Option<Hash> {
+    let mut leaves = Vec::with_capacity(outputs.len() + 1);
+    for (user, msgs) in outputs.iter().filter(|(_, m)| !m.is_empty()) {
+        let key = pubkey_bytes_from_hex(user)?;
+        leaves.push(ledger::user_output_hash(&key, msgs));
+    }
+    leaves.sort();
+    leaves.push(state_hash);
+    Some(ledger::hash_parts(leaves.iter().map(|h| h.as_slice())))
 }
 
 fn reply_kind(req: &BootstrapInput) -> &'static str {

@@ -265,20 +265,52 @@ impl Store {
             ],
         )
         .map_err(err("insert execution"))?;
-        tx.execute("DELETE FROM outputs WHERE ledger_seq = ?1", [exec.seq_no])
-            .map_err(err("clear outputs"))?;
-        {
-            let mut out = tx
-                .prepare_cached("INSERT INTO outputs VALUES (?1, ?2, ?3, ?4)")
-                .map_err(err("prepare output insert"))?;
-            for user in outputs {
-                for (i, blob) in user.outputs.iter().enumerate() {
-                    out.execute(params![exec.seq_no, user.pubkey, i as i64, blob])
-                        .map_err(err("insert output"))?;
-                }
+        write_outputs(&tx, exec.seq_no, outputs).map_err(|(op, e)| err(op)(e))?;
+        tx.commit().map_err(err("commit"))
+    }
+
+    /// Records the outputs of a ledger this node did not execute (taken from a peer and
+    /// checked against the output root the UNL agreed on).
+    pub fn record_outputs(
+        &mut self,
+        seq_no: u64,
+        outputs: &[StoredOutputs],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        write_outputs(&tx, seq_no, outputs).map_err(|(op, e)| err(op)(e))?;
+        tx.commit().map_err(err("commit"))
+    }
+
+    /// The outputs recorded for a ledger, by user.
+    pub fn outputs_of(&self, seq_no: u64) -> Result<Vec<StoredOutputs>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT pubkey, blob FROM outputs WHERE ledger_seq = ?1 ORDER BY pubkey, ord",
+            )
+            .map_err(self.err("prepare outputs query"))?;
+        let rows = stmt
+            .query_map([seq_no], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(self.err("query outputs"))?;
+        let mut out: Vec<StoredOutputs> = Vec::new();
+        for row in rows {
+            let (pubkey, blob) = row.map_err(self.err("read outputs"))?;
+            match out.last_mut() {
+                Some(last) if last.pubkey == pubkey => last.outputs.push(blob),
+                _ => out.push(StoredOutputs {
+                    pubkey,
+                    outputs: vec![blob],
+                }),
             }
         }
-        tx.commit().map_err(err("commit"))
+        Ok(out)
     }
 
     /// Records why a ledger closed (the stage-3 proposals, encoded by the caller) and its
@@ -376,4 +408,24 @@ impl Store {
         rows.collect::<Result<_, _>>()
             .map_err(self.err("read outputs"))
     }
+}
+
+/// Replaces a ledger's outputs inside a transaction; the error names the step.
+fn write_outputs(
+    tx: &rusqlite::Transaction<'_>,
+    seq_no: u64,
+    outputs: &[StoredOutputs],
+) -> Result<(), (&'static str, rusqlite::Error)> {
+    tx.execute("DELETE FROM outputs WHERE ledger_seq = ?1", [seq_no])
+        .map_err(|e| ("clear outputs", e))?;
+    let mut out = tx
+        .prepare_cached("INSERT INTO outputs VALUES (?1, ?2, ?3, ?4)")
+        .map_err(|e| ("prepare output insert", e))?;
+    for user in outputs {
+        for (i, blob) in user.outputs.iter().enumerate() {
+            out.execute(params![seq_no, user.pubkey, i as i64, blob])
+                .map_err(|e| ("insert output", e))?;
+        }
+    }
+    Ok(())
 }

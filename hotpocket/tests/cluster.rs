@@ -896,7 +896,13 @@ async fn a_node_killed_while_200_state_changing_ledgers_close_rejoins_on_the_sam
     run_cmd(&cluster, 0, "fill big 0 300000 7").await;
     cluster.kill(2);
     let from = *cluster.lcls(&[0, 1]).await.iter().max().unwrap();
-    run_cmd(&cluster, 1, "fill big 70000 5000 8").await;
+    let filled = cluster
+        .connect(1, &key(9))
+        .await
+        .submit_and_wait(b"fill big 70000 5000 8")
+        .await
+        .unwrap();
+    assert_eq!(text(&filled), "filled big");
     cluster
         .wait_for_ledger(&[0, 1], from + 200, Duration::from_secs(120))
         .await;
@@ -906,6 +912,20 @@ async fn a_node_killed_while_200_state_changing_ledgers_close_rejoins_on_the_sam
     assert!(
         log.contains("state sync done"),
         "node 2 synced its state rather than replaying 200 ledgers"
+    );
+    // The outputs of a ledger node 2 recorded without executing it came from a peer,
+    // checked against the output root the UNL agreed on.
+    let store = berth_hotpocket::store::Store::open(&berth_hotpocket::node::ledger_db_path(
+        &cluster.members[2].dir,
+    ))
+    .unwrap();
+    let outputs = store.outputs_of(filled.ledger_seq_no).unwrap();
+    let user = pubkey_hex(&key(9).verifying_key());
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.pubkey == user && o.outputs == vec![b"filled big".to_vec()]),
+        "{outputs:?}"
     );
     assert_eq!(
         std::fs::read(cluster.state_dir(2).join("big")).unwrap(),

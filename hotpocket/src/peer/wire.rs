@@ -417,6 +417,18 @@ impl LedgerProof {
     }
 }
 
+/// A closed ledger as a syncing peer gets it: its proof, and the outputs its execution gave
+/// each user (checked against the output root the next ledger's proof agreed on; empty when
+/// the sender did not execute it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedLedger {
+    pub proof: LedgerProof,
+    pub outputs: LedgerOutputs,
+}
+
+/// Each user's outputs of one ledger (`ed…` key, messages).
+pub type LedgerOutputs = Vec<(String, Vec<Vec<u8>>)>;
+
 /// Most pieces asked for in one state request.
 pub const MAX_STATE_WANTS: usize = 64;
 /// Most block bytes in one state response (and never more than half a frame).
@@ -472,7 +484,7 @@ pub enum PeerMsg {
     },
     /// Closed ledgers, each with what proves it: the agreeing stage-3 proposals and the
     /// inputs as their users signed them.
-    Ledgers(Vec<LedgerProof>),
+    Ledgers(Vec<SyncedLedger>),
     Npl(NplMessage),
     OutputVote(OutputVote),
     /// Pieces of a state tree, by hash (state sync).
