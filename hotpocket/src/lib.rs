@@ -26,6 +26,7 @@ pub mod image;
 pub mod ledger;
 pub mod node;
 pub mod peer;
+pub mod readview;
 mod round;
 mod server;
 pub mod state;

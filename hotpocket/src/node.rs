@@ -90,6 +90,11 @@ pub struct Shared {
     pub sync: Mutex<SyncStatus>,
     /// Why the node stopped on its own, if it did.
     pub failure: Mutex<Option<String>>,
+    /// Set by the first read request: from then on the round loop keeps a read-only view of
+    /// the state after every execution.
+    pub read_views_wanted: std::sync::atomic::AtomicBool,
+    /// The view read requests run in.
+    pub read_view: Mutex<Option<Arc<crate::readview::ReadView>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,6 +136,15 @@ impl Shared {
     }
 
     /// Consensus status for `stat`.
+    /// The current read-only view of the state, if one was made.
+    pub fn read_view(&self) -> Option<Arc<crate::readview::ReadView>> {
+        lock(&self.read_view).clone()
+    }
+
+    pub(crate) fn set_read_view(&self, view: Arc<crate::readview::ReadView>) {
+        *lock(&self.read_view) = Some(view);
+    }
+
     pub fn sync_status(&self) -> SyncStatus {
         lock(&self.sync).clone()
     }
@@ -381,6 +395,8 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
             vote_status: "starting".to_owned(),
         }),
         failure: Mutex::new(None),
+        read_views_wanted: std::sync::atomic::AtomicBool::new(false),
+        read_view: Mutex::new(None),
     });
     let (round_tx, round_rx) = mpsc::channel(16 * 1024);
 

@@ -196,6 +196,8 @@ pub(crate) struct RoundLoop {
     /// node serves has a byte flipped.
     corrupt_served_blocks: bool,
     tracker: TaskTracker,
+    /// Read-only views of the state for read requests, once one asked.
+    views: Option<crate::readview::ReadViews>,
 }
 
 /// A bundle this node validated, waiting for the UNL to agree that it goes live.
@@ -292,6 +294,7 @@ impl RoundLoop {
             limits: HashMap::new(),
             corrupt_served_blocks: std::env::var_os("HP_FAULT_CORRUPT_STATE_BLOCKS").is_some(),
             tracker,
+            views: None,
         }
     }
 
@@ -1891,12 +1894,42 @@ impl RoundLoop {
 
     fn state_hash(&mut self) -> Result<Hash, NodeError> {
         let state_dir = self.shared.fs.state_dir();
-        self.tree
+        let hash = self
+            .tree
             .rehash(&state_dir)
             .map_err(|source| NodeError::ContractDir {
                 path: state_dir,
                 source,
-            })
+            })?;
+        self.refresh_read_view();
+        Ok(hash)
+    }
+
+    /// Makes a read-only view of the state just hashed, once read requests asked for one.
+    fn refresh_read_view(&mut self) {
+        use std::sync::atomic::Ordering;
+        if !self.shared.read_views_wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.views.is_none() {
+            match crate::readview::ReadViews::new(&self.shared.fs.root) {
+                Ok(v) => self.views = Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "read-only views cannot be made; read requests wait");
+                    return;
+                }
+            }
+        }
+        let (state_dir, patch) = (self.shared.fs.state_dir(), self.shared.fs.patch_file());
+        let Some(views) = self.views.as_mut() else {
+            return;
+        };
+        match views.refresh(&state_dir, &patch, &self.tree) {
+            Ok(view) => self.shared.set_read_view(view),
+            Err(e) => {
+                tracing::warn!(error = %e, "making a read-only view failed; reads use the previous one")
+            }
+        }
     }
 
     fn patch_hash(&self) -> Hash {

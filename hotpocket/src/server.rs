@@ -327,6 +327,10 @@ async fn handle(
     }
 }
 
+/// How long the first read request waits for the round loop's first read-only view (the
+/// next execution; a round at most, unless the node is out of sync).
+const READ_VIEW_WAIT: Duration = Duration::from_secs(15);
+
 async fn read_request(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Reply>,
@@ -345,7 +349,25 @@ async fn read_request(
     let Ok(_slot) = shared.read_slots.acquire().await else {
         return;
     };
-    let cmd = shared.contract_command(&contract);
+    // Reads run in a read-only view of the last executed ledger's state; the first read
+    // asks the round loop to make views and waits for the next one.
+    shared.read_views_wanted.store(true, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + READ_VIEW_WAIT;
+    let view = loop {
+        if let Some(view) = shared.read_view() {
+            break view;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = tx.try_send(Reply::ReadResponse {
+                reply_for: id,
+                content: br#"{"error":"the state is not ready for reads yet"}"#.to_vec(),
+            });
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut cmd = shared.contract_command(&contract);
+    cmd.state_dir = view.dir().to_path_buf();
     let ctx = shared.run_context(true, crate::node::now_ms(), None);
     let mut users = BTreeMap::new();
     users.insert(user.clone(), vec![content]);

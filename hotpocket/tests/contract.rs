@@ -178,3 +178,39 @@ async fn post_exec_script_runs_and_patch_cfg_is_applied() {
         serde_json::from_slice(&std::fs::read(dir.path().join("hp.cfg")).unwrap()).unwrap();
     assert_eq!(saved["contract"]["version"], "3.1");
 }
+
+#[tokio::test]
+async fn a_read_request_runs_in_a_read_only_view_and_never_changes_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, client) = probe_node(dir.path(), basic_config()).await;
+    let state = dir.path().join("contract_fs/state");
+    client.submit_and_wait(b"write kept v1").await.unwrap();
+    // A read sees the state of the last executed ledger...
+    assert_eq!(client.read("cat kept").await.unwrap(), b"v1");
+    // ...and what it writes does not reach the state (as a non-root instance user the
+    // write fails outright: the view's files are 0444 in 0555 directories).
+    let _ = client
+        .read("write kept overwritten-by-a-read")
+        .await
+        .unwrap();
+    let _ = client.read("write new-file from-a-read").await.unwrap();
+    assert_eq!(std::fs::read(state.join("kept")).unwrap(), b"v1");
+    assert!(!state.join("new-file").exists());
+    let out = client.submit_and_wait(b"cat kept").await.unwrap();
+    assert_eq!(out.outputs, vec![b"v1".to_vec()], "the next round sees v1");
+    // A later view follows the state.
+    client.submit_and_wait(b"write kept v2").await.unwrap();
+    assert_eq!(client.read("cat kept").await.unwrap(), b"v2");
+    let views = dir.path().join("contract_fs/.views");
+    let view = std::fs::read_dir(&views)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("state"))
+        .find(|p| p.join("kept").exists())
+        .expect("a view");
+    let mode = std::fs::metadata(view.join("kept")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o444
+    );
+}
