@@ -27,8 +27,8 @@ pub struct ReadView {
     base: PathBuf,
     /// `base/state`.
     dir: PathBuf,
-    /// File hash and (inode, size, mtime) of every file, by path, as made.
-    files: HashMap<PathBuf, ([u8; 32], (u64, u64, i64))>,
+    /// File hash and stat of every file, by path, as made.
+    files: HashMap<PathBuf, ([u8; 32], StatKey)>,
 }
 
 impl ReadView {
@@ -66,7 +66,10 @@ fn make_dirs_writable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn stat_key(m: &std::fs::Metadata) -> (u64, u64, i64) {
+/// (inode, size, mtime): what a file looked like when a view was made.
+type StatKey = (u64, u64, i64);
+
+fn stat_key(m: &std::fs::Metadata) -> StatKey {
     (m.ino(), m.size(), m.mtime())
 }
 
