@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -18,8 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::protocol::bson::{Bson, Doc};
-use crate::protocol::bundle::BootstrapReply;
+use crate::protocol::bundle::{BootstrapReply, OwnerRequest};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -575,28 +573,18 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Uploads a contract bundle (zip bytes) to the bootstrap and returns its answer. In BSON
-    /// mode the input is the BSON document `{type: "upload", content: <binary>}` as the stock
-    /// Evernode client sends; in JSON mode `{"type":"upload","content":"<base64>"}`.
+    /// Uploads a contract bundle (zip bytes) to the installer and returns its answer. The
+    /// input is the owner request form ([`OwnerRequest`]), which reaches the installer also
+    /// after a contract is installed (the stock Evernode form `{type: "upload", content}`
+    /// works only before: then it goes to the contract).
     pub async fn upload_bundle(&self, zip: &[u8]) -> Result<BootstrapReply, ClientError> {
-        let msg = match self.opts.protocol {
-            Protocol::Json => {
-                let content = base64::engine::general_purpose::STANDARD.encode(zip);
-                serde_json::json!({"type": "upload", "content": content})
-                    .to_string()
-                    .into_bytes()
-            }
-            Protocol::Bson => Doc::new()
-                .with("type", Bson::String("upload".into()))
-                .with("content", Bson::Binary(zip.to_vec()))
-                .encode(),
-        };
+        let msg = OwnerRequest::Upload(zip.to_vec()).encode();
         self.bootstrap_call(&msg, "uploadResult").await
     }
 
     /// Asks the bootstrap for its status.
     pub async fn bootstrap_status(&self) -> Result<BootstrapReply, ClientError> {
-        self.bootstrap_call(br#"{"type":"status"}"#, "statusResult")
+        self.bootstrap_call(&OwnerRequest::Status.encode(), "statusResult")
             .await
     }
 

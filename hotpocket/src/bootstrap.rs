@@ -65,17 +65,29 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
     move |error| BundleError::Io { step, error }
 }
 
-/// A bootstrap message decoded from an input (JSON with base64 content, or BSON with binary
-/// content as the stock Evernode client sends).
+/// An installer request decoded from an owner's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootstrapInput {
     Upload { zip: Option<Vec<u8>> },
     Status,
 }
 
-/// Parses an input as a bootstrap request if it is one.
-pub fn parse_request(input: &[u8]) -> Option<BootstrapInput> {
+/// Parses an input as an installer request if it is one. The owner request form
+/// (`berth_hotpocket_client::protocol::bundle::OwnerRequest`) always is. Before a contract
+/// is installed, so are the forms the stock Evernode bootstrap contract takes: JSON with
+/// base64 content, or BSON with binary content. After, those reach the contract.
+pub fn parse_request(input: &[u8], installed: bool) -> Option<BootstrapInput> {
+    use crate::protocol::bundle::OwnerRequest;
     use base64::Engine;
+    match OwnerRequest::parse(input) {
+        Some(Ok(OwnerRequest::Upload(zip))) => {
+            return Some(BootstrapInput::Upload { zip: Some(zip) })
+        }
+        Some(Ok(OwnerRequest::Status)) => return Some(BootstrapInput::Status),
+        Some(Err(_)) => return Some(BootstrapInput::Upload { zip: None }),
+        None if installed => return None,
+        None => {}
+    }
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(input) {
         return match value.get("type")?.as_str()? {
             "status" => Some(BootstrapInput::Status),
@@ -362,11 +374,11 @@ mod tests {
     #[test]
     fn bootstrap_requests_are_recognised() {
         assert_eq!(
-            parse_request(br#"{"type":"status"}"#),
+            parse_request(br#"{"type":"status"}"#, false),
             Some(BootstrapInput::Status)
         );
         assert_eq!(
-            parse_request(br#"{"type":"upload","content":"AA=="}"#),
+            parse_request(br#"{"type":"upload","content":"AA=="}"#, false),
             Some(BootstrapInput::Upload { zip: Some(vec![0]) })
         );
         use crate::protocol::bson::{Bson, Doc};
@@ -374,10 +386,14 @@ mod tests {
             .with("type", Bson::String("upload".into()))
             .with("content", Bson::Binary(vec![7]));
         assert_eq!(
-            parse_request(&bson.encode()),
+            parse_request(&bson.encode(), false),
             Some(BootstrapInput::Upload { zip: Some(vec![7]) })
         );
-        assert_eq!(parse_request(b"hello"), None);
-        assert_eq!(parse_request(br#"{"type":"other"}"#), None);
+        assert_eq!(parse_request(b"hello", false), None);
+        assert_eq!(parse_request(br#"{"type":"other"}"#, false), None);
+        // Once installed, only the owner request form goes to the installer.
+        assert_eq!(parse_request(br#"{"type":"status"}"#, true), None);
+        let status = crate::protocol::bundle::OwnerRequest::Status.encode();
+        assert_eq!(parse_request(&status, true), Some(BootstrapInput::Status));
     }
 }

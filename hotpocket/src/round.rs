@@ -1641,11 +1641,7 @@ impl RoundLoop {
         let mut boot: Vec<(String, BootstrapInput)> = Vec::new();
         for input in &inputs {
             let is_owner = input.user == self.shared.owner_pubkey;
-            let request = if !installed || is_owner {
-                bootstrap::parse_request(&input.input)
-            } else {
-                None
-            };
+            let request = bootstrap::parse_request(&input.input, installed);
             match request {
                 Some(req) if is_owner => boot.push((input.user.clone(), req)),
                 Some(req) => push_reply(

@@ -209,3 +209,39 @@ async fn failing_install_rolls_back_and_a_later_upload_replaces_the_contract() {
     let fresh = node.connect(&key(4)).await;
     assert_eq!(fresh.contract_version, "2.0");
 }
+
+#[tokio::test]
+async fn after_install_the_owners_own_upload_shaped_inputs_reach_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let node = Node::create(dir.path(), &owner, 200);
+    let client = node.connect(&owner).await;
+    // Before install the stock Evernode form is the installer's.
+    let before = client
+        .submit_and_wait(br#"{"type":"status"}"#)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&before.outputs[0]).contains("statusResult"),
+        "{before:?}"
+    );
+    let reply = client
+        .upload_bundle(&bundle("echo-contract", basic_config()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    // After install, the owner's JSON and BSON inputs are the contract's, whatever their shape.
+    for msg in [
+        br#"{"type":"status"}"#.as_slice(),
+        br#"{"type":"upload","content":"AA=="}"#.as_slice(),
+    ] {
+        let out = client.submit_and_wait(msg).await.unwrap();
+        let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+        assert_eq!(out.outputs.len(), 1, "{out:?}");
+        assert_eq!(json(&out.outputs[0]), json(msg), "echoed by the contract");
+    }
+    // The owner request form still reaches the installer.
+    let status = client.bootstrap_status().await.unwrap();
+    assert_eq!(status.kind, "statusResult");
+    assert_eq!(status.status, "ok");
+}

@@ -237,6 +237,79 @@ impl BootstrapReply {
     }
 }
 
+/// The start of an owner's request to Berth's installer (upload or status). It is text, so
+/// that JSON-mode clients can send it, but it cannot begin a JSON document (0x01), and read
+/// as a BSON document's length it is over 1 GB, more than any input may be. So after a
+/// contract is installed the owner's own JSON and BSON inputs all reach the contract, and
+/// only inputs with this prefix go to the installer.
+pub const OWNER_REQUEST_PREFIX: &[u8] = b"\x01BERTH-OWNER\x00";
+
+/// An owner's request to the installer, in its prefixed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerRequest {
+    /// `prefix ‖ 'U' ‖ base64(zip)`.
+    Upload(Vec<u8>),
+    /// `prefix ‖ 'S'`.
+    Status,
+}
+
+impl OwnerRequest {
+    /// The input bytes (UTF-8).
+    pub fn encode(&self) -> Vec<u8> {
+        use base64::Engine;
+        let mut out = OWNER_REQUEST_PREFIX.to_vec();
+        match self {
+            OwnerRequest::Upload(zip) => {
+                out.push(b'U');
+                out.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(zip)
+                        .as_bytes(),
+                );
+            }
+            OwnerRequest::Status => out.push(b'S'),
+        }
+        out
+    }
+
+    /// Parses an input that starts with the prefix: None for any other input, and an
+    /// upload with no zip when its base64 does not decode.
+    pub fn parse(input: &[u8]) -> Option<Result<OwnerRequest, &'static str>> {
+        use base64::Engine;
+        let rest = input.strip_prefix(OWNER_REQUEST_PREFIX)?;
+        Some(match rest.split_first() {
+            Some((b'U', b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(OwnerRequest::Upload)
+                .map_err(|_| "the upload's content is not base64"),
+            Some((b'S', [])) => Ok(OwnerRequest::Status),
+            _ => Err("unknown owner request"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod owner_request_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn owner_requests_round_trip_and_never_look_like_json_or_bson() {
+        for r in [OwnerRequest::Upload(vec![0, 255, 7]), OwnerRequest::Status] {
+            let bytes = r.encode();
+            assert!(std::str::from_utf8(&bytes).is_ok(), "sendable in JSON mode");
+            assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
+            assert!(crate::protocol::bson::Doc::decode(&bytes).is_err());
+            assert_eq!(OwnerRequest::parse(&bytes), Some(Ok(r)));
+        }
+        assert_eq!(OwnerRequest::parse(br#"{"type":"upload"}"#), None);
+        assert!(matches!(
+            OwnerRequest::parse(b"\x01BERTH-OWNER\x00X"),
+            Some(Err(_))
+        ));
+    }
+}
+
 /// A zip entry name as a relative path that stays inside the directory.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
     if name.contains('\0') || name.contains('\\') {
