@@ -938,7 +938,7 @@ async fn a_state_file_corrupted_on_one_node_is_detected_and_repaired_from_its_pe
     let _serial = serial().await;
     // With 80 % of 3, no ledger closes without the corrupted node: the cluster goes on
     // only once it repaired its state.
-    let cluster = with_probe(Settings::new(3, 300), &[0, 1, 2]).await;
+    let cluster = with_probe(Settings::new(3, 400), &[0, 1, 2]).await;
     run_cmd(&cluster, 0, "fill data 0 200000 3").await;
     let good = std::fs::read(cluster.state_dir(0).join("data")).unwrap();
     // Overwrite a few bytes behind the runtime's back.
