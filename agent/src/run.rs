@@ -30,6 +30,7 @@ use berth_provisioner::{
     HostResources, InstanceState, PortRange, Provisioner, ProvisionerConfig, ReconcileAction,
 };
 use berth_schemas::config::HostConfig;
+use berth_schemas::field::AccountAddress;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Heartbeat, HostInfo};
 use futures_util::StreamExt;
@@ -193,11 +194,11 @@ fn set(machine: &Machine, key: &str, value: &str) -> Result<(), StoreError> {
 }
 
 fn memo_action(
-    to: &str,
+    to: AccountAddress,
     message: &Message,
 ) -> Result<LedgerAction, berth_schemas::memo::MemoError> {
     Ok(LedgerAction::Payment {
-        destination: to.to_owned(),
+        destination: to,
         amount_drops: 1,
         memo: MemoHex::from(&message.to_memo()?),
     })
@@ -284,7 +285,7 @@ pub async fn run_supervised(
         provisioner.clone(),
         xrpl.clone(),
         config.clone(),
-        host.clone(),
+        keys.account_address(),
         keys.message.clone(),
         settings.machine.clone(),
     ));
@@ -690,14 +691,13 @@ fn registration_action(config: &HostConfig) -> Result<LedgerAction, MachineError
         cpu_model: None,
         description: config.host.description.clone(),
     };
-    memo_action(&config.ledger.registry.to_string(), &Message::HostReg(info))
-        .map_err(|e| bad("host-reg")(&e))
+    memo_action(config.ledger.registry, &Message::HostReg(info)).map_err(|e| bad("host-reg")(&e))
 }
 
 fn send_heartbeat(machine: &Machine, config: &HostConfig) -> Result<(), MachineError> {
     let free_slots = machine.free_slots()?;
     let action = memo_action(
-        &config.ledger.registry.to_string(),
+        config.ledger.registry,
         &Message::Heartbeat(Heartbeat { free_slots }),
     )
     .map_err(|e| MachineError::Memo {

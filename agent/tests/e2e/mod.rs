@@ -312,7 +312,7 @@ pool = {pool}
                     (s.state, s.token_id, s.offer_id)
                 {
                     if s.generation >= generation {
-                        return (token, offer);
+                        return (token.to_string(), offer.to_string());
                     }
                 }
             }
