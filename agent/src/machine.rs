@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use berth_provisioner::{InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
+use berth_provisioner::{DiskCheck, InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
 use berth_schemas::config::HostConfig;
 use berth_schemas::field::{AccountAddress, InstanceName, NfTokenId, Text, TxHash};
 use berth_schemas::key::PublicKey;
@@ -888,7 +888,7 @@ impl Machine {
             user: lease.user_port,
             peer: lease.peer_port,
         };
-        if lease.pooled {
+        let mut spec = if lease.pooled {
             // The container was made for the pool: its labels name the instance, not the
             // lease, and it takes its identity from `assign`. Reconcile must see it as is.
             self.base_spec(&lease.instance, &lease.instance, identity, ports)
@@ -900,7 +900,58 @@ impl Machine {
                 identity,
                 ports,
             )
+        };
+        spec.held_stopped = lease.held_stopped.is_some();
+        spec
+    }
+
+    /// The disk watchdog's findings. The instance of a live lease over its disk quota (the
+    /// watchdog stopped it) is held stopped for the rest of the lease: reconcile keeps it
+    /// stopped, `leases` shows why, and the error is recorded once. The tenant may still
+    /// terminate or let the lease run out. Returns the instances newly held.
+    pub fn over_disk_quota(&self, checks: &[DiskCheck]) -> Result<Vec<String>, MachineError> {
+        let over: Vec<&DiskCheck> = checks
+            .iter()
+            .filter(|c| c.used_bytes > c.quota_bytes)
+            .collect();
+        if over.is_empty() {
+            return Ok(Vec::new());
         }
+        let held = self.store().transaction(|tx| -> Result<_, StoreError> {
+            let live = tx.leases(&[LeaseState::Active, LeaseState::Grace])?;
+            let mut held = Vec::new();
+            for check in over {
+                let usage = format!(
+                    "its state volume uses {} of its {} bytes",
+                    check.used_bytes, check.quota_bytes
+                );
+                match live.iter().find(|l| l.instance == check.instance) {
+                    Some(lease) if lease.held_stopped.is_none() => {
+                        tx.hold_stopped(lease.id, &format!("over its disk quota: {usage}"))?;
+                        tx.record_error(
+                            "disk-quota",
+                            &format!(
+                                "lease {} instance {} held stopped: {usage}",
+                                lease.token_id, lease.instance
+                            ),
+                        )?;
+                        warn!(lease = %lease.token_id, instance = %lease.instance, used = check.used_bytes, quota = check.quota_bytes, "instance over its disk quota held stopped");
+                        held.push(lease.instance.clone());
+                    }
+                    Some(_) => {}
+                    None if check.stopped => tx.record_error(
+                        "disk-quota",
+                        &format!("instance {} stopped: {usage}", check.instance),
+                    )?,
+                    None => {}
+                }
+            }
+            Ok(held)
+        })?;
+        for _ in &held {
+            self.metrics.error("disk-quota");
+        }
+        Ok(held)
     }
 
     fn pool_spec(&self, instance: &str, ports: berth_provisioner::InstancePorts) -> InstanceSpec {

@@ -21,9 +21,9 @@ use thiserror::Error;
 use crate::ledger::LedgerAction;
 
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE slots (
     slot        INTEGER PRIMARY KEY,
@@ -104,6 +104,9 @@ CREATE TABLE pool (
     created_at  INTEGER NOT NULL
 );
 ALTER TABLE leases ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN held_stopped TEXT;
 "#,
 ];
 
@@ -303,6 +306,9 @@ pub struct Lease {
     pub end_reason: Option<String>,
     /// Its instance came from the pool (it was assigned, not created, for this lease).
     pub pooled: bool,
+    /// Why its instance is held stopped for the rest of the lease (it went over its disk
+    /// quota); `None` while it may run.
+    pub held_stopped: Option<String>,
 }
 
 /// A lease about to be recorded (see [`Store::record_lease`]).
@@ -581,7 +587,7 @@ fn finish_slot((mut slot, state): (Slot, String)) -> Result<Slot, StoreError> {
 
 const LEASE_COLUMNS: &str = "id, purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
     contract_id, instance, node_secret, node_key, user_port, peer_port, moments, started_at, \
-    expires_at, state, end_request, end_reason, pooled";
+    expires_at, state, end_request, end_reason, pooled, held_stopped";
 
 fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> {
     Ok((
@@ -606,6 +612,7 @@ fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> 
             end_request: typed_opt(row, 17)?,
             end_reason: row.get(18)?,
             pooled: row.get(19)?,
+            held_stopped: row.get(20)?,
         },
         row.get(16)?,
     ))
@@ -1107,6 +1114,15 @@ impl Tx<'_> {
         self.execute(
             "UPDATE leases SET state = 'ending', end_request = ?2, end_reason = ?3 WHERE id = ?1",
             params![id, request.map(AsText), reason],
+        )?;
+        Ok(())
+    }
+
+    /// Holds a lease's instance stopped for the rest of the lease, saying why.
+    pub fn hold_stopped(&self, id: i64, why: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE leases SET held_stopped = ?2 WHERE id = ?1",
+            params![id, why],
         )?;
         Ok(())
     }

@@ -594,3 +594,51 @@ async fn a_re_signed_answer_is_persisted_before_it_is_submitted() {
         .iter()
         .any(|r| r.tx_hash.map(|h| h.to_string()).as_deref() == Some(old.as_str())));
 }
+
+#[tokio::test]
+async fn an_instance_over_its_disk_quota_is_held_stopped_and_reconcile_keeps_it_so() {
+    use berth_provisioner::{Health, InstanceState, Provisioner, ReconcileAction};
+    let h = Harness::new(2);
+    leased(&h, &key(1)).await;
+    let lease = h
+        .machine
+        .store()
+        .read()
+        .leases(&[LeaseState::Active])
+        .unwrap()[0]
+        .clone();
+    // The recording provisioner's quota is 1 GiB; the tenant wrote 2.
+    h.provisioner.set_disk_usage(&lease.instance, 2 << 30);
+    let checks = h.provisioner.enforce_disk_quota().await.unwrap();
+    assert_eq!(
+        h.machine.over_disk_quota(&checks).unwrap(),
+        vec![lease.instance.clone()]
+    );
+    // Held once: the next pass finds it held already.
+    let checks = h.provisioner.enforce_disk_quota().await.unwrap();
+    assert!(h.machine.over_disk_quota(&checks).unwrap().is_empty());
+    let held = h.machine.store().read().lease(lease.id).unwrap().unwrap();
+    assert_eq!(held.state, LeaseState::Active);
+    assert!(held
+        .held_stopped
+        .as_deref()
+        .is_some_and(|why| why.starts_with("over its disk quota")));
+    // Reconcile does not start it again.
+    let actions = h
+        .provisioner
+        .reconcile(&h.machine.expected_instances().unwrap())
+        .await
+        .unwrap();
+    assert!(actions.contains(&ReconcileAction::Kept {
+        instance: lease.instance.clone()
+    }));
+    assert_eq!(
+        h.provisioner.health(&lease.instance).await.unwrap(),
+        Health::NotRunning(InstanceState::Exited)
+    );
+    let errors = h.machine.store().read().recent_errors(10).unwrap();
+    assert_eq!(
+        errors.iter().filter(|e| e.context == "disk-quota").count(),
+        1
+    );
+}

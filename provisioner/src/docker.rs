@@ -530,6 +530,13 @@ impl DockerProvisioner {
                 self.create_and_start(spec).await?;
                 Ok(ReconcileAction::Replaced { instance })
             }
+            InstanceState::Created | InstanceState::Exited if spec.held_stopped => {
+                Ok(ReconcileAction::Kept { instance })
+            }
+            InstanceState::Running | InstanceState::Restarting if spec.held_stopped => {
+                self.stop(&spec.name).await?;
+                Ok(ReconcileAction::Stopped { instance })
+            }
             InstanceState::Dead | InstanceState::Removing | InstanceState::Unknown => {
                 self.remove_container(&spec.name, Operation::Reconcile)
                     .await?;

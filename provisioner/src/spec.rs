@@ -59,6 +59,9 @@ pub struct InstanceSpec {
     /// directory and then runs with the `HP_*` variables of [`ASSIGNMENT_ENV`] (written by
     /// [`crate::Provisioner::assign`]). `identity` is then only what `assign` will hand over.
     pub awaits_assignment: bool,
+    /// The instance is held stopped (its owner went over the disk quota): reconcile keeps it
+    /// as it is when stopped and stops it when it runs, instead of starting it.
+    pub held_stopped: bool,
 }
 
 /// File in the state directory that hands a pooled instance its `HP_*` identity.
@@ -97,6 +100,7 @@ impl InstanceSpec {
             user: DEFAULT_USER.to_owned(),
             extra_env: Vec::new(),
             awaits_assignment: false,
+            held_stopped: false,
         }
     }
 
