@@ -1,6 +1,8 @@
 //! `hotpocket`: the instance runtime binary. Parses arguments, starts tracing and calls the
 //! library.
 
+mod assignment;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,6 +80,10 @@ enum Command {
         /// Percent of the UNL that must agree, at creation (1–100).
         #[arg(long, env = "HP_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..=100))]
         threshold: Option<u32>,
+        /// A pooled instance: wait (blocked, no CPU) until the host assigns it, then take the
+        /// identity it was handed (`assign.env` in the state directory).
+        #[arg(long)]
+        await_assignment: bool,
         /// Testing only: run this node's clock this many ms ahead (negative: behind).
         #[arg(
             long,
@@ -201,8 +207,21 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             unl,
             peers,
             threshold,
+            await_assignment,
             clock_skew_ms,
         } => {
+            let (contract_id, owner, node_secret) = if await_assignment {
+                assignment::wait(&state_dir)?;
+                let handed = assignment::read(&state_dir)?;
+                tracing::info!("assigned");
+                (
+                    handed.contract_id.or(contract_id),
+                    handed.owner.or(owner),
+                    handed.node_secret.or(node_secret),
+                )
+            } else {
+                (contract_id, owner, node_secret)
+            };
             let mut cfg = if state_dir.join(CONFIG_FILE).exists() {
                 NodeConfig::load(&state_dir)?
             } else {
