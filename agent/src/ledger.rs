@@ -5,8 +5,10 @@
 //! stores [`LedgerAction`]s as JSON, and only the [`Ledger`] implementation turns them into
 //! signed transactions.
 
+use berth_schemas::field::{AccountAddress, NfTokenId, OfferId, TxHash};
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::{Memo, MemoError};
+use berth_xrpl_core::Ter;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -50,7 +52,7 @@ impl MemoHex {
 pub enum LedgerAction {
     /// An XRP payment (answers, refunds, registration, heartbeats).
     Payment {
-        destination: String,
+        destination: AccountAddress,
         amount_drops: u64,
         memo: MemoHex,
     },
@@ -59,17 +61,17 @@ pub enum LedgerAction {
     /// `NFTokenCreateOffer` selling the slot's token at `amount_drops`.
     Offer {
         slot: u32,
-        token_id: String,
+        token_id: NfTokenId,
         amount_drops: u64,
     },
     /// `NFTokenBurn` of a token, held by `owner` when it is not the host.
     Burn {
         slot: u32,
-        token_id: String,
-        owner: Option<String>,
+        token_id: NfTokenId,
+        owner: Option<AccountAddress>,
     },
     /// `NFTokenCancelOffer` of the host's own sell offer.
-    CancelOffer { slot: u32, offer_id: String },
+    CancelOffer { slot: u32, offer_id: OfferId },
     /// `AccountSet` of the host account's `MessageKey` (33 bytes, `ED…` hex).
     SetMessageKey { key_hex: String },
 }
@@ -77,7 +79,7 @@ pub enum LedgerAction {
 /// A transaction signed and ready to submit; resubmitting it is always safe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedTx {
-    pub hash: String,
+    pub hash: TxHash,
     pub blob: String,
     /// The ledger after which it can no longer validate.
     pub last_ledger: u32,
@@ -88,14 +90,50 @@ pub struct PreparedTx {
 pub enum TxOutcome {
     /// In a validated ledger with this result code (`tesSUCCESS`, `tec…`).
     Validated {
-        result: String,
+        result: TxResult,
         /// `nftoken_id` of a mint, from the metadata.
-        nftoken_id: Option<String>,
+        nftoken_id: Option<NfTokenId>,
         /// `offer_id` of a created offer, from the metadata.
-        offer_id: Option<String>,
+        offer_id: Option<OfferId>,
     },
     /// Its `LastLedgerSequence` passed without it: it never will validate.
     Expired,
+}
+
+/// The engine result of a validated transaction: a [`Ter`] this build knows, or the token
+/// of one it does not (a newer `tec` code), which is never a success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxResult {
+    Known(Ter),
+    Unknown(String),
+}
+
+impl TxResult {
+    /// The result of a `TransactionResult` token.
+    pub fn from_token(token: &str) -> Self {
+        Ter::from_token(token).map_or_else(|| TxResult::Unknown(token.to_owned()), TxResult::Known)
+    }
+
+    /// The known result, if it is one.
+    pub fn ter(&self) -> Option<Ter> {
+        match self {
+            TxResult::Known(ter) => Some(*ter),
+            TxResult::Unknown(_) => None,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.ter().is_some_and(Ter::is_success)
+    }
+}
+
+impl std::fmt::Display for TxResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxResult::Known(ter) => ter.fmt(f),
+            TxResult::Unknown(token) => f.write_str(token),
+        }
+    }
 }
 
 /// Errors of the ledger boundary; transient ones are retried by the outbox worker.
@@ -135,11 +173,17 @@ pub trait Ledger: Send + Sync {
         on_resigned: &(dyn for<'p> Fn(&'p PreparedTx) -> Result<(), String> + Send + Sync),
     ) -> Result<TxOutcome, LedgerError>;
     /// The `MessageKey` of an account, when it has an ed25519 one.
-    async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError>;
+    async fn message_key(&self, account: &AccountAddress)
+        -> Result<Option<PublicKey>, LedgerError>;
     /// Whether `account` held the NFToken `token` in validated ledger `ledger` (in the latest
     /// validated ledger when the server no longer keeps that one). The holder of a lease
     /// token is the tenant of record, also after a resale.
-    async fn holds(&self, account: &str, token: &str, ledger: u32) -> Result<bool, LedgerError>;
+    async fn holds(
+        &self,
+        account: &AccountAddress,
+        token: &NfTokenId,
+        ledger: u32,
+    ) -> Result<bool, LedgerError>;
 }
 
 /// A validated transaction or ledger close, decoded into what the agent handles.
@@ -147,22 +191,22 @@ pub trait Ledger: Send + Sync {
 pub enum LedgerEvent {
     /// An `NFTokenAcceptOffer` (tesSUCCESS) that bought one of the host's sell offers.
     Purchase {
-        tx_hash: String,
+        tx_hash: TxHash,
         ledger: u32,
         /// Close time of its ledger, Unix seconds.
         close_time: u64,
-        buyer: String,
-        token_id: String,
+        buyer: AccountAddress,
+        token_id: NfTokenId,
         /// Drops delivered to the host.
         amount_drops: u64,
         memos: Vec<Memo>,
     },
     /// A Payment (tesSUCCESS) to the host; `amount_drops` is `None` when not XRP.
     Payment {
-        tx_hash: String,
+        tx_hash: TxHash,
         ledger: u32,
         close_time: u64,
-        from: String,
+        from: AccountAddress,
         amount_drops: Option<u64>,
         memos: Vec<Memo>,
     },

@@ -10,9 +10,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use berth_provisioner::{InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
+use berth_provisioner::{DiskCheck, InstanceIdentity, InstanceSpec, ProvisionError, Provisioner};
 use berth_schemas::config::HostConfig;
-use berth_schemas::field::{ContractId, InstanceName, NfTokenId, Text, TxHash};
+use berth_schemas::field::{AccountAddress, InstanceName, NfTokenId, Text, TxHash};
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::{Memo, Message};
 use berth_schemas::message::{
@@ -88,7 +88,7 @@ pub struct Machine {
     provisioner: Arc<dyn Provisioner>,
     ledger: Arc<dyn Ledger>,
     config: HostConfig,
-    host_address: String,
+    host_address: AccountAddress,
     message_key: SigningKey,
     settings: MachineSettings,
     /// Jobs hold it shared; housekeeping's reconcile holds it alone, so it never sees (and
@@ -103,8 +103,8 @@ pub struct Machine {
     pool_changed: tokio::sync::Notify,
 }
 
-fn answer_key(request: &str) -> OutboxKey {
-    OutboxKey::Answer(request.to_owned())
+fn answer_key(request: &TxHash) -> OutboxKey {
+    OutboxKey::Answer(*request)
 }
 
 fn mint_key(slot: u32, generation: u32) -> OutboxKey {
@@ -134,7 +134,7 @@ impl Machine {
         provisioner: Arc<dyn Provisioner>,
         ledger: Arc<dyn Ledger>,
         config: HostConfig,
-        host_address: String,
+        host_address: AccountAddress,
         message_key: SigningKey,
         settings: MachineSettings,
     ) -> Self {
@@ -281,8 +281,8 @@ impl Machine {
     fn answer(
         &self,
         tx: &Tx<'_>,
-        request: &str,
-        to: &str,
+        request: &TxHash,
+        to: &AccountAddress,
         amount_drops: u64,
         message: &Message,
         state: OutboxState,
@@ -292,7 +292,7 @@ impl Machine {
             problem: e.to_string(),
         })?;
         let action = LedgerAction::Payment {
-            destination: to.to_owned(),
+            destination: *to,
             amount_drops: amount_drops.max(1),
             memo: MemoHex::from(&memo),
         };
@@ -301,12 +301,9 @@ impl Machine {
     }
 
     /// The failure message of a refused request; counts the refusal by its reason.
-    fn failure(&self, request: &str, refusal: &Refusal) -> Result<Failure, MachineError> {
+    fn failure(&self, request: &TxHash, refusal: &Refusal) -> Result<Failure, MachineError> {
         self.metrics.refused(refusal.code);
-        let request: TxHash = request.parse().map_err(|e| MachineError::Memo {
-            what: "failure",
-            problem: format!("request hash: {e}"),
-        })?;
+        let request = *request;
         let mut text = refusal.message.clone();
         while text.len() > 256 {
             text.pop();
@@ -323,7 +320,12 @@ impl Machine {
     }
 
     /// Starts burning the slot's token; a fresh one is minted when the burn validates.
-    fn recycle(&self, tx: &Tx<'_>, slot: u32, holder: Option<&str>) -> Result<(), MachineError> {
+    fn recycle(
+        &self,
+        tx: &Tx<'_>,
+        slot: u32,
+        holder: Option<&AccountAddress>,
+    ) -> Result<(), MachineError> {
         let Some(current) = tx.slot(slot)? else {
             return Ok(());
         };
@@ -331,13 +333,11 @@ impl Machine {
             Some(token_id) => {
                 tx.set_slot(slot, SlotState::Burning, Some(&token_id), None)?;
                 tx.enqueue(
-                    OutboxKey::Burn {
-                        token: token_id.clone(),
-                    },
+                    OutboxKey::Burn { token: token_id },
                     &LedgerAction::Burn {
                         slot,
-                        token_id: token_id.clone(),
-                        owner: holder.map(str::to_owned),
+                        token_id,
+                        owner: holder.copied(),
                     },
                 )?;
             }
@@ -352,11 +352,11 @@ impl Machine {
     #[allow(clippy::too_many_arguments)]
     async fn purchase(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
         close_time: u64,
-        buyer: &str,
-        token_id: &str,
+        buyer: &AccountAddress,
+        token_id: &NfTokenId,
         amount: u64,
         memos: &[Memo],
     ) -> Result<Vec<Job>, MachineError> {
@@ -442,16 +442,16 @@ impl Machine {
             }
         })?;
         let lease = NewLease {
-            purchase_tx: tx_hash.to_owned(),
+            purchase_tx: *tx_hash,
             slot,
-            token_id: token_id.to_owned(),
-            tenant: buyer.to_owned(),
-            reply_key: reply_key.to_string(),
-            owner_key: acquire.owner_key.to_string(),
-            contract_id: acquire.contract_id.to_string(),
+            token_id: *token_id,
+            tenant: *buyer,
+            reply_key,
+            owner_key: acquire.owner_key,
+            contract_id: acquire.contract_id,
             instance: instance.clone(),
             node_secret: hex::encode(node.to_bytes()),
-            node_key: node_key.to_string(),
+            node_key,
             user_port: ports.user,
             peer_port: ports.peer,
             moments: 1,
@@ -475,7 +475,7 @@ impl Machine {
             Ok(Some(id))
         })?;
         drop(ports_guard);
-        info!(purchase = tx_hash, slot, instance = %lease.instance, pooled = lease.pooled, "lease recorded");
+        info!(purchase = %tx_hash, slot, instance = %lease.instance, pooled = lease.pooled, "lease recorded");
         if lease.pooled {
             self.pool_changed.notify_one();
         }
@@ -486,8 +486,8 @@ impl Machine {
     /// Checks amount and request; `Ok((request, reply key))` or the refusal.
     async fn judge_purchase(
         &self,
-        buyer: &str,
-        token_id: &str,
+        buyer: &AccountAddress,
+        token_id: &NfTokenId,
         amount: u64,
         memos: &[Memo],
     ) -> Result<Result<(berth_schemas::message::AcquireRequest, PublicKey), Refusal>, MachineError>
@@ -552,15 +552,15 @@ impl Machine {
 
     fn refuse_purchase(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        buyer: &str,
+        buyer: &AccountAddress,
         amount: u64,
         slot: Option<u32>,
         why: Refusal,
     ) -> Result<Vec<Job>, MachineError> {
         let failure = self.failure(tx_hash, &why)?;
-        info!(purchase = tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
+        info!(purchase = %tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
         self.store()
             .transaction_with(|tx| -> Result<_, MachineError> {
                 let outcome = format!("refused: {}", why.message);
@@ -585,13 +585,13 @@ impl Machine {
 
     async fn payment(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        from: &str,
+        from: &AccountAddress,
         amount: Option<u64>,
         memos: &[Memo],
     ) -> Result<Vec<Job>, MachineError> {
-        if from == self.host_address || self.store().read().request_seen(tx_hash)? {
+        if *from == self.host_address || self.store().read().request_seen(tx_hash)? {
             return Ok(Vec::new());
         }
         let Some(amount) = amount else {
@@ -643,9 +643,9 @@ impl Machine {
 
     fn refund(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        to: &str,
+        to: &AccountAddress,
         amount: u64,
         kind: &str,
         why: Refusal,
@@ -656,7 +656,7 @@ impl Machine {
             "terminate" => Message::TerminateErr(failure),
             _ => Message::Refund(failure),
         };
-        info!(request = tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
+        info!(request = %tx_hash, kind, code = ?why.code, reason = %why.message, "request refused");
         self.store()
             .transaction_with(|tx| -> Result<_, MachineError> {
                 if tx.record_request(tx_hash, kind, ledger, &format!("refused: {}", why.message))? {
@@ -671,7 +671,7 @@ impl Machine {
         Ok(self
             .store()
             .read()
-            .live_lease_by_token(&token.to_string())?
+            .live_lease_by_token(token)?
             .filter(|lease| {
                 matches!(
                     lease.state,
@@ -682,9 +682,9 @@ impl Machine {
 
     fn unknown_lease(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        from: &str,
+        from: &AccountAddress,
         amount: u64,
         kind: &str,
         token: &NfTokenId,
@@ -698,9 +698,9 @@ impl Machine {
 
     fn extend(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        from: &str,
+        from: &AccountAddress,
         amount: u64,
         token: &NfTokenId,
     ) -> Result<Vec<Job>, MachineError> {
@@ -726,7 +726,7 @@ impl Machine {
             .expires_at
             .saturating_add(moments.saturating_mul(self.moment_secs()));
         let answer = Message::ExtendOk(ExtendOk {
-            request: parse_hash(tx_hash)?,
+            request: *tx_hash,
             lease: *token,
             moments: moments_nz,
             expires_at,
@@ -744,16 +744,16 @@ impl Machine {
                 }
                 Ok(())
             })?;
-        info!(request = tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
+        info!(request = %tx_hash, lease = %token, moments, remainder, expires_at, "lease extended");
         crate::failpoint::hit("extend-recorded");
         Ok(Vec::new())
     }
 
     async fn terminate(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         ledger: u32,
-        from: &str,
+        from: &AccountAddress,
         amount: u64,
         token: &NfTokenId,
     ) -> Result<Vec<Job>, MachineError> {
@@ -762,9 +762,9 @@ impl Machine {
         };
         // The holder of the token when the request validated is the tenant of record: the
         // buyer, or whoever bought the token from them since.
-        let holds = self.ledger.holds(from, &token.to_string(), ledger).await?;
-        if holds && lease.tenant != from {
-            info!(request = tx_hash, lease = %token, buyer = %lease.tenant, holder = from, "termination by a later holder of the token");
+        let holds = self.ledger.holds(from, token, ledger).await?;
+        if holds && lease.tenant != *from {
+            info!(request = %tx_hash, lease = %token, buyer = %lease.tenant, holder = %from, "termination by a later holder of the token");
         }
         if !holds {
             let why = refusal(
@@ -774,7 +774,7 @@ impl Machine {
             return self.refund(tx_hash, ledger, from, amount, "terminate", why);
         }
         let answer = Message::TerminateOk(TerminateOk {
-            request: parse_hash(tx_hash)?,
+            request: *tx_hash,
             lease: *token,
         });
         let started = self
@@ -787,7 +787,7 @@ impl Machine {
                 self.answer(tx, tx_hash, from, 1, &answer, OutboxState::Held)?;
                 Ok(true)
             })?;
-        info!(request = tx_hash, lease = %token, "lease terminated by its holder");
+        info!(request = %tx_hash, lease = %token, "lease terminated by its holder");
         Ok(if started {
             vec![Job::End(lease.id)]
         } else {
@@ -850,8 +850,10 @@ impl Machine {
         let span = tracing::info_span!(
             "job",
             ?job,
-            lease = lease.as_ref().map(|l| l.token_id.as_str()),
-            request = lease.as_ref().map(|l| l.purchase_tx.as_str()),
+            lease = lease.as_ref().map(|l| tracing::field::display(l.token_id)),
+            request = lease
+                .as_ref()
+                .map(|l| tracing::field::display(l.purchase_tx)),
             instance = lease.as_ref().map(|l| l.instance.as_str()),
         );
         let work = async {
@@ -878,22 +880,78 @@ impl Machine {
 
     fn spec(&self, lease: &Lease) -> InstanceSpec {
         let identity = InstanceIdentity {
-            contract_id: lease.contract_id.clone(),
-            owner_pubkey: lease.owner_key.clone(),
+            contract_id: lease.contract_id.to_string(),
+            owner_pubkey: lease.owner_key.to_string(),
             node_secret: lease.node_secret.clone(),
         };
         let ports = berth_provisioner::InstancePorts {
             user: lease.user_port,
             peer: lease.peer_port,
         };
-        if lease.pooled {
+        let mut spec = if lease.pooled {
             // The container was made for the pool: its labels name the instance, not the
             // lease, and it takes its identity from `assign`. Reconcile must see it as is.
             self.base_spec(&lease.instance, &lease.instance, identity, ports)
                 .awaiting_assignment()
         } else {
-            self.base_spec(&lease.instance, &lease.token_id, identity, ports)
+            self.base_spec(
+                &lease.instance,
+                &lease.token_id.to_string(),
+                identity,
+                ports,
+            )
+        };
+        spec.held_stopped = lease.held_stopped.is_some();
+        spec
+    }
+
+    /// The disk watchdog's findings. The instance of a live lease over its disk quota (the
+    /// watchdog stopped it) is held stopped for the rest of the lease: reconcile keeps it
+    /// stopped, `leases` shows why, and the error is recorded once. The tenant may still
+    /// terminate or let the lease run out. Returns the instances newly held.
+    pub fn over_disk_quota(&self, checks: &[DiskCheck]) -> Result<Vec<String>, MachineError> {
+        let over: Vec<&DiskCheck> = checks
+            .iter()
+            .filter(|c| c.used_bytes > c.quota_bytes)
+            .collect();
+        if over.is_empty() {
+            return Ok(Vec::new());
         }
+        let held = self.store().transaction(|tx| -> Result<_, StoreError> {
+            let live = tx.leases(&[LeaseState::Active, LeaseState::Grace])?;
+            let mut held = Vec::new();
+            for check in over {
+                let usage = format!(
+                    "its state volume uses {} of its {} bytes",
+                    check.used_bytes, check.quota_bytes
+                );
+                match live.iter().find(|l| l.instance == check.instance) {
+                    Some(lease) if lease.held_stopped.is_none() => {
+                        tx.hold_stopped(lease.id, &format!("over its disk quota: {usage}"))?;
+                        tx.record_error(
+                            "disk-quota",
+                            &format!(
+                                "lease {} instance {} held stopped: {usage}",
+                                lease.token_id, lease.instance
+                            ),
+                        )?;
+                        warn!(lease = %lease.token_id, instance = %lease.instance, used = check.used_bytes, quota = check.quota_bytes, "instance over its disk quota held stopped");
+                        held.push(lease.instance.clone());
+                    }
+                    Some(_) => {}
+                    None if check.stopped => tx.record_error(
+                        "disk-quota",
+                        &format!("instance {} stopped: {usage}", check.instance),
+                    )?,
+                    None => {}
+                }
+            }
+            Ok(held)
+        })?;
+        for _ in &held {
+            self.metrics.error("disk-quota");
+        }
+        Ok(held)
     }
 
     fn pool_spec(&self, instance: &str, ports: berth_provisioner::InstancePorts) -> InstanceSpec {
@@ -1013,7 +1071,6 @@ impl Machine {
                 problem: e.to_string(),
             }
         };
-        let reply_key: PublicKey = lease.reply_key.parse().map_err(|e| bad("reply key")(&e))?;
         let details = InstanceDetails {
             name: lease
                 .instance
@@ -1024,25 +1081,19 @@ impl Machine {
                 .ok_or_else(|| bad("user port")(&"zero"))?,
             peer_port: std::num::NonZeroU16::new(lease.peer_port)
                 .ok_or_else(|| bad("peer port")(&"zero"))?,
-            node_key: lease.node_key.parse().map_err(|e| bad("node key")(&e))?,
-            contract_id: lease
-                .contract_id
-                .parse::<ContractId>()
-                .map_err(|e| bad("contract id")(&e))?,
-            lease: lease
-                .token_id
-                .parse::<NfTokenId>()
-                .map_err(|e| bad("lease")(&e))?,
+            node_key: lease.node_key,
+            contract_id: lease.contract_id,
+            lease: lease.token_id,
             expires_at: lease.expires_at,
         };
-        let sealed = Sealed::seal(&reply_key, &details).map_err(|e| bad("acquire-ok")(&e))?;
+        let sealed = Sealed::seal(&lease.reply_key, &details).map_err(|e| bad("acquire-ok")(&e))?;
         let message = Message::AcquireOk(AcquireOk {
-            request: parse_hash(&lease.purchase_tx)?,
+            request: lease.purchase_tx,
             sealed,
         });
         let memo = message.to_memo().map_err(|e| bad("acquire-ok")(&e))?;
         Ok(LedgerAction::Payment {
-            destination: lease.tenant.clone(),
+            destination: lease.tenant,
             amount_drops: 1,
             memo: MemoHex::from(&memo),
         })
@@ -1091,8 +1142,9 @@ impl Machine {
                 .transaction(|tx| tx.outbox_retry(&row.key, "expired"))?;
             return Ok(());
         };
-        let ter = Ter::from_token(result);
-        let success = ter.is_some_and(Ter::is_success);
+        let ter = result.ter();
+        let success = result.is_success();
+        let result = result.to_string();
         let draining = self.store().read().draining()?;
         self.store().transaction(|tx| -> Result<_, StoreError> {
             let state = if success {
@@ -1100,7 +1152,7 @@ impl Machine {
             } else {
                 OutboxState::Failed
             };
-            tx.outbox_done(&row.key, state, result)?;
+            tx.outbox_done(&row.key, state, &result)?;
             if success && key_kind(&row.key) == "answer" {
                 self.metrics
                     .answered(crate::store::now_secs().saturating_sub(row.created_at) as f64);
@@ -1114,12 +1166,12 @@ impl Machine {
                             tx.set_slot(*slot, SlotState::Offering, Some(token), None)?;
                             tx.enqueue(
                                 OutboxKey::Offer {
-                                    token: token.clone(),
+                                    token: *token,
                                     attempt: 0,
                                 },
                                 &LedgerAction::Offer {
                                     slot: *slot,
-                                    token_id: token.clone(),
+                                    token_id: *token,
                                     amount_drops: self.price(),
                                 },
                             )?;
@@ -1159,7 +1211,7 @@ impl Machine {
                 LedgerAction::CancelOffer { slot, .. } => {
                     if let Some(current) = tx.slot(*slot)? {
                         if current.state == SlotState::Offered {
-                            tx.set_slot(*slot, SlotState::Held, current.token_id.as_deref(), None)?;
+                            tx.set_slot(*slot, SlotState::Held, current.token_id.as_ref(), None)?;
                         }
                     }
                 }
@@ -1211,20 +1263,8 @@ impl Machine {
 }
 
 /// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
-pub fn instance_name(purchase_tx: &str) -> String {
-    let digits: String = purchase_tx
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(20)
-        .collect();
-    format!("l-{}", digits.to_ascii_lowercase())
-}
-
-fn parse_hash(text: &str) -> Result<TxHash, MachineError> {
-    text.parse().map_err(|e| MachineError::Memo {
-        what: "request",
-        problem: format!("transaction hash {text:?}: {e}"),
-    })
+pub fn instance_name(purchase_tx: &TxHash) -> String {
+    format!("l-{}", hex::encode(&purchase_tx.as_bytes()[..10]))
 }
 
 /// Stops selling: queues a cancel of every live offer. Returns how many.
@@ -1232,14 +1272,12 @@ pub fn drain(tx: &Tx<'_>) -> Result<usize, StoreError> {
     tx.set_setting("draining", "true")?;
     let mut cancelled = 0;
     for slot in tx.slots()? {
-        if let (SlotState::Offered, Some(offer)) = (slot.state, &slot.offer_id) {
+        if let (SlotState::Offered, Some(offer)) = (slot.state, slot.offer_id) {
             tx.enqueue(
-                OutboxKey::Cancel {
-                    offer: offer.clone(),
-                },
+                OutboxKey::Cancel { offer },
                 &LedgerAction::CancelOffer {
                     slot: slot.slot,
-                    offer_id: offer.clone(),
+                    offer_id: offer,
                 },
             )?;
             cancelled += 1;
@@ -1254,16 +1292,13 @@ pub fn undrain(tx: &Tx<'_>, price: u64) -> Result<usize, StoreError> {
     let mut offered = 0;
     let attempt = crate::store::now_secs();
     for slot in tx.slots()? {
-        if let (SlotState::Held, Some(token)) = (slot.state, &slot.token_id) {
-            tx.set_slot(slot.slot, SlotState::Offering, Some(token), None)?;
+        if let (SlotState::Held, Some(token)) = (slot.state, slot.token_id) {
+            tx.set_slot(slot.slot, SlotState::Offering, Some(&token), None)?;
             tx.enqueue(
-                OutboxKey::Offer {
-                    token: token.clone(),
-                    attempt,
-                },
+                OutboxKey::Offer { token, attempt },
                 &LedgerAction::Offer {
                     slot: slot.slot,
-                    token_id: token.clone(),
+                    token_id: token,
                     amount_drops: price,
                 },
             )?;
@@ -1454,7 +1489,7 @@ impl Machine {
     /// Housekeeping found the slot's sell offer gone from the ledger: offers it again,
     /// unless the slot changed meanwhile (a purchase also removes the offer).
     pub fn offer_lost(&self, seen: &crate::store::Slot) -> Result<(), MachineError> {
-        let (Some(token), Some(_)) = (&seen.token_id, &seen.offer_id) else {
+        let (Some(token), Some(_)) = (seen.token_id, seen.offer_id) else {
             return Ok(());
         };
         let price = self.price();
@@ -1463,15 +1498,12 @@ impl Machine {
             if tx.slot(seen.slot)?.as_ref() != Some(seen) {
                 return Ok(());
             }
-            tx.set_slot(seen.slot, SlotState::Offering, Some(token), None)?;
+            tx.set_slot(seen.slot, SlotState::Offering, Some(&token), None)?;
             tx.enqueue(
-                OutboxKey::Offer {
-                    token: token.clone(),
-                    attempt,
-                },
+                OutboxKey::Offer { token, attempt },
                 &LedgerAction::Offer {
                     slot: seen.slot,
-                    token_id: token.clone(),
+                    token_id: token,
                     amount_drops: price,
                 },
             )
@@ -1507,7 +1539,7 @@ impl Machine {
                     if !lost {
                         continue;
                     }
-                    match (slot.state, &slot.token_id) {
+                    match (slot.state, slot.token_id) {
                         (SlotState::Minting, None) => {
                             tx.enqueue(
                                 OutboxKey::Mint {
@@ -1520,13 +1552,10 @@ impl Machine {
                         }
                         (SlotState::Offering, Some(token)) if !draining => {
                             tx.enqueue(
-                                OutboxKey::Offer {
-                                    token: token.clone(),
-                                    attempt,
-                                },
+                                OutboxKey::Offer { token, attempt },
                                 &LedgerAction::Offer {
                                     slot: slot.slot,
-                                    token_id: token.clone(),
+                                    token_id: token,
                                     amount_drops: price,
                                 },
                             )?;

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use berth_schemas::field::{NfTokenId, OfferId, TxHash};
+
 use futures_util::future::join_all;
 use tracing::{debug, warn};
 
@@ -19,7 +21,7 @@ use crate::store::{OutboxRow, OutboxState, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxKey {
     /// The one answer (or refund) to a request transaction: `answer:<hash>`.
-    Answer(String),
+    Answer(TxHash),
     /// The mint of a slot's token of one generation; `attempt` is 0 for the first and the
     /// time of a retry after a failed one: `mint:<slot>:<generation>:<attempt>`.
     Mint {
@@ -29,11 +31,11 @@ pub enum OutboxKey {
     },
     /// A sell offer of a token; `attempt` is 0 for the first and the time of a re-offer
     /// (after a lost offer, a failed one or a drain undone): `offer:<token>:<attempt>`.
-    Offer { token: String, attempt: u64 },
+    Offer { token: NfTokenId, attempt: u64 },
     /// The burn of a token: `burn:<token>`.
-    Burn { token: String },
+    Burn { token: NfTokenId },
     /// The cancel of a sell offer (drain): `cancel:<offer>`.
-    Cancel { offer: String },
+    Cancel { offer: OfferId },
     /// Setting the account's MessageKey: `message-key:<key hex>`.
     MessageKey { key_hex: String },
     /// Registration with these host details (digest of the action): `host-reg:<digest>`.
@@ -130,7 +132,7 @@ impl Machine {
     /// Submits one prepared row and applies its outcome.
     pub async fn submit_row(&self, row: &OutboxRow) -> Result<(), MachineError> {
         let (Some(hash), Some(blob), Some(last_ledger)) =
-            (row.tx_hash.clone(), row.blob.clone(), row.last_ledger)
+            (row.tx_hash, row.blob.clone(), row.last_ledger)
         else {
             self.store()
                 .transaction(|tx| tx.outbox_retry(&row.key, "prepared row without a blob"))?;

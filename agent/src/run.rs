@@ -30,6 +30,7 @@ use berth_provisioner::{
     HostResources, InstanceState, PortRange, Provisioner, ProvisionerConfig, ReconcileAction,
 };
 use berth_schemas::config::HostConfig;
+use berth_schemas::field::AccountAddress;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Heartbeat, HostInfo};
 use futures_util::StreamExt;
@@ -193,11 +194,11 @@ fn set(machine: &Machine, key: &str, value: &str) -> Result<(), StoreError> {
 }
 
 fn memo_action(
-    to: &str,
+    to: AccountAddress,
     message: &Message,
 ) -> Result<LedgerAction, berth_schemas::memo::MemoError> {
     Ok(LedgerAction::Payment {
-        destination: to.to_owned(),
+        destination: to,
         amount_drops: 1,
         memo: MemoHex::from(&message.to_memo()?),
     })
@@ -284,7 +285,7 @@ pub async fn run_supervised(
         provisioner.clone(),
         xrpl.clone(),
         config.clone(),
-        host.clone(),
+        keys.account_address(),
         keys.message.clone(),
         settings.machine.clone(),
     ));
@@ -690,14 +691,13 @@ fn registration_action(config: &HostConfig) -> Result<LedgerAction, MachineError
         cpu_model: None,
         description: config.host.description.clone(),
     };
-    memo_action(&config.ledger.registry.to_string(), &Message::HostReg(info))
-        .map_err(|e| bad("host-reg")(&e))
+    memo_action(config.ledger.registry, &Message::HostReg(info)).map_err(|e| bad("host-reg")(&e))
 }
 
 fn send_heartbeat(machine: &Machine, config: &HostConfig) -> Result<(), MachineError> {
     let free_slots = machine.free_slots()?;
     let action = memo_action(
-        &config.ledger.registry.to_string(),
+        config.ledger.registry,
         &Message::Heartbeat(Heartbeat { free_slots }),
     )
     .map_err(|e| MachineError::Memo {
@@ -827,6 +827,15 @@ async fn housekeeping(
     let facts = xrpl.account_facts().await?;
     set(machine, keys::BALANCE, &facts.balance_drops.to_string())?;
     set(machine, keys::RESERVE, &facts.reserve_drops.to_string())?;
+    // Tenants are promised a disk limit: the watchdog stops instances over it, and the
+    // machine holds a lease's instance stopped from then on (before reconcile, which then
+    // keeps it stopped).
+    match provisioner.enforce_disk_quota().await {
+        Ok(checks) => {
+            machine.over_disk_quota(&checks)?;
+        }
+        Err(e) => machine.record_error("disk-quota", &e),
+    }
     // Docker: exactly the instances of live leases and the ready pool. Not while a lease is
     // being provisioned or ended (its job owns its instance), and no job starts meanwhile.
     let gate = machine.exclusive().await;
@@ -848,23 +857,6 @@ async fn housekeeping(
         }
         Err(e) => machine.record_error("reconcile", &e),
     }
-    // Tenants are promised a disk limit: instances over it are stopped.
-    match provisioner.enforce_disk_quota().await {
-        Ok(checks) => {
-            for check in checks.iter().filter(|c| c.stopped) {
-                let message = format!(
-                    "instance {} stopped: its state volume uses {} of its {} bytes",
-                    check.instance, check.used_bytes, check.quota_bytes
-                );
-                warn!(instance = %check.instance, used = check.used_bytes, quota = check.quota_bytes, "instance over its disk quota stopped");
-                machine
-                    .store()
-                    .transaction(|tx| tx.record_error("disk-quota", &message))?;
-                machine.metrics().error("disk-quota");
-            }
-        }
-        Err(e) => machine.record_error("disk-quota", &e),
-    }
     let live = machine
         .store()
         .read()
@@ -872,6 +864,9 @@ async fn housekeeping(
     let parallel = usize::try_from(machine.config().agent.health_checks.get()).unwrap_or(8);
     let healths: Vec<(String, String)> = futures_util::stream::iter(live)
         .map(|lease| async move {
+            if let Some(why) = &lease.held_stopped {
+                return (lease.instance, format!("stopped: {why}"));
+            }
             let health = match provisioner.health(&lease.instance).await {
                 Ok(berth_provisioner::Health::Answering) => "answering".to_owned(),
                 Ok(berth_provisioner::Health::NotAnswering) => "not answering".to_owned(),

@@ -86,6 +86,11 @@ impl HostKeys {
         self.account.address()
     }
 
+    /// The host's account, typed.
+    pub fn account_address(&self) -> berth_schemas::field::AccountAddress {
+        berth_schemas::field::AccountAddress::from_account_id(self.account.account_id())
+    }
+
     /// The public message key, as published in `MessageKey`.
     pub fn message_public(&self) -> Result<PublicKey, berth_schemas::key::KeyError> {
         PublicKey::from_verifying_key(&self.message.verifying_key())

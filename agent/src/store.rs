@@ -11,16 +11,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use berth_schemas::field::{AccountAddress, ContractId, NfTokenId, OfferId, TxHash};
+use berth_schemas::key::PublicKey;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql, Transaction};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::ledger::LedgerAction;
 
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE slots (
     slot        INTEGER PRIMARY KEY,
@@ -101,6 +104,9 @@ CREATE TABLE pool (
     created_at  INTEGER NOT NULL
 );
 ALTER TABLE leases ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN held_stopped TEXT;
 "#,
 ];
 
@@ -270,8 +276,8 @@ pub enum OutboxState {
 pub struct Slot {
     pub slot: u32,
     pub generation: u32,
-    pub token_id: Option<String>,
-    pub offer_id: Option<String>,
+    pub token_id: Option<NfTokenId>,
+    pub offer_id: Option<OfferId>,
     pub state: SlotState,
 }
 
@@ -279,42 +285,45 @@ pub struct Slot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
     pub id: i64,
-    pub purchase_tx: String,
+    pub purchase_tx: TxHash,
     pub slot: u32,
-    pub token_id: String,
-    pub tenant: String,
-    pub reply_key: String,
-    pub owner_key: String,
-    pub contract_id: String,
+    pub token_id: NfTokenId,
+    pub tenant: AccountAddress,
+    pub reply_key: PublicKey,
+    pub owner_key: PublicKey,
+    pub contract_id: ContractId,
     pub instance: String,
     #[serde(skip)]
     pub node_secret: String,
-    pub node_key: String,
+    pub node_key: PublicKey,
     pub user_port: u16,
     pub peer_port: u16,
     pub moments: u64,
     pub started_at: u64,
     pub expires_at: u64,
     pub state: LeaseState,
-    pub end_request: Option<String>,
+    pub end_request: Option<TxHash>,
     pub end_reason: Option<String>,
     /// Its instance came from the pool (it was assigned, not created, for this lease).
     pub pooled: bool,
+    /// Why its instance is held stopped for the rest of the lease (it went over its disk
+    /// quota); `None` while it may run.
+    pub held_stopped: Option<String>,
 }
 
 /// A lease about to be recorded (see [`Store::record_lease`]).
 #[derive(Debug, Clone)]
 pub struct NewLease {
-    pub purchase_tx: String,
+    pub purchase_tx: TxHash,
     pub slot: u32,
-    pub token_id: String,
-    pub tenant: String,
-    pub reply_key: String,
-    pub owner_key: String,
-    pub contract_id: String,
+    pub token_id: NfTokenId,
+    pub tenant: AccountAddress,
+    pub reply_key: PublicKey,
+    pub owner_key: PublicKey,
+    pub contract_id: ContractId,
     pub instance: String,
     pub node_secret: String,
-    pub node_key: String,
+    pub node_key: PublicKey,
     pub user_port: u16,
     pub peer_port: u16,
     pub moments: u64,
@@ -329,7 +338,7 @@ pub struct OutboxRow {
     pub key: String,
     pub action: LedgerAction,
     pub state: OutboxState,
-    pub tx_hash: Option<String>,
+    pub tx_hash: Option<TxHash>,
     #[serde(skip)]
     pub blob: Option<String>,
     pub last_ledger: Option<u32>,
@@ -377,6 +386,49 @@ pub(crate) fn now_secs() -> u64 {
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A typed value (hash, token, account, key, contract id) written as its text form.
+struct AsText<T>(T);
+
+impl<T: std::fmt::Display> ToSql for AsText<T> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.to_string()))
+    }
+}
+
+/// A typed value read back from its text form; a text that does not parse is an error
+/// naming the column, never a default.
+struct Parsed<T>(T);
+
+impl<T> FromSql for Parsed<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map(Parsed)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// Column `index` of `row` as a typed value.
+fn typed<T>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    Parsed<T>: FromSql,
+{
+    row.get::<_, Parsed<T>>(index).map(|p| p.0)
+}
+
+/// Column `index` of `row` as an optional typed value (NULL is `None`).
+fn typed_opt<T>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<T>>
+where
+    Parsed<T>: FromSql,
+{
+    Ok(row.get::<_, Option<Parsed<T>>>(index)?.map(|p| p.0))
 }
 
 impl Store {
@@ -520,8 +572,8 @@ fn slot_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Slot, String)> {
         Slot {
             slot: row.get(0)?,
             generation: row.get(1)?,
-            token_id: row.get(2)?,
-            offer_id: row.get(3)?,
+            token_id: typed_opt(row, 2)?,
+            offer_id: typed_opt(row, 3)?,
             state: SlotState::Minting,
         },
         row.get(4)?,
@@ -535,31 +587,32 @@ fn finish_slot((mut slot, state): (Slot, String)) -> Result<Slot, StoreError> {
 
 const LEASE_COLUMNS: &str = "id, purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
     contract_id, instance, node_secret, node_key, user_port, peer_port, moments, started_at, \
-    expires_at, state, end_request, end_reason, pooled";
+    expires_at, state, end_request, end_reason, pooled, held_stopped";
 
 fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> {
     Ok((
         Lease {
             id: row.get(0)?,
-            purchase_tx: row.get(1)?,
+            purchase_tx: typed(row, 1)?,
             slot: row.get(2)?,
-            token_id: row.get(3)?,
-            tenant: row.get(4)?,
-            reply_key: row.get(5)?,
-            owner_key: row.get(6)?,
-            contract_id: row.get(7)?,
+            token_id: typed(row, 3)?,
+            tenant: typed(row, 4)?,
+            reply_key: typed(row, 5)?,
+            owner_key: typed(row, 6)?,
+            contract_id: typed(row, 7)?,
             instance: row.get(8)?,
             node_secret: row.get(9)?,
-            node_key: row.get(10)?,
+            node_key: typed(row, 10)?,
             user_port: row.get(11)?,
             peer_port: row.get(12)?,
             moments: row.get::<_, i64>(13)?.max(0).unsigned_abs(),
             started_at: row.get::<_, i64>(14)?.max(0).unsigned_abs(),
             expires_at: row.get::<_, i64>(15)?.max(0).unsigned_abs(),
             state: LeaseState::Provisioning,
-            end_request: row.get(17)?,
+            end_request: typed_opt(row, 17)?,
             end_reason: row.get(18)?,
             pooled: row.get(19)?,
+            held_stopped: row.get(20)?,
         },
         row.get(16)?,
     ))
@@ -579,7 +632,7 @@ struct RawOutbox {
     key: String,
     action: String,
     state: String,
-    tx_hash: Option<String>,
+    tx_hash: Option<TxHash>,
     blob: Option<String>,
     last_ledger: Option<u32>,
     result: Option<String>,
@@ -593,7 +646,7 @@ fn finish_outbox(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawOutbox> {
         key: row.get(1)?,
         action: row.get(2)?,
         state: row.get(3)?,
-        tx_hash: row.get(4)?,
+        tx_hash: typed_opt(row, 4)?,
         blob: row.get(5)?,
         last_ledger: row.get(6)?,
         result: row.get(7)?,
@@ -644,11 +697,11 @@ impl $ty {
     }
 
     /// The slot whose current token is `token_id`.
-    pub fn slot_by_token(&self, token_id: &str) -> Result<Option<Slot>, StoreError> {
+    pub fn slot_by_token(&self, token_id: &NfTokenId) -> Result<Option<Slot>, StoreError> {
         self.prepare(
             "SELECT slot, generation, token_id, offer_id, state FROM slots WHERE token_id = ?1",
         )?
-        .query_row([token_id], slot_from_row)
+        .query_row([AsText(token_id)], slot_from_row)
         .optional()?
         .map(finish_slot)
         .transpose()
@@ -667,23 +720,23 @@ impl $ty {
             .collect())
     }
 
-    pub fn lease_by_purchase(&self, purchase_tx: &str) -> Result<Option<Lease>, StoreError> {
+    pub fn lease_by_purchase(&self, purchase_tx: &TxHash) -> Result<Option<Lease>, StoreError> {
         self.prepare(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE purchase_tx = ?1"
         ))?
-        .query_row([purchase_tx], lease_from_row)
+        .query_row([AsText(purchase_tx)], lease_from_row)
         .optional()?
         .map(finish_lease)
         .transpose()
     }
 
     /// The live (not ended) lease of a token.
-    pub fn live_lease_by_token(&self, token_id: &str) -> Result<Option<Lease>, StoreError> {
+    pub fn live_lease_by_token(&self, token_id: &NfTokenId) -> Result<Option<Lease>, StoreError> {
         self.prepare(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE token_id = ?1 AND state != 'ended' \
              ORDER BY id DESC LIMIT 1"
         ))?
-        .query_row([token_id], lease_from_row)
+        .query_row([AsText(token_id)], lease_from_row)
         .optional()?
         .map(finish_lease)
         .transpose()
@@ -698,19 +751,19 @@ impl $ty {
     }
 
     /// Whether the request transaction was handled already.
-    pub fn request_seen(&self, tx_hash: &str) -> Result<bool, StoreError> {
+    pub fn request_seen(&self, tx_hash: &TxHash) -> Result<bool, StoreError> {
         Ok(self
             .prepare("SELECT 1 FROM requests WHERE tx_hash = ?1")?
-            .query_row([tx_hash], |_| Ok(()))
+            .query_row([AsText(tx_hash)], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
     /// What was decided for a request: `(kind, outcome)`.
-    pub fn request(&self, tx_hash: &str) -> Result<Option<(String, String)>, StoreError> {
+    pub fn request(&self, tx_hash: &TxHash) -> Result<Option<(String, String)>, StoreError> {
         Ok(self
             .prepare("SELECT kind, outcome FROM requests WHERE tx_hash = ?1")?
-            .query_row([tx_hash], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row([AsText(tx_hash)], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?)
     }
 
@@ -883,12 +936,17 @@ impl Tx<'_> {
         &self,
         slot: u32,
         state: SlotState,
-        token_id: Option<&str>,
-        offer_id: Option<&str>,
+        token_id: Option<&NfTokenId>,
+        offer_id: Option<&OfferId>,
     ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE slots SET state = ?2, token_id = ?3, offer_id = ?4 WHERE slot = ?1",
-            params![slot, state.as_str(), token_id, offer_id],
+            params![
+                slot,
+                state.as_str(),
+                token_id.map(AsText),
+                offer_id.map(AsText)
+            ],
         )?;
         Ok(())
     }
@@ -948,7 +1006,7 @@ impl Tx<'_> {
     /// Returns false when it was recorded already.
     pub fn record_request(
         &self,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         kind: &str,
         ledger: u32,
         outcome: &str,
@@ -956,15 +1014,15 @@ impl Tx<'_> {
         let changed = self.execute(
             "INSERT INTO requests (tx_hash, kind, ledger, outcome) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT(tx_hash) DO NOTHING",
-            params![tx_hash, kind, ledger, outcome],
+            params![AsText(tx_hash), kind, ledger, outcome],
         )?;
         Ok(changed == 1)
     }
 
-    pub fn set_request_outcome(&self, tx_hash: &str, outcome: &str) -> Result<(), StoreError> {
+    pub fn set_request_outcome(&self, tx_hash: &TxHash, outcome: &str) -> Result<(), StoreError> {
         self.execute(
             "UPDATE requests SET outcome = ?2 WHERE tx_hash = ?1",
-            params![tx_hash, outcome],
+            params![AsText(tx_hash), outcome],
         )?;
         Ok(())
     }
@@ -1007,16 +1065,16 @@ impl Tx<'_> {
              started_at, expires_at, state, pooled) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'provisioning', ?16)",
             params![
-                lease.purchase_tx,
+                AsText(&lease.purchase_tx),
                 lease.slot,
-                lease.token_id,
-                lease.tenant,
-                lease.reply_key,
-                lease.owner_key,
-                lease.contract_id,
+                AsText(&lease.token_id),
+                AsText(&lease.tenant),
+                AsText(&lease.reply_key),
+                AsText(&lease.owner_key),
+                AsText(&lease.contract_id),
                 lease.instance,
                 lease.node_secret,
-                lease.node_key,
+                AsText(&lease.node_key),
                 lease.user_port,
                 lease.peer_port,
                 to_i64(lease.moments),
@@ -1050,12 +1108,21 @@ impl Tx<'_> {
     pub fn begin_ending(
         &self,
         id: i64,
-        request: Option<&str>,
+        request: Option<&TxHash>,
         reason: &str,
     ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE leases SET state = 'ending', end_request = ?2, end_reason = ?3 WHERE id = ?1",
-            params![id, request, reason],
+            params![id, request.map(AsText), reason],
+        )?;
+        Ok(())
+    }
+
+    /// Holds a lease's instance stopped for the rest of the lease, saying why.
+    pub fn hold_stopped(&self, id: i64, why: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE leases SET held_stopped = ?2 WHERE id = ?1",
+            params![id, why],
         )?;
         Ok(())
     }
@@ -1073,14 +1140,14 @@ impl Tx<'_> {
     pub fn outbox_prepared(
         &self,
         key: &str,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         blob: &str,
         last_ledger: u32,
     ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE outbox SET state = 'prepared', tx_hash = ?2, blob = ?3, last_ledger = ?4, \
              attempts = attempts + 1, updated_at = ?5 WHERE key = ?1",
-            params![key, tx_hash, blob, last_ledger, to_i64(now_secs())],
+            params![key, AsText(tx_hash), blob, last_ledger, to_i64(now_secs())],
         )?;
         Ok(())
     }
@@ -1090,14 +1157,14 @@ impl Tx<'_> {
     pub fn outbox_resigned(
         &self,
         key: &str,
-        tx_hash: &str,
+        tx_hash: &TxHash,
         blob: &str,
         last_ledger: u32,
     ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE outbox SET tx_hash = ?2, blob = ?3, last_ledger = ?4, updated_at = ?5 \
              WHERE key = ?1 AND state = 'prepared'",
-            params![key, tx_hash, blob, last_ledger, to_i64(now_secs())],
+            params![key, AsText(tx_hash), blob, last_ledger, to_i64(now_secs())],
         )?;
         Ok(())
     }

@@ -2,13 +2,17 @@
 //! validated transactions into [`LedgerEvent`]s.
 
 use berth_mb_xrpl::events::{decode, MarketEvent};
-use berth_mb_xrpl::{Client, ClientError, SignedTx, SubmitError, Submitter, ValidatedTx};
+use berth_mb_xrpl::{
+    Client, ClientError, SignedTx, SubmitError, Submitter, Validated, ValidatedTx,
+};
+use berth_schemas::field::{AccountAddress, NfTokenId, OfferId, TxHash};
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::Memo;
 use serde_json::{json, Value};
+use tracing::warn;
 
 use crate::ledger::{
-    AccountFacts, Ledger, LedgerAction, LedgerError, LedgerEvent, PreparedTx, TxOutcome,
+    AccountFacts, Ledger, LedgerAction, LedgerError, LedgerEvent, PreparedTx, TxOutcome, TxResult,
     LEASE_TOKEN_FLAGS, LEASE_TOKEN_TAXON,
 };
 
@@ -80,12 +84,12 @@ impl XrplLedger {
     }
 
     /// Ids of the live sell offers of a token (none when it has none or no longer exists).
-    pub async fn sell_offers(&self, token_id: &str) -> Result<Vec<String>, LedgerError> {
+    pub async fn sell_offers(&self, token_id: &NfTokenId) -> Result<Vec<OfferId>, LedgerError> {
         match self
             .client
             .request(
                 "nft_sell_offers",
-                json!({"nft_id": token_id, "ledger_index": "validated"}),
+                json!({"nft_id": token_id.to_string(), "ledger_index": "validated"}),
             )
             .await
         {
@@ -94,9 +98,15 @@ impl XrplLedger {
                 .map(|offers| {
                     offers
                         .iter()
-                        .filter_map(|o| o["nft_offer_index"].as_str().map(str::to_owned))
-                        .collect()
+                        .filter_map(|o| o["nft_offer_index"].as_str())
+                        .map(|id| {
+                            id.parse().map_err(|e| {
+                                LedgerError::Protocol(format!("nft_sell_offers of {token_id}: {e}"))
+                            })
+                        })
+                        .collect::<Result<_, _>>()
                 })
+                .transpose()?
                 .unwrap_or_default()),
             Err(e) if e.rpc_error() == Some("objectNotFound") => Ok(Vec::new()),
             Err(e) => Err(connection(e)),
@@ -223,7 +233,7 @@ impl Ledger for XrplLedger {
         let blob = serde_json::to_string(&signed)
             .map_err(|e| LedgerError::Protocol(format!("signed transaction: {e}")))?;
         Ok(PreparedTx {
-            hash: signed.hash.clone(),
+            hash: tx_hash(&signed.hash)?,
             blob,
             last_ledger: signed.last_ledger_sequence,
         })
@@ -240,20 +250,17 @@ impl Ledger for XrplLedger {
             let blob = serde_json::to_string(next)
                 .map_err(|e| format!("re-signed transaction {}: {e}", next.hash))?;
             on_resigned(&PreparedTx {
-                hash: next.hash.clone(),
+                hash: tx_hash(&next.hash).map_err(|e| e.to_string())?,
                 blob,
                 last_ledger: next.last_ledger_sequence,
             })
         };
         match self.submitter.submit_and_wait_with(&signed, persist).await {
-            Ok(validated) => {
-                let text = |key: &str| validated.meta[key].as_str().map(str::to_owned);
-                Ok(TxOutcome::Validated {
-                    result: validated.result.clone(),
-                    nftoken_id: text("nftoken_id"),
-                    offer_id: text("offer_id"),
-                })
-            }
+            Ok(validated) => Ok(TxOutcome::Validated {
+                result: TxResult::from_token(&validated.result),
+                nftoken_id: meta_id(&validated, "nftoken_id")?,
+                offer_id: meta_id(&validated, "offer_id")?,
+            }),
             Err(SubmitError::Expired { .. } | SubmitError::SequenceTaken { .. }) => {
                 self.submitter.reset_sequence().await;
                 Ok(TxOutcome::Expired)
@@ -262,14 +269,23 @@ impl Ledger for XrplLedger {
         }
     }
 
-    async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError> {
+    async fn message_key(
+        &self,
+        account: &AccountAddress,
+    ) -> Result<Option<PublicKey>, LedgerError> {
         Ok(self
-            .message_key_hex(account)
+            .message_key_hex(&account.to_string())
             .await?
             .and_then(|hex| hex.parse().ok()))
     }
 
-    async fn holds(&self, account: &str, token: &str, ledger: u32) -> Result<bool, LedgerError> {
+    async fn holds(
+        &self,
+        account: &AccountAddress,
+        token: &NfTokenId,
+        ledger: u32,
+    ) -> Result<bool, LedgerError> {
+        let account = account.to_string();
         let mut at = json!(ledger);
         let mut marker: Option<Value> = None;
         loop {
@@ -294,7 +310,8 @@ impl Ledger for XrplLedger {
                 .any(|nft| {
                     nft["NFTokenID"]
                         .as_str()
-                        .is_some_and(|id| id.eq_ignore_ascii_case(token))
+                        .and_then(|id| id.parse::<NfTokenId>().ok())
+                        .is_some_and(|id| id == *token)
                 });
             if found {
                 return Ok(true);
@@ -324,30 +341,64 @@ fn memos(tx: &Value) -> Vec<Memo> {
         .unwrap_or_default()
 }
 
+/// An id the metadata of a validated transaction names (`nftoken_id`, `offer_id`), typed.
+fn meta_id<T: std::str::FromStr>(validated: &Validated, key: &str) -> Result<Option<T>, LedgerError>
+where
+    T::Err: std::fmt::Display,
+{
+    validated.meta[key]
+        .as_str()
+        .map(|text| {
+            text.parse().map_err(|e| {
+                LedgerError::Protocol(format!("{key} of transaction {}: {e}", validated.hash))
+            })
+        })
+        .transpose()
+}
+
+/// A transaction hash from the ledger client, typed.
+fn tx_hash(text: &str) -> Result<TxHash, LedgerError> {
+    text.parse()
+        .map_err(|e| LedgerError::Protocol(format!("transaction hash {text:?}: {e}")))
+}
+
+/// A value the ledger client decoded as text, typed; `None` (logged) when the server sent
+/// something that is not one, which no validated transaction has.
+fn typed<T: std::str::FromStr>(tx: &ValidatedTx, what: &str, text: &str) -> Option<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| warn!(tx = %tx.hash, what, value = text, error = %e, "transaction left out: a field is not valid"))
+        .ok()
+}
+
 /// The event a validated transaction is for the host `account`, if any.
 pub fn event_of(tx: &ValidatedTx, account: &str) -> Option<LedgerEvent> {
     let close_time = tx.close_time_unix.unwrap_or_else(crate::store::now_secs);
-    let payment = |sender: &str, amount: Option<u64>| LedgerEvent::Payment {
-        tx_hash: tx.hash.clone(),
-        ledger: tx.ledger_index,
-        close_time,
-        from: sender.to_owned(),
-        amount_drops: amount,
-        memos: memos(&tx.tx),
+    let hash: TxHash = typed(tx, "hash", &tx.hash)?;
+    let payment = |sender: &str, amount: Option<u64>| {
+        Some(LedgerEvent::Payment {
+            tx_hash: hash,
+            ledger: tx.ledger_index,
+            close_time,
+            from: typed(tx, "sender", sender)?,
+            amount_drops: amount,
+            memos: memos(&tx.tx),
+        })
     };
     match decode(tx, account)? {
         MarketEvent::Purchase {
-            tx_hash,
             buyer,
             token_id,
             amount_drops,
             ..
         } => Some(LedgerEvent::Purchase {
-            tx_hash,
+            tx_hash: hash,
             ledger: tx.ledger_index,
             close_time,
-            buyer,
-            token_id,
+            buyer: typed(tx, "buyer", &buyer)?,
+            token_id: typed(tx, "NFTokenID", &token_id)?,
             amount_drops,
             memos: memos(&tx.tx),
         }),
@@ -360,7 +411,7 @@ pub fn event_of(tx: &ValidatedTx, account: &str) -> Option<LedgerEvent> {
             sender,
             amount_drops,
             ..
-        } => Some(payment(&sender, Some(amount_drops))),
+        } => payment(&sender, Some(amount_drops)),
         MarketEvent::Unrequested {
             sender,
             amount_drops,
@@ -368,7 +419,7 @@ pub fn event_of(tx: &ValidatedTx, account: &str) -> Option<LedgerEvent> {
             ..
         } => {
             let xrp = !matches!(reason, berth_mb_xrpl::events::Problem::NotXrp { .. });
-            Some(payment(&sender, xrp.then_some(amount_drops)))
+            payment(&sender, xrp.then_some(amount_drops))
         }
         MarketEvent::Answer { .. }
         | MarketEvent::HostRegistration { .. }

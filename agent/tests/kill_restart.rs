@@ -86,7 +86,7 @@ async fn acquire_and_extend_survive_sigkill_at_each_step() {
         .leases(&[])
         .unwrap()
         .into_iter()
-        .find(|l| &l.token_id == token)
+        .find(|l| l.token_id.to_string() == *token)
         .unwrap();
     assert_eq!(lease_row.moments, 3, "each extension counted once");
 
@@ -148,7 +148,7 @@ async fn expiry_survives_sigkill_at_each_step() {
                 .leases(&[LeaseState::Ended])
                 .unwrap()
                 .iter()
-                .any(|l| l.token_id == token);
+                .any(|l| l.token_id.to_string() == token);
             if ended {
                 break;
             }

@@ -320,8 +320,8 @@ async fn a_lost_offer_is_made_again_by_housekeeping() {
     for _ in 0..300 {
         let slot = w.store().unwrap().read().slot(0).unwrap().unwrap();
         if let (berth_agent::store::SlotState::Offered, Some(new)) = (slot.state, slot.offer_id) {
-            if new != offer {
-                again = Some((slot.token_id.unwrap(), new));
+            if new.to_string() != offer {
+                again = Some((slot.token_id.unwrap().to_string(), new.to_string()));
                 break;
             }
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use berth_agent::ledger::{LedgerAction, LedgerEvent};
-use berth_agent::machine::{instance_name, Job};
+use berth_agent::machine::Job;
 use berth_agent::store::{LeaseState, OutboxState, SlotState};
 use berth_provisioner::{Call, Operation};
 use berth_schemas::memo::Message;
@@ -38,7 +38,7 @@ fn kinds(payments: &[(String, u64, Message)]) -> Vec<(&str, &str)> {
 fn destroyed(h: &Harness, purchase: u8) -> bool {
     h.provisioner
         .calls()
-        .contains(&Call::Destroy(instance_name(&hash(purchase))))
+        .contains(&Call::Destroy(instance_of(purchase)))
 }
 
 fn failure_code(message: &Message) -> ReasonCode {
@@ -101,7 +101,7 @@ async fn a_purchase_gets_an_instance_and_details_only_the_tenant_opens() {
     };
     assert_eq!(ok.request.to_string(), hash(1));
     let details = ok.sealed.open(&tenant).unwrap();
-    assert_eq!(details.name.as_str(), instance_name(&hash(1)));
+    assert_eq!(details.name.as_str(), instance_of(1));
     assert_eq!(details.host.to_string(), "host1.example.com");
     assert_eq!(details.lease.to_string(), token);
     assert_eq!(details.expires_at, 1000 + MOMENT);
@@ -117,7 +117,7 @@ async fn a_purchase_gets_an_instance_and_details_only_the_tenant_opens() {
         .read()
         .leases(&[LeaseState::Active])
         .unwrap()[0];
-    assert_eq!(lease.tenant, BUYER);
+    assert_eq!(lease.tenant.to_string(), BUYER);
     assert_eq!(u16::from(details.user_port), lease.user_port);
     assert_eq!(
         h.machine.store().read().slot(0).unwrap().unwrap().state,
@@ -211,11 +211,11 @@ async fn a_wrong_amount_is_refunded_and_the_token_reminted_and_reoffered() {
     assert_eq!(failure_code(&payments[0].2), ReasonCode::BadAmount);
     assert_eq!(creates(&h), 0);
     assert!(h.ledger.prepared.lock().unwrap().iter().any(|a| matches!(a,
-        LedgerAction::Burn { token_id, owner: Some(owner), .. } if *token_id == token && owner == BUYER)));
+        LedgerAction::Burn { token_id, owner: Some(owner), .. } if token_id.to_string() == token && owner.to_string() == BUYER)));
     let slot = h.machine.store().read().slot(0).unwrap().unwrap();
     assert_eq!(slot.state, SlotState::Offered);
     assert_eq!(slot.generation, 1);
-    assert_ne!(slot.token_id.unwrap(), token);
+    assert_ne!(slot.token_id.unwrap().to_string(), token);
 }
 
 #[tokio::test]
@@ -281,8 +281,7 @@ async fn a_failed_provisioning_is_refunded_cleaned_up_and_the_slot_reoffered() {
     let h = Harness::new(1);
     h.offer_all().await;
     let token = h.token(0);
-    h.provisioner
-        .fail_next(Operation::Start, &instance_name(&hash(1)));
+    h.provisioner.fail_next(Operation::Start, &instance_of(1));
     h.handle(purchase(
         1,
         BUYER,
@@ -590,8 +589,56 @@ async fn a_re_signed_answer_is_persisted_before_it_is_submitted() {
         .unwrap();
     assert!(rows
         .iter()
-        .any(|r| r.tx_hash.as_deref() == Some(new.as_str())));
+        .any(|r| r.tx_hash.map(|h| h.to_string()).as_deref() == Some(new.as_str())));
     assert!(!rows
         .iter()
-        .any(|r| r.tx_hash.as_deref() == Some(old.as_str())));
+        .any(|r| r.tx_hash.map(|h| h.to_string()).as_deref() == Some(old.as_str())));
+}
+
+#[tokio::test]
+async fn an_instance_over_its_disk_quota_is_held_stopped_and_reconcile_keeps_it_so() {
+    use berth_provisioner::{Health, InstanceState, Provisioner, ReconcileAction};
+    let h = Harness::new(2);
+    leased(&h, &key(1)).await;
+    let lease = h
+        .machine
+        .store()
+        .read()
+        .leases(&[LeaseState::Active])
+        .unwrap()[0]
+        .clone();
+    // The recording provisioner's quota is 1 GiB; the tenant wrote 2.
+    h.provisioner.set_disk_usage(&lease.instance, 2 << 30);
+    let checks = h.provisioner.enforce_disk_quota().await.unwrap();
+    assert_eq!(
+        h.machine.over_disk_quota(&checks).unwrap(),
+        vec![lease.instance.clone()]
+    );
+    // Held once: the next pass finds it held already.
+    let checks = h.provisioner.enforce_disk_quota().await.unwrap();
+    assert!(h.machine.over_disk_quota(&checks).unwrap().is_empty());
+    let held = h.machine.store().read().lease(lease.id).unwrap().unwrap();
+    assert_eq!(held.state, LeaseState::Active);
+    assert!(held
+        .held_stopped
+        .as_deref()
+        .is_some_and(|why| why.starts_with("over its disk quota")));
+    // Reconcile does not start it again.
+    let actions = h
+        .provisioner
+        .reconcile(&h.machine.expected_instances().unwrap())
+        .await
+        .unwrap();
+    assert!(actions.contains(&ReconcileAction::Kept {
+        instance: lease.instance.clone()
+    }));
+    assert_eq!(
+        h.provisioner.health(&lease.instance).await.unwrap(),
+        Health::NotRunning(InstanceState::Exited)
+    );
+    let errors = h.machine.store().read().recent_errors(10).unwrap();
+    assert_eq!(
+        errors.iter().filter(|e| e.context == "disk-quota").count(),
+        1
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use berth_agent::machine::{instance_name, Machine, MachineSettings, PoolPlan};
+use berth_agent::machine::{Machine, MachineSettings, PoolPlan};
 use berth_agent::store::{LeaseState, PoolState, Store};
 use berth_provisioner::{Call, PortRange, RecordingProvisioner};
 use berth_schemas::message::ReasonCode;
@@ -38,7 +38,7 @@ async fn pooled(slots: u32, pool: u32) -> Pooled {
         provisioner.clone(),
         ledger.clone(),
         config,
-        HOST.to_owned(),
+        HOST.parse().unwrap(),
         host_key.clone(),
         MachineSettings {
             stall_secs: 60,
@@ -65,8 +65,7 @@ impl Pooled {
     }
 
     fn token(&self, slot: u32) -> String {
-        let store = self.machine.store();
-        store.read().slot(slot).unwrap().unwrap().token_id.unwrap()
+        token_of(&self.machine, slot)
     }
 
     async fn buy(&self, tx: u8, slot: u32) {
@@ -157,7 +156,7 @@ async fn a_purchase_with_an_empty_pool_creates_its_instance_with_recording_provi
     let lease = p.machine.store().read().leases(&[]).unwrap().remove(0);
     assert!(!lease.pooled);
     assert_eq!(lease.state, LeaseState::Active);
-    assert_eq!(lease.instance, instance_name(&hash(1)));
+    assert_eq!(lease.instance, instance_of(1));
     let created = p.creates();
     assert_eq!(created.len(), 1);
     assert!(!created[0].awaits_assignment);

@@ -5,10 +5,31 @@ use berth_agent::ledger::{LedgerAction, MemoHex};
 use berth_agent::store::{
     Cursor, LeaseState, NewLease, OutboxState, SlotState, Store, StoreError, SCHEMA_VERSION,
 };
+use berth_schemas::field::{AccountAddress, TxHash};
+use berth_schemas::key::PublicKey;
+
+/// A transaction hash standing for `label`.
+fn hash(label: &str) -> TxHash {
+    let mut bytes = [0u8; 32];
+    bytes[..label.len()].copy_from_slice(label.as_bytes());
+    TxHash(bytes)
+}
+
+/// An account standing for `label`.
+fn account(label: &str) -> AccountAddress {
+    let mut bytes = [0u8; 20];
+    bytes[..label.len()].copy_from_slice(label.as_bytes());
+    AccountAddress::from_account_id(bytes)
+}
+
+fn public_key(seed: u8) -> PublicKey {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    PublicKey::from_verifying_key(&key.verifying_key()).unwrap()
+}
 
 fn payment(to: &str) -> LedgerAction {
     LedgerAction::Payment {
-        destination: to.to_owned(),
+        destination: account(to),
         amount_drops: 1,
         memo: MemoHex {
             memo_type: "00".into(),
@@ -20,16 +41,16 @@ fn payment(to: &str) -> LedgerAction {
 
 fn lease(purchase: &str, slot: u32, ports: (u16, u16)) -> NewLease {
     NewLease {
-        purchase_tx: purchase.to_owned(),
+        purchase_tx: hash(purchase),
         slot,
-        token_id: format!("TOKEN{slot}"),
-        tenant: "rTenant".into(),
-        reply_key: "edkey".into(),
-        owner_key: "edowner".into(),
-        contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".into(),
+        token_id: format!("{slot:064X}").parse().unwrap(),
+        tenant: account("rTenant"),
+        reply_key: public_key(1),
+        owner_key: public_key(2),
+        contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".parse().unwrap(),
         instance: format!("l-{purchase}"),
         node_secret: "secret".into(),
-        node_key: "ednode".into(),
+        node_key: public_key(3),
         user_port: ports.0,
         peer_port: ports.1,
         moments: 1,
@@ -66,7 +87,7 @@ fn a_new_store_has_the_current_schema_and_reopens_with_its_rows() {
     assert_eq!(read.outbox(&[]).unwrap().len(), 2);
     let leases = read.leases(&[LeaseState::Provisioning]).unwrap();
     assert_eq!(leases.len(), 1);
-    assert_eq!(leases[0].purchase_tx, "AA");
+    assert_eq!(leases[0].purchase_tx, hash("AA"));
     assert_eq!(read.ports_in_use().unwrap().len(), 2);
     assert_eq!(read.cursor().unwrap().unwrap().ledger, 7);
     let version: u32 = rusqlite::Connection::open(&path)
@@ -100,7 +121,7 @@ fn a_failed_transaction_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("agent.db")).unwrap();
     let result: Result<(), StoreError> = store.transaction(|tx| {
-        tx.record_request("CD", "acquire", 5, "leased")?;
+        tx.record_request(&hash("CD"), "acquire", 5, "leased")?;
         tx.enqueue("answer:CD", &payment("rX"))?;
         // A second lease on the same ports violates the ports primary key.
         tx.record_lease(&lease("P1", 0, (26201, 22861)))?;
@@ -109,7 +130,7 @@ fn a_failed_transaction_leaves_nothing() {
     });
     assert!(result.is_err());
     let read = store.read();
-    assert!(!read.request_seen("CD").unwrap());
+    assert!(!read.request_seen(&hash("CD")).unwrap());
     assert!(read.outbox_row("answer:CD").unwrap().is_none());
     assert!(read.leases(&[]).unwrap().is_empty());
 }
@@ -120,8 +141,8 @@ fn requests_are_recorded_once_and_ended_leases_free_their_ports() {
     let mut store = Store::open(&dir.path().join("agent.db")).unwrap();
     store
         .transaction(|tx| {
-            assert!(tx.record_request("EF", "extend", 3, "extended")?);
-            assert!(!tx.record_request("EF", "extend", 3, "again")?);
+            assert!(tx.record_request(&hash("EF"), "extend", 3, "extended")?);
+            assert!(!tx.record_request(&hash("EF"), "extend", 3, "again")?);
             let id = tx.record_lease(&lease("P1", 0, (26201, 22861)))?;
             tx.set_lease_state(id, LeaseState::Ended)?;
             Ok(())
@@ -129,7 +150,7 @@ fn requests_are_recorded_once_and_ended_leases_free_their_ports() {
         .unwrap();
     let read = store.read();
     assert_eq!(
-        read.request("EF").unwrap(),
+        read.request(&hash("EF")).unwrap(),
         Some(("extend".into(), "extended".into()))
     );
     assert!(read.ports_in_use().unwrap().is_empty());
@@ -143,7 +164,7 @@ fn held_rows_wait_for_release_and_prepared_rows_keep_their_blob() {
         .transaction(|tx| {
             tx.enqueue_as("answer:H", &payment("rX"), OutboxState::Held)?;
             tx.enqueue("mint:0:0", &payment("rY"))?;
-            tx.outbox_prepared("mint:0:0", "HASH", "BLOB", 42)
+            tx.outbox_prepared("mint:0:0", &hash("HASH"), "BLOB", 42)
         })
         .unwrap();
     assert_eq!(

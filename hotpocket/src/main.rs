@@ -1,6 +1,8 @@
 //! `hotpocket`: the instance runtime binary. Parses arguments, starts tracing and calls the
 //! library.
 
+mod assignment;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -85,6 +87,10 @@ enum Command {
         /// At creation: join as an observer (this node's key is not added to the UNL).
         #[arg(long, env = "HP_OBSERVER")]
         observer: bool,
+        /// A pooled instance: wait (blocked, no CPU) until the host assigns it, then take the
+        /// identity it was handed (`assign.env` in the state directory).
+        #[arg(long)]
+        await_assignment: bool,
         /// Testing only: run this node's clock this many ms ahead (negative: behind).
         #[arg(
             long,
@@ -211,8 +217,21 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             peers,
             threshold,
             observer,
+            await_assignment,
             clock_skew_ms,
         } => {
+            let (contract_id, owner, node_secret) = if await_assignment {
+                assignment::wait(&state_dir)?;
+                let handed = assignment::read(&state_dir)?;
+                tracing::info!("assigned");
+                (
+                    handed.contract_id.or(contract_id),
+                    handed.owner.or(owner),
+                    handed.node_secret.or(node_secret),
+                )
+            } else {
+                (contract_id, owner, node_secret)
+            };
             let mut cfg = if state_dir.join(CONFIG_FILE).exists() {
                 NodeConfig::load(&state_dir)?
             } else {

@@ -440,6 +440,56 @@ impl DockerProvisioner {
             })
     }
 
+    /// Hands a pooled instance its identity through its state volume's directory on this
+    /// host, when this process may write there (root, the local volume driver): two small
+    /// files, written and synced in order, with no engine call but two inspections. The
+    /// engine's archive API runs an untar process per call, and a burst of them queues for
+    /// seconds. False when the directory is not writable here (then the caller uploads);
+    /// `NotFound` when the container is gone.
+    async fn assign_through_volume(&self, spec: &InstanceSpec) -> Result<bool, ProvisionError> {
+        match self
+            .docker
+            .inspect_container(&self.container_name(&spec.name), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => {
+                return Err(ProvisionError::NotFound {
+                    instance: spec.name.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(ProvisionError::engine(
+                    &spec.name,
+                    Operation::Assign,
+                    source,
+                ))
+            }
+        }
+        let Ok(volume) = self
+            .docker
+            .inspect_volume(&self.volume_name(&spec.name))
+            .await
+        else {
+            return Ok(false);
+        };
+        let dir = std::path::PathBuf::from(volume.mountpoint);
+        let env = spec.assignment_env();
+        let written =
+            tokio::task::spawn_blocking(move || write_assignment(&dir, env.as_bytes())).await;
+        match written {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(error)) => {
+                tracing::debug!(instance = spec.name, %error, "state volume not writable here: assigning through the engine");
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::debug!(instance = spec.name, %error, "assignment task failed: assigning through the engine");
+                Ok(false)
+            }
+        }
+    }
+
     /// One pass of the disk watchdog: measures every instance's state volume and stops the
     /// running ones over their quota.
     pub async fn enforce_disk_quota(&self) -> Result<Vec<DiskCheck>, ProvisionError> {
@@ -530,6 +580,13 @@ impl DockerProvisioner {
                 self.create_and_start(spec).await?;
                 Ok(ReconcileAction::Replaced { instance })
             }
+            InstanceState::Created | InstanceState::Exited if spec.held_stopped => {
+                Ok(ReconcileAction::Kept { instance })
+            }
+            InstanceState::Running | InstanceState::Restarting if spec.held_stopped => {
+                self.stop(&spec.name).await?;
+                Ok(ReconcileAction::Stopped { instance })
+            }
             InstanceState::Dead | InstanceState::Removing | InstanceState::Unknown => {
                 self.remove_container(&spec.name, Operation::Reconcile)
                     .await?;
@@ -578,6 +635,34 @@ impl DockerProvisioner {
             .filter_map(|volume| volume.labels.get(labels::INSTANCE).cloned())
             .collect())
     }
+}
+
+/// Writes [`crate::spec::ASSIGNMENT_ENV`] (through a temporary file and a rename), then
+/// [`crate::spec::ASSIGNED_MARKER`], each synced, mode 0644 (the engine's upload makes the
+/// same files, owned by root, readable by the instance's user).
+fn write_assignment(dir: &std::path::Path, env: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is not a directory here", dir.display()),
+        ));
+    }
+    let write = |path: &std::path::Path, bytes: &[u8]| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    };
+    let temporary = dir.join(format!(".{}.tmp", crate::spec::ASSIGNMENT_ENV));
+    write(&temporary, env)?;
+    std::fs::rename(&temporary, dir.join(crate::spec::ASSIGNMENT_ENV))?;
+    write(&dir.join(crate::spec::ASSIGNED_MARKER), b"assigned\n")
 }
 
 fn disk_usage(path: &std::path::Path) -> std::io::Result<u64> {
@@ -684,6 +769,10 @@ impl Provisioner for DockerProvisioner {
     async fn assign(&self, spec: &InstanceSpec) -> Result<(), ProvisionError> {
         validate_name(&spec.name)?;
         spec.validate_identity()?;
+        if self.assign_through_volume(spec).await? {
+            tracing::info!(instance = spec.name, "pooled instance assigned");
+            return Ok(());
+        }
         // One archive, extracted in order: the marker only after the identity is complete.
         // Docker extracts into the state volume (not the read-only root) as root, mode 0644,
         // so the instance's user can read it; the runtime keeps its own copy in hp.cfg.

@@ -346,13 +346,21 @@ impl Provisioner for RecordingProvisioner {
                     .map(|()| ReconcileAction::Recreated {
                         instance: instance.clone(),
                     }),
-                Some((old, _)) if old != *spec => {
+                Some((old, _)) if !same_but_held(&old, spec) => {
                     state.instances.remove(&spec.name);
                     self.create_in(&mut state, spec)
                         .map(|()| ReconcileAction::Replaced {
                             instance: instance.clone(),
                         })
                 }
+                Some((_, InstanceState::Running)) if spec.held_stopped => {
+                    Ok(ReconcileAction::Stopped {
+                        instance: instance.clone(),
+                    })
+                }
+                Some(_) if spec.held_stopped => Ok(ReconcileAction::Kept {
+                    instance: instance.clone(),
+                }),
                 Some((_, InstanceState::Running)) => Ok(ReconcileAction::Kept {
                     instance: instance.clone(),
                 }),
@@ -363,7 +371,11 @@ impl Provisioner for RecordingProvisioner {
             let action = match action {
                 Ok(action) => {
                     if let Some((_, current)) = state.instances.get_mut(&spec.name) {
-                        *current = InstanceState::Running;
+                        if matches!(action, ReconcileAction::Stopped { .. }) {
+                            *current = InstanceState::Exited;
+                        } else if !spec.held_stopped {
+                            *current = InstanceState::Running;
+                        }
                     }
                     action
                 }
@@ -417,6 +429,14 @@ impl Provisioner for RecordingProvisioner {
         }
         Ok(checks)
     }
+}
+
+/// Whether two specs differ at most in [`InstanceSpec::held_stopped`], which reconcile
+/// applies to the instance in place.
+fn same_but_held(old: &InstanceSpec, new: &InstanceSpec) -> bool {
+    let mut old = old.clone();
+    old.held_stopped = new.held_stopped;
+    old == *new
 }
 
 #[cfg(test)]

@@ -87,6 +87,9 @@ pub enum ReconcileAction {
     Kept { instance: String },
     /// Expected, existed but was not running: started.
     Started { instance: String },
+    /// Expected to be held stopped ([`crate::InstanceSpec::held_stopped`]) but running:
+    /// stopped.
+    Stopped { instance: String },
     /// Expected but missing: created (reusing its state volume if one was left) and started.
     Recreated { instance: String },
     /// Existed with another lease, ports or image: destroyed and created anew.

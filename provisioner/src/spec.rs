@@ -59,17 +59,15 @@ pub struct InstanceSpec {
     /// directory and then runs with the `HP_*` variables of [`ASSIGNMENT_ENV`] (written by
     /// [`crate::Provisioner::assign`]). `identity` is then only what `assign` will hand over.
     pub awaits_assignment: bool,
+    /// The instance is held stopped (its owner went over the disk quota): reconcile keeps it
+    /// as it is when stopped and stops it when it runs, instead of starting it.
+    pub held_stopped: bool,
 }
 
 /// File in the state directory that hands a pooled instance its `HP_*` identity.
 pub const ASSIGNMENT_ENV: &str = "assign.env";
 /// File in the state directory written after [`ASSIGNMENT_ENV`]: the instance may start.
 pub const ASSIGNED_MARKER: &str = "assigned";
-
-/// Quotes one word for `sh -c`.
-fn shell_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
 
 /// The instance image of the hotpocket runtime.
 pub const HOTPOCKET_IMAGE: &str = "berth-hotpocket:latest";
@@ -97,28 +95,22 @@ impl InstanceSpec {
             user: DEFAULT_USER.to_owned(),
             extra_env: Vec::new(),
             awaits_assignment: false,
+            held_stopped: false,
         }
     }
 
     /// This spec as a pooled instance (see [`InstanceSpec::awaits_assignment`]). The
-    /// hotpocket runtime reads its identity from the environment on first start, so its
-    /// command is wrapped in a busybox shell (the instance image has one) that waits for the
-    /// assignment and then `exec`s the runtime with it. Other commands (the tests' probe)
-    /// wait for the assignment themselves.
+    /// hotpocket runtime is run with `--await-assignment`: it blocks on an inotify watch of
+    /// its state directory (no CPU) until [`ASSIGNED_MARKER`] appears, then takes its identity
+    /// from [`ASSIGNMENT_ENV`]. Other commands (the tests' probe) wait for the assignment
+    /// themselves.
     pub fn awaiting_assignment(mut self) -> Self {
         if self.awaits_assignment {
             return self;
         }
         self.awaits_assignment = true;
         if self.command.first().map(String::as_str) == Some("/hotpocket") {
-            let dir = shell_quote(&self.state_dir);
-            let runtime: Vec<String> = self.command.iter().map(|w| shell_quote(w)).collect();
-            let script = format!(
-                "while [ ! -e {dir}/{ASSIGNED_MARKER} ]; do /bin/busybox sleep 0.1 2>/dev/null || /bin/busybox sleep 1; done; \
-                 set -a; . {dir}/{ASSIGNMENT_ENV}; set +a; exec {}",
-                runtime.join(" ")
-            );
-            self.command = vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script];
+            self.command.push("--await-assignment".into());
         }
         self
     }

@@ -681,3 +681,28 @@ async fn ensure_image_builds_a_missing_image_once() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_pooled_instance_waits_for_its_assignment_and_runs_with_that_identity() {
+    let Some(h) = Harness::new(config("assign", 20900, resources(2))).await else {
+        return;
+    };
+    let spec = h.specs("a", 1).await.remove(0).awaiting_assignment();
+    h.provisioner.create(&spec).await.unwrap();
+    h.provisioner.start(&spec.name).await.unwrap();
+    // Started without an owner: it does not listen yet.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!h.provisioner.user_port_answers(spec.ports.user).await);
+    h.provisioner.assign(&spec).await.unwrap();
+    assert!(h.wait_answering(spec.ports.user, 10).await);
+    assert_eq!(
+        greeting(spec.ports.user).await.trim(),
+        format!("berth-probe {}", spec.identity.contract_id)
+    );
+    // A container that is gone is named, so that its lease can make it again.
+    h.provisioner.destroy(&spec.name).await.unwrap();
+    assert!(matches!(
+        h.provisioner.assign(&spec).await,
+        Err(ProvisionError::NotFound { .. })
+    ));
+}

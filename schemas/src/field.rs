@@ -132,6 +132,11 @@ hash256!(
     NfTokenId,
     "NFToken id"
 );
+hash256!(
+    /// The ledger index of an NFToken offer (`NFTokenOffer` object): 64 hex digits.
+    OfferId,
+    "NFToken offer id"
+);
 
 /// A HotPocket contract id: a UUID, written `8-4-4-4-12` in lower-case hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

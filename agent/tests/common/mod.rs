@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use berth_agent::ledger::{Ledger, LedgerAction, LedgerError, LedgerEvent, PreparedTx, TxOutcome};
+use berth_agent::ledger::{
+    Ledger, LedgerAction, LedgerError, LedgerEvent, PreparedTx, TxOutcome, TxResult,
+};
 use berth_agent::machine::{Machine, MachineSettings};
 use berth_agent::store::Store;
 use berth_provisioner::{PortRange, RecordingProvisioner};
 use berth_schemas::config::HostConfig;
+use berth_schemas::field::{AccountAddress, NfTokenId, TxHash};
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::{Memo, Message};
 use berth_schemas::message::{Acquire, AcquireRequest, Sealed};
@@ -50,7 +53,7 @@ disk_mb = 40960
 pub struct FakeLedger {
     pub prepared: Mutex<Vec<LedgerAction>>,
     pub submitted: Mutex<Vec<String>>,
-    actions: Mutex<BTreeMap<String, LedgerAction>>,
+    actions: Mutex<BTreeMap<TxHash, LedgerAction>>,
     pub message_keys: Mutex<BTreeMap<String, PublicKey>>,
     pub results: Mutex<BTreeMap<&'static str, String>>,
     counter: Mutex<u64>,
@@ -87,7 +90,7 @@ impl FakeLedger {
                     amount_drops,
                     memo,
                 } => Some((
-                    destination.clone(),
+                    destination.to_string(),
                     *amount_drops,
                     Message::from_memo(&memo.to_memo().unwrap()).unwrap(),
                 )),
@@ -119,14 +122,11 @@ impl Ledger for FakeLedger {
     async fn prepare(&self, action: &LedgerAction) -> Result<PreparedTx, LedgerError> {
         let mut counter = self.counter.lock().unwrap();
         *counter += 1;
-        let hash = format!("{:064X}", *counter);
+        let hash: TxHash = format!("{:064X}", *counter).parse().unwrap();
         self.prepared.lock().unwrap().push(action.clone());
-        self.actions
-            .lock()
-            .unwrap()
-            .insert(hash.clone(), action.clone());
+        self.actions.lock().unwrap().insert(hash, action.clone());
         Ok(PreparedTx {
-            hash: hash.clone(),
+            hash,
             blob: format!("BLOB{hash}"),
             last_ledger: 100,
         })
@@ -141,16 +141,16 @@ impl Ledger for FakeLedger {
         let resigned;
         let tx = if resign {
             let action = self.actions.lock().unwrap().get(&tx.hash).cloned();
-            let new_hash = {
+            let new_hash: TxHash = {
                 let mut counter = self.counter.lock().unwrap();
                 *counter += 1;
-                format!("{:064X}", *counter)
+                format!("{:064X}", *counter).parse().unwrap()
             };
             if let Some(a) = action {
-                self.actions.lock().unwrap().insert(new_hash.clone(), a);
+                self.actions.lock().unwrap().insert(new_hash, a);
             }
             resigned = PreparedTx {
-                hash: new_hash.clone(),
+                hash: new_hash,
                 blob: format!("BLOB{new_hash}"),
                 last_ledger: tx.last_ledger,
             };
@@ -158,12 +158,12 @@ impl Ledger for FakeLedger {
             self.resigned
                 .lock()
                 .unwrap()
-                .push((tx.hash.clone(), new_hash));
+                .push((tx.hash.to_string(), new_hash.to_string()));
             &resigned
         } else {
             tx
         };
-        self.submitted.lock().unwrap().push(tx.hash.clone());
+        self.submitted.lock().unwrap().push(tx.hash.to_string());
         let action = self
             .actions
             .lock()
@@ -178,30 +178,57 @@ impl Ledger for FakeLedger {
             .get(kind(&action))
             .cloned()
             .unwrap_or_else(|| "tesSUCCESS".into());
+        let hash = tx.hash.to_string();
         let (nftoken_id, offer_id) = match &action {
             LedgerAction::Mint { .. } => (
-                Some(format!("{:0>64}", tx.hash[48..].to_owned() + "AA")),
+                Some(
+                    format!("{:0>64}", hash[48..].to_owned() + "AA")
+                        .parse()
+                        .unwrap(),
+                ),
                 None,
             ),
             LedgerAction::Offer { .. } => (
                 None,
-                Some(format!("{:0>64}", tx.hash[48..].to_owned() + "BB")),
+                Some(
+                    format!("{:0>64}", hash[48..].to_owned() + "BB")
+                        .parse()
+                        .unwrap(),
+                ),
             ),
             _ => (None, None),
         };
         Ok(TxOutcome::Validated {
-            result,
+            result: TxResult::from_token(&result),
             nftoken_id,
             offer_id,
         })
     }
 
-    async fn message_key(&self, account: &str) -> Result<Option<PublicKey>, LedgerError> {
-        Ok(self.message_keys.lock().unwrap().get(account).copied())
+    async fn message_key(
+        &self,
+        account: &AccountAddress,
+    ) -> Result<Option<PublicKey>, LedgerError> {
+        Ok(self
+            .message_keys
+            .lock()
+            .unwrap()
+            .get(&account.to_string())
+            .copied())
     }
 
-    async fn holds(&self, account: &str, token: &str, _ledger: u32) -> Result<bool, LedgerError> {
-        Ok(self.holders.lock().unwrap().get(token).map(String::as_str) == Some(account))
+    async fn holds(
+        &self,
+        account: &AccountAddress,
+        token: &NfTokenId,
+        _ledger: u32,
+    ) -> Result<bool, LedgerError> {
+        Ok(self
+            .holders
+            .lock()
+            .unwrap()
+            .get(&token.to_string())
+            .is_some_and(|holder| *holder == account.to_string()))
     }
 }
 
@@ -262,7 +289,7 @@ impl Harness {
             provisioner.clone(),
             ledger.clone(),
             config(slots.max(1)),
-            HOST.to_owned(),
+            HOST.parse().unwrap(),
             host_key.clone(),
             MachineSettings {
                 stall_secs: 60,
@@ -288,14 +315,7 @@ impl Harness {
     }
 
     pub fn token(&self, slot: u32) -> String {
-        self.machine
-            .store()
-            .read()
-            .slot(slot)
-            .unwrap()
-            .unwrap()
-            .token_id
-            .unwrap()
+        token_of(&self.machine, slot)
     }
 
     /// Handles an event and runs its jobs, as `run` does.
@@ -304,7 +324,8 @@ impl Harness {
             buyer, token_id, ..
         } = &event
         {
-            self.ledger.transfer(token_id, buyer);
+            self.ledger
+                .transfer(&token_id.to_string(), &buyer.to_string());
         }
         for job in self.machine.handle(&event).await.unwrap() {
             self.machine.run_job(job).await.unwrap();
@@ -330,8 +351,26 @@ pub fn acquire_memo_to(host: &PublicKey, tenant: &SigningKey) -> Memo {
     }
 }
 
+/// The current token of `slot`, as text.
+pub fn token_of(machine: &Machine, slot: u32) -> String {
+    machine
+        .store()
+        .read()
+        .slot(slot)
+        .unwrap()
+        .unwrap()
+        .token_id
+        .unwrap()
+        .to_string()
+}
+
 pub fn hash(n: u8) -> String {
     format!("{:02X}", n).repeat(32)
+}
+
+/// The instance name of purchase `n` ([`hash`]).
+pub fn instance_of(n: u8) -> String {
+    berth_agent::machine::instance_name(&hash(n).parse().unwrap())
 }
 
 pub fn purchase(
@@ -343,11 +382,11 @@ pub fn purchase(
     close_time: u64,
 ) -> LedgerEvent {
     LedgerEvent::Purchase {
-        tx_hash: hash(tx),
+        tx_hash: hash(tx).parse().unwrap(),
         ledger: 10,
         close_time,
-        buyer: buyer.to_owned(),
-        token_id: token.to_owned(),
+        buyer: buyer.parse().unwrap(),
+        token_id: token.parse().unwrap(),
         amount_drops: amount,
         memos,
     }
@@ -355,10 +394,10 @@ pub fn purchase(
 
 pub fn payment(tx: u8, from: &str, amount: u64, message: Option<Message>) -> LedgerEvent {
     LedgerEvent::Payment {
-        tx_hash: hash(tx),
+        tx_hash: hash(tx).parse().unwrap(),
         ledger: 11,
         close_time: 2000,
-        from: from.to_owned(),
+        from: from.parse().unwrap(),
         amount_drops: Some(amount),
         memos: message
             .map(|m| vec![m.to_memo().unwrap()])

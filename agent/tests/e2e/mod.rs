@@ -76,6 +76,8 @@ pub struct Options {
     pub pool: u32,
     /// `agent.metrics`: the Prometheus endpoint's address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `resources.disk_mb`, shared by the slots (default 64 MB per slot).
+    pub disk_mb: Option<u32>,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             grace_secs: 5,
             pool: 0,
             metrics: None,
+            disk_mb: None,
             binary: false,
             close_interval: Duration::from_millis(300),
             hotpocket: false,
@@ -198,7 +201,7 @@ grace_secs = {grace}
 [resources]
 cpu_millicores = {cpu}
 memory_mb = {memory}
-disk_mb = {memory}
+disk_mb = {disk}
 [ports]
 user = "{u0}-{u1}"
 peer = "{p0}-{p1}"
@@ -220,6 +223,7 @@ pool = {pool}
             grace = options.grace_secs,
             cpu = 500 * slots,
             memory = 64 * slots,
+            disk = options.disk_mb.unwrap_or(64 * slots),
             u0 = base_port,
             u1 = base_port + slots as u16 + 19,
             p0 = base_port + 5000,
@@ -312,7 +316,7 @@ pool = {pool}
                     (s.state, s.token_id, s.offer_id)
                 {
                     if s.generation >= generation {
-                        return (token, offer);
+                        return (token.to_string(), offer.to_string());
                     }
                 }
             }
