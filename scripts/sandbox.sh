@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole Berth marketplace on this machine, in one command: checks Docker, installs
 # busybox-static when missing (scripts/busybox.sh), builds the instance image and the example
-# bundles when missing (hotpocket/image/build.sh), builds `berth` and `berth-sandbox` (dev
-# profile with optimised dependencies, shared with scripts/test.sh's build) and runs
-# `berth sandbox` until Ctrl-C.
+# bundles when missing (hotpocket/image/build.sh), and runs `berth sandbox` until Ctrl-C.
+# One cargo invocation builds everything it runs, in the `sandbox` profile (Cargo.toml: light
+# optimisation, no debug info), statically like the image's runtime so that the dependencies
+# common to the runtime and `berth-sandbox` compile once: `hotpocket` and the example
+# contracts for the image, `berth` and `berth-sandbox`.
 # Usage: scripts/sandbox.sh [berth sandbox flags]   e.g. scripts/sandbox.sh --keep --slots 2
 #        scripts/sandbox.sh --demo                    (the guided tenant flow)
 set -euo pipefail
@@ -23,17 +25,24 @@ EOF
     exit 1
 fi
 
+TRIPLE=x86_64-unknown-linux-gnu
+TARGET_DIR="${CARGO_TARGET_DIR:-target}/hotpocket-static"
+OUT="$TARGET_DIR/$TRIPLE/sandbox"
+echo "==> cargo build --profile sandbox: hotpocket, the example contracts, berth, berth-sandbox ($OUT)"
+# The flags of hotpocket/image/build.sh's static build (its STATIC_RUSTFLAGS).
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build --profile sandbox \
+    --target "$TRIPLE" --target-dir "$TARGET_DIR" \
+    -p berth-hotpocket --bin hotpocket --example echo-contract --example counter-contract \
+    -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox
+BERTH="$OUT/berth"
+
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || [ ! -f "$BUNDLE" ]; then
     # shellcheck source=scripts/busybox.sh
     . scripts/busybox.sh
     ensure_busybox
-    echo "==> building the instance image $IMAGE and the example bundles (the first build takes minutes)"
-    hotpocket/image/build.sh
+    echo "==> building the instance image $IMAGE and the example bundles"
+    hotpocket/image/build.sh --prebuilt "$OUT"
 fi
-
-echo "==> cargo build -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox"
-cargo build -p berth-tenant --bin berth -p berth-sandbox --bin berth-sandbox
-BERTH="${CARGO_TARGET_DIR:-target}/debug/berth"
 
 # `--demo` (the guided tenant flow: acquire, deploy, input, extend, terminate) deploys a bundle
 # given with `--bundle`; both are flags of `berth sandbox`. With --demo and no --bundle, the

@@ -9,14 +9,11 @@
 //! `cargo bench -p berth-agent --bench agent [-- latency|burst|rss]` (all by default).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/e2e/mod.rs"]
-mod e2e;
-
 use std::time::{Duration, Instant};
 
+use berth_agent::test_support::*;
 use berth_mb_xrpl::events::{decode, MarketEvent};
 use berth_mb_xrpl::history::account_history;
-use e2e::*;
 
 /// Polls the tenant's history until the host's answer to `request` is validated.
 async fn answered(w: &World, tenant: &str, request: &str) -> Instant {
@@ -157,7 +154,7 @@ async fn burst() {
 async fn rss() {
     let n = 10;
     let options = Options {
-        binary: true,
+        binary: Some(env!("CARGO_BIN_EXE_berth-agent").into()),
         ..Options::default()
     };
     let Some(mut w) = World::start_with("bench-rss", n, 28400, options).await else {

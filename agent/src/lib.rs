@@ -7,6 +7,8 @@
 //! - [`metrics`]: Prometheus metrics and their loopback endpoint.
 //! - [`run`]: the supervisor: the agent's named tasks under one cancellation token.
 //! - [`setup`]: `init`, the config file and the host key; [`status`]: `status` and `leases`.
+//! - `test_support` (with the `failpoints` feature only): the end-to-end harness of the
+//!   agent's tests and benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod failpoint;
@@ -18,6 +20,8 @@ pub mod run;
 pub mod setup;
 pub mod status;
 pub mod store;
+#[cfg(feature = "failpoints")]
+pub mod test_support;
 pub mod xrpl;
 
 /// The agent's database file: `<data_dir>/agent.db`.

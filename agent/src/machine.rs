@@ -206,20 +206,14 @@ impl Machine {
 
     /// Records an error for `status`.
     pub fn record_error(&self, context: &str, error: &dyn std::error::Error) {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(inner) = source {
-            message.push_str(": ");
-            message.push_str(&inner.to_string());
-            source = inner.source();
-        }
+        let message = berth_log::chain(error);
         warn!(context, error = %message, "agent error");
         self.metrics.error(context);
         if let Err(e) = self
             .store()
             .transaction(|tx| tx.record_error(context, &message))
         {
-            warn!(error = %e, "cannot record an error in the store");
+            warn!(error = %berth_log::chain(&e), "cannot record an error in the store");
         }
     }
 

@@ -1,4 +1,5 @@
 //! `berth-agent`: the host daemon and the host's CLI. Thin over the `berth_agent` library.
+//! Exit codes: 0 ok, 1 failure, 2 usage.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ struct Cli {
         default_value = "/etc/berth/berth-agent.toml"
     )]
     config: PathBuf,
+    /// Print data as JSON on stdout (one document; `run` prints none).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,16 +37,9 @@ enum Command {
     /// Run the agent: register, offer leases, serve purchases until stopped.
     Run,
     /// Show the host's state (works while `run` runs).
-    Status {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// List leases.
     Leases {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
         /// Include ended leases.
         #[arg(long)]
         all: bool,
@@ -132,7 +129,7 @@ fn database(config: &HostConfig) -> PathBuf {
     berth_agent::database_path(config)
 }
 
-fn init(config_path: &Path, args: &InitArgs) -> Result<()> {
+fn init(config_path: &Path, args: &InitArgs, json: bool) -> Result<()> {
     let config = init_config(args).context("invalid init options")?;
     let seed = args
         .seed_file
@@ -144,6 +141,14 @@ fn init(config_path: &Path, args: &InitArgs) -> Result<()> {
         .transpose()?;
     let report = setup::init(config_path, &config, seed.as_deref())
         .context("cannot initialize the agent")?;
+    if json {
+        return print_json(&serde_json::json!({
+            "config": report.config_path.display().to_string(),
+            "key_file": report.key_path.display().to_string(),
+            "address": report.address,
+            "message_key": report.message_key,
+        }));
+    }
     println!("config       {}", report.config_path.display());
     println!("host key     {} (mode 0600)", report.key_path.display());
     println!("host address {}", report.address);
@@ -167,27 +172,28 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 fn run_command(cli: Cli) -> Result<()> {
+    let json = cli.json;
     match &cli.command {
-        Command::Init(args) => init(&cli.config, args),
+        Command::Init(args) => init(&cli.config, args, json),
         Command::Run => {
             let config = load_config(&cli.config).context("cannot load the config")?;
             let keys = setup::load_keys(&config.key_file()).context("cannot load the host key")?;
             run(config, keys)
         }
-        Command::Status { json } => {
+        Command::Status => {
             let (_, store) = open_read_only(&cli.config)?;
             let report = status::report(&store.read()).context("cannot read the status")?;
-            if *json {
+            if json {
                 print_json(&report)
             } else {
                 print!("{}", status::render(&report));
                 Ok(())
             }
         }
-        Command::Leases { json, all } => {
+        Command::Leases { all } => {
             let (_, store) = open_read_only(&cli.config)?;
             let leases = status::leases(&store.read(), *all).context("cannot read leases")?;
-            if *json {
+            if json {
                 print_json(&leases)
             } else {
                 print!("{}", status::render_leases(&leases));
@@ -203,11 +209,19 @@ fn run_command(cli: Cli) -> Result<()> {
                         berth_agent::machine::undrain(tx, config.lease.price_drops.get())
                     })
                     .context("cannot undo drain")?;
+                if json {
+                    return print_json(&serde_json::json!({"draining": false, "slots_offered": n}));
+                }
                 println!("draining off: {n} slots offered again");
             } else {
                 let n = store
                     .transaction(berth_agent::machine::drain)
                     .context("cannot drain")?;
+                if json {
+                    return print_json(
+                        &serde_json::json!({"draining": true, "offers_cancelled": n}),
+                    );
+                }
                 println!("draining: {n} offers being cancelled; current leases are served");
             }
             Ok(())

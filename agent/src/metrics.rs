@@ -291,7 +291,7 @@ pub async fn serve(
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
         };
         if let Err(e) = stream.write_all(response.as_bytes()).await {
-            debug!(error = %e, "metrics scrape dropped");
+            debug!(error = %berth_log::chain(&e), "metrics scrape dropped");
         }
         let _ = stream.shutdown().await;
     }

@@ -108,7 +108,7 @@ pub struct SystemdNotifier;
 impl Notifier for SystemdNotifier {
     fn notify(&self, state: &[sd_notify::NotifyState<'_>]) {
         if let Err(e) = sd_notify::notify(false, state) {
-            debug!(error = %e, "sd_notify failed");
+            debug!(error = %berth_log::chain(&e), "sd_notify failed");
         }
     }
 

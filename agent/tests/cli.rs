@@ -4,6 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
+use berth_test_support::{fails, ok, usage_error};
+
 fn agent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth-agent"))
         .args(args)
@@ -115,5 +117,59 @@ fn every_command_has_help() {
         let out = agent(&command);
         assert!(out.status.success(), "{command:?}");
         assert!(text(&out.stdout).contains("Usage"), "{command:?}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    for args in [
+        vec!["frobnicate"],
+        vec!["status", "--no-such-flag"],
+        vec!["init", "--registry", "r"],
+    ] {
+        let err = usage_error(agent(&args));
+        assert!(err.contains("Usage"), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth-agent.toml");
+    std::fs::write(&config, "[ledger\nnot toml").unwrap();
+    let config_s = config.display().to_string();
+    for command in ["run", "status", "leases", "drain"] {
+        let out = agent(&["--json", "--config", &config_s, command]);
+        assert!(out.stdout.is_empty(), "{command}: errors go to stderr");
+        let err = fails(out);
+        assert!(err.contains("berth-agent.toml"), "{command}: {err}");
+    }
+    // A bad value is a failure too, named by its key.
+    let data = dir.path().join("data").display().to_string();
+    let other = dir.path().join("other.toml").display().to_string();
+    let mut args = init_args(&other, &data);
+    args[10] = "Germany";
+    assert!(fails(agent(&args)).contains("host.country"));
+}
+
+#[test]
+fn json_is_global_and_prints_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berth-agent.toml");
+    let data = dir.path().join("data");
+    let (config_s, data_s) = (config.display().to_string(), data.display().to_string());
+    let mut args = vec!["--json"];
+    args.extend(init_args(&config_s, &data_s));
+    let init: serde_json::Value = serde_json::from_str(&ok(agent(&args))).unwrap();
+    assert_eq!(init["config"], config_s.as_str());
+    let key_file = data.join("host.key").display().to_string();
+    assert_eq!(init["key_file"], key_file.as_str());
+    let address = init["address"].as_str().unwrap();
+    assert!(address.starts_with('r'), "{init}");
+    let message_key = init["message_key"].as_str().unwrap();
+    assert!(message_key.starts_with("ED"), "{init}");
+    // Before or after the subcommand.
+    for args in [
+        vec!["--config", &config_s, "drain", "--json"],
+        vec!["--json", "--config", &config_s, "drain", "--undo"],
+    ] {
+        let drain: serde_json::Value = serde_json::from_str(&ok(agent(&args))).unwrap();
+        assert_eq!(drain["draining"], !args.contains(&"--undo"), "{drain}");
     }
 }

@@ -5,13 +5,11 @@
 //! process), localnet and the real Docker engine; the watchdog reads Docker's volume
 //! directory, which needs root. With BERTH_REQUIRE_DOCKER=1 an unreachable engine fails.
 
-mod e2e;
-
 use std::time::{Duration, Instant};
 
 use berth_agent::store::{Lease, LeaseState};
+use berth_agent::test_support::*;
 use berth_provisioner::{Health, InstanceState, ProvisionError, Provisioner};
-use e2e::*;
 
 /// The lease of a purchase, once recorded.
 fn lease_of(w: &World, purchase: &str) -> Lease {

@@ -4,16 +4,14 @@
 //! no instance is created twice or left behind. Localnet in process, real Docker (an image
 //! shaped like hotpocket's whose `/hotpocket` is the provisioner's probe).
 
-mod e2e;
-
 use std::time::Duration;
 
 use berth_agent::store::LeaseState;
+use berth_agent::test_support::*;
 use berth_provisioner::Provisioner;
 use berth_schemas::field::NfTokenId;
 use berth_schemas::memo::Message;
 use berth_schemas::message::Extend;
-use e2e::*;
 use serde_json::json;
 
 async fn instances_of(w: &World, token: &str) -> usize {
@@ -29,7 +27,7 @@ async fn instances_of(w: &World, token: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acquire_and_extend_survive_sigkill_at_each_step() {
     let options = Options {
-        binary: true,
+        binary: Some(env!("CARGO_BIN_EXE_berth-agent").into()),
         ..Options::default()
     };
     let Some(mut w) = World::start_with("kill-acq", 3, 27300, options).await else {
@@ -114,7 +112,7 @@ async fn acquire_and_extend_survive_sigkill_at_each_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_survives_sigkill_at_each_step() {
     let options = Options {
-        binary: true,
+        binary: Some(env!("CARGO_BIN_EXE_berth-agent").into()),
         // Long enough that the purchase is answered (and the first run stopped) well before
         // the lease ends, also on a loaded machine. Ledger time runs ahead of the wall clock
         // here: each 300 ms close advances the close time by at least one second.

@@ -3,14 +3,12 @@
 //! (the provisioner's probe image standing in for hotpocket); the tenant's side is driven with
 //! berth-mb-xrpl directly. With BERTH_REQUIRE_DOCKER=1 an unreachable engine fails the tests.
 
-mod e2e;
-
+use berth_agent::test_support::*;
 use berth_provisioner::{ProvisionError, Provisioner};
 use berth_schemas::field::NfTokenId;
 use berth_schemas::key::PublicKey;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Acquire, AcquireRequest, Extend, ReasonCode, Sealed, Terminate};
-use e2e::*;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;

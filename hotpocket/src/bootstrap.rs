@@ -236,7 +236,7 @@ pub fn commit_bundle(
 /// Drops a prepared bundle; the live state stays as it is.
 pub fn abort_bundle(fs: &ContractFs) {
     if let Err(e) = remove_tree(&fs.next()) {
-        tracing::warn!(error = %e, "removing the next state directory failed");
+        tracing::warn!(error = %berth_log::chain(&e), "removing the next state directory failed");
     }
 }
 

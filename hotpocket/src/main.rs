@@ -1,5 +1,6 @@
 //! `hotpocket`: the instance runtime binary. Parses arguments, starts tracing and calls the
-//! library.
+//! library. Exit codes: 0 ok, 1 failure, 2 usage (what clap rejects); 127 when
+//! `exec-contract` cannot start the contract.
 
 mod assignment;
 
@@ -20,6 +21,9 @@ use clap::{Parser, Subcommand};
     about = "HotPocket-compatible instance runtime"
 )]
 struct Cli {
+    /// Print data as JSON on stdout (one document; `run`: one line once the ports listen).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -160,16 +164,25 @@ fn main() -> ExitCode {
         return ExitCode::from(127);
     }
     berth_log::init("info", berth_log::Format::from_env());
-    match real_main(cli.command) {
+    match real_main(cli.command, cli.json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hotpocket: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }
 
-fn real_main(command: Command) -> anyhow::Result<()> {
+/// Prints one JSON document on stdout.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).context("writing JSON")?
+    );
+    Ok(())
+}
+
+fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
     match command {
         Command::New {
             dir,
@@ -201,6 +214,12 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 observer,
             })?;
             cfg.save(&dir)?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "public_key": cfg.node.public_key,
+                    "dir": dir.display().to_string(),
+                }));
+            }
             println!("created node {} in {}", cfg.node.public_key, dir.display());
             Ok(())
         }
@@ -274,8 +293,17 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     opts.clock = std::sync::Arc::new(SkewedClock { skew_ms });
                 }
                 let running = node::start(cfg, opts).await?;
-                println!("hotpocket user port listening on {}", running.user_addr);
-                println!("hotpocket peer port listening on {}", running.peer_addr);
+                if json {
+                    // One line, so that a supervisor reading stdout gets it whole.
+                    let ready = serde_json::json!({
+                        "user_addr": running.user_addr.to_string(),
+                        "peer_addr": running.peer_addr.to_string(),
+                    });
+                    println!("{ready}");
+                } else {
+                    println!("hotpocket user port listening on {}", running.user_addr);
+                    println!("hotpocket peer port listening on {}", running.peer_addr);
+                }
                 tracing::info!(version = env!("CARGO_PKG_VERSION"), "hotpocket running");
                 running.run_until(shutdown).await?;
                 anyhow::Ok(())
@@ -313,6 +341,11 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
             std::fs::write(&out, &zip).with_context(|| format!("writing {}", out.display()))?;
+            if json {
+                return print_json(
+                    &serde_json::json!({ "path": out.display().to_string(), "bytes": zip.len() }),
+                );
+            }
             println!("wrote {} ({} bytes)", out.display(), zip.len());
             Ok(())
         }
@@ -329,6 +362,9 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                 },
             };
             let dir = berth_hotpocket::image::prepare_context_from(&dir, &sources)?;
+            if json {
+                return print_json(&serde_json::json!({ "dir": dir.display().to_string() }));
+            }
             println!("image context in {}", dir.display());
             Ok(())
         }

@@ -34,7 +34,7 @@ enum SessionError {
     Timeout,
     #[error("tls: {0}")]
     Tls(std::io::Error),
-    #[error("websocket: {0}")]
+    #[error("websocket")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("challenge response refused: {0}")]
     Challenge(&'static str),
@@ -60,7 +60,7 @@ pub async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a user connection failed");
+                tracing::warn!(error = %berth_log::chain(&e), "accepting a user connection failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -75,7 +75,7 @@ pub async fn accept_loop(
         );
         tracker.spawn(async move {
             if let Err(e) = session(stream, acceptor, shared, round_tx, cancel, inner).await {
-                tracing::debug!(%peer, error = %e, "user session ended");
+                tracing::debug!(%peer, error = %berth_log::chain(&e), "user session ended");
             }
         });
     }
@@ -383,6 +383,6 @@ async fn read_request(
                 });
             }
         }
-        Err(e) => tracing::warn!(error = %e, "read-only run failed"),
+        Err(e) => tracing::warn!(error = %berth_log::chain(&e), "read-only run failed"),
     }
 }

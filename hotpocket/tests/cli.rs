@@ -1,5 +1,5 @@
 //! The provisioner's interface: config from HP_* variables on first start, overrides later,
-//! and bad settings named in the error.
+//! and bad settings named in the error; exit codes (1 failure, 2 usage) and `--json`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use berth_hotpocket_client::protocol::pubkey_hex;
+use berth_test_support::{fails, ok, usage_error};
 use common::*;
 
 fn run_with_env(dir: &std::path::Path, env: &[(&str, String)]) -> Node {
@@ -86,21 +87,117 @@ async fn env_vars_create_the_config_once_and_overrides_apply_later() {
 #[test]
 fn bad_settings_are_named_and_exit_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(hotpocket_bin())
-        .args(["run", "--state-dir"])
-        .arg(dir.path())
+    let run = || {
+        let mut cmd = Command::new(hotpocket_bin());
+        cmd.args(["run", "--state-dir"]).arg(dir.path());
+        cmd
+    };
+    let out = run()
         .env("HP_CONTRACT_ID", CONTRACT_ID)
         .env("HP_OWNER_PUBKEY", "ed1234")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bootstrap.owner_pubkey"), "{stderr}");
+    let err = fails(out);
+    assert!(err.contains("bootstrap.owner_pubkey"), "{err}");
+    assert!(fails(run().output().unwrap()).contains("HP_CONTRACT_ID"));
+    // A config file that cannot be read as one.
+    std::fs::write(dir.path().join("hp.cfg"), "not json").unwrap();
+    let err = fails(run().output().unwrap());
+    assert!(err.contains("hp.cfg"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_failures_exit_1() {
+    // Usage: what clap rejects (an unknown flag or command, a value out of range).
+    let threshold_0 = [
+        "new",
+        "/tmp/x",
+        "--owner",
+        "ed",
+        "--contract-id",
+        "c",
+        "--threshold",
+        "0",
+    ];
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &threshold_0[..],
+        &["frobnicate"][..],
+    ] {
+        let err = usage_error(Command::new(hotpocket_bin()).args(args).output().unwrap());
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+    // Failure: a missing contract executable.
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(hotpocket_bin())
-        .args(["run", "--state-dir"])
-        .arg(dir.path())
+        .args(["--json", "bundle", "--bin"])
+        .arg(dir.path().join("missing"))
+        .arg("--out")
+        .arg(dir.path().join("b.zip"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HP_CONTRACT_ID"));
+    assert!(
+        out.stdout.is_empty(),
+        "errors go to stderr, also with --json"
+    );
+    assert!(fails(out).contains("missing"));
+}
+
+#[test]
+fn json_prints_one_document_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("node");
+    let owner = pubkey_hex(&key(1).verifying_key());
+    // --json is global: before or after the subcommand.
+    let out = Command::new(hotpocket_bin())
+        .arg("new")
+        .arg(&node_dir)
+        .args(["--owner", &owner, "--contract-id", CONTRACT_ID, "--json"])
+        .args(["--node-secret", &"07".repeat(32)])
+        .output()
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(
+        created["public_key"],
+        pubkey_hex(&key(7).verifying_key()).as_str()
+    );
+    assert_eq!(created["dir"], node_dir.display().to_string().as_str());
+
+    let contract = dir.path().join("contract");
+    std::fs::write(&contract, "#!/bin/sh\n").unwrap();
+    let zip = dir.path().join("b.zip");
+    let out = Command::new(hotpocket_bin())
+        .args(["--json", "bundle", "--bin"])
+        .arg(&contract)
+        .arg("--out")
+        .arg(&zip)
+        .output()
+        .unwrap();
+    let wrote: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(wrote["path"], zip.display().to_string().as_str());
+    assert_eq!(
+        wrote["bytes"].as_u64(),
+        Some(std::fs::metadata(&zip).unwrap().len())
+    );
+
+    // `run --json`: one line naming both ports once they listen.
+    let mut child = Command::new(hotpocket_bin())
+        .args(["--json", "run", "--listen", "127.0.0.1", "--user-port", "0"])
+        .args(["--peer-port", "0", "--state-dir"])
+        .arg(&node_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for port in ["user_addr", "peer_addr"] {
+        let addr: std::net::SocketAddr = ready[port].as_str().unwrap().parse().unwrap();
+        assert_ne!(addr.port(), 0, "{line}");
+    }
 }

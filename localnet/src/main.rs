@@ -1,4 +1,5 @@
-//! `berth-localnet`: an XRP-Ledger-compatible ledger server for one machine.
+//! `berth-localnet`: an XRP-Ledger-compatible ledger server for one machine. Exit codes: 0 ok,
+//! 1 failure, 2 usage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,10 @@ use clap::{Parser, Subcommand};
     about = "An XRP-Ledger-compatible ledger server in standalone mode"
 )]
 struct Cli {
+    /// Print data as JSON on stdout: `fund`'s answer as one document; when serving, one line
+    /// once the server listens.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -56,9 +61,6 @@ enum Command {
         /// URL of the localnet (its WebSocket, ws://; an http:// URL names the same server).
         #[arg(long, default_value = "ws://127.0.0.1:6006/")]
         url: String,
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -70,7 +72,7 @@ fn init_tracing(format: LogFormat) {
     berth_log::init("info", format);
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, json: bool) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let cfg = Config {
         listen: args.listen,
@@ -80,17 +82,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let net = Localnet::start(cfg).await.context("starting localnet")?;
     let last = net.node().last_closed();
-    println!("berth-localnet {} serving", env!("CARGO_PKG_VERSION"));
-    println!("  websocket: {}", net.url());
-    println!("  json-rpc:  {}", net.http_url());
-    println!("  genesis:   {GENESIS_ADDRESS} (seed {GENESIS_SEED})");
-    println!(
-        "  ledger:    {} closed, closes every {} ms",
-        last.seq, args.close_interval
-    );
-    match &args.data_dir {
-        Some(d) => println!("  data dir:  {}", d.display()),
-        None => println!("  data dir:  none (state in memory)"),
+    if json {
+        let ready = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "websocket": net.url(),
+            "json_rpc": net.http_url(),
+            "genesis": {"address": GENESIS_ADDRESS, "seed": GENESIS_SEED},
+            "ledger": last.seq,
+            "close_interval_ms": args.close_interval,
+            "data_dir": args.data_dir.as_ref().map(|d| d.display().to_string()),
+        });
+        println!("{ready}");
+    } else {
+        print_ready(&net, last.seq, &args);
     }
     tokio::signal::ctrl_c()
         .await
@@ -98,6 +102,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     net.shutdown().await;
     Ok(())
+}
+
+fn print_ready(net: &Localnet, last: u32, args: &ServeArgs) {
+    println!("berth-localnet {} serving", env!("CARGO_PKG_VERSION"));
+    println!("  websocket: {}", net.url());
+    println!("  json-rpc:  {}", net.http_url());
+    println!("  genesis:   {GENESIS_ADDRESS} (seed {GENESIS_SEED})");
+    println!(
+        "  ledger:    {last} closed, closes every {} ms",
+        args.close_interval
+    );
+    match &args.data_dir {
+        Some(d) => println!("  data dir:  {}", d.display()),
+        None => println!("  data dir:  none (state in memory)"),
+    }
 }
 
 async fn fund(address: String, xrp: u64, url: String, json: bool) -> anyhow::Result<()> {
@@ -164,13 +183,8 @@ async fn ws_request(url: &str, request: &serde_json::Value) -> anyhow::Result<se
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Fund {
-            address,
-            xrp,
-            url,
-            json,
-        }) => fund(address, xrp, url, json).await,
+        None => serve(cli.serve, cli.json).await,
+        Some(Command::Fund { address, xrp, url }) => fund(address, xrp, url, cli.json).await,
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,7 +118,7 @@ impl Localnet {
             )
             .with_graceful_shutdown(async move { c.cancelled().await });
             if let Err(e) = serve.await {
-                warn!(error = %e, "localnet server stopped");
+                warn!(error = %berth_log::chain(&e), "localnet server stopped");
             }
         });
         if !cfg.close_interval.is_zero() {
@@ -136,8 +136,8 @@ impl Localnet {
                             let n = n.clone();
                             match tokio::task::spawn_blocking(move || n.close()).await {
                                 Ok(Ok(h)) => debug!(ledger = h.seq, txs = h.tx_count, "ledger closed"),
-                                Ok(Err(e)) => warn!(error = %e, "ledger close failed"),
-                                Err(e) => warn!(error = %e, "ledger close task failed"),
+                                Ok(Err(e)) => warn!(error = %berth_log::chain(&e), "ledger close failed"),
+                                Err(e) => warn!(error = %berth_log::chain(&e), "ledger close task failed"),
                             }
                         }
                     }
@@ -315,7 +315,7 @@ async fn connection(socket: WebSocket, peer: SocketAddr, st: AppState) {
             Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
-                debug!(%peer, error = %e, "websocket read failed");
+                debug!(%peer, error = %berth_log::chain(&e), "websocket read failed");
                 break;
             }
         };

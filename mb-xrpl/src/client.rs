@@ -597,7 +597,7 @@ impl Connection {
                 Wake::Stop => break,
                 Wake::Done(Ok(Ok((socket, _)))) => socket,
                 Wake::Done(Ok(Err(e))) => {
-                    warn!(%url, error = %e, "cannot connect");
+                    warn!(%url, error = %berth_log::chain(&e), "cannot connect");
                     *lock(&self.last_error) = format!("{url}: {e}");
                     attempt += 1;
                     continue;
@@ -745,7 +745,7 @@ impl Connection {
         unsent.sort_by_key(|u| std::cmp::Reverse(u.0));
         for (id, body) in unsent {
             if let Err(e) = sink.send(Message::Text(body)).await {
-                warn!(%url, error = %e, "send failed");
+                warn!(%url, error = %berth_log::chain(&e), "send failed");
                 return false;
             }
             if let Some(p) = self.pending.get_mut(&id) {
@@ -777,7 +777,7 @@ impl Connection {
                         let sent = sink.send(Message::Text(body.clone())).await;
                         self.pending.insert(id, Pending { method, body, reply: Some(reply), sent: true });
                         if let Err(e) = sent {
-                            warn!(%url, error = %e, "send failed");
+                            warn!(%url, error = %berth_log::chain(&e), "send failed");
                             return false;
                         }
                     }
@@ -793,7 +793,7 @@ impl Connection {
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
-                            warn!(%url, error = %e, "connection failed");
+                            warn!(%url, error = %berth_log::chain(&e), "connection failed");
                             return false;
                         }
                     }
@@ -805,7 +805,7 @@ impl Connection {
                     }
                     if last_frame.elapsed() >= ping {
                         if let Err(e) = sink.send(Message::Ping(Vec::new())).await {
-                            warn!(%url, error = %e, "ping failed");
+                            warn!(%url, error = %berth_log::chain(&e), "ping failed");
                             return false;
                         }
                     }
@@ -885,7 +885,7 @@ impl Connection {
             }
             None => {
                 if let Err(e) = result {
-                    warn!(%url, error = %e, "resubscription failed");
+                    warn!(%url, error = %berth_log::chain(&e), "resubscription failed");
                 }
             }
         }

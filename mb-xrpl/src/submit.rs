@@ -525,7 +525,7 @@ impl Submitter {
                     if failures < MAX_LOOKUP_FAILURES =>
                 {
                     failures += 1;
-                    warn!(hash = %current.hash, error = %e, failures, "cannot look the transaction up, waiting");
+                    warn!(hash = %current.hash, error = %berth_log::chain(&e), failures, "cannot look the transaction up, waiting");
                     continue;
                 }
                 Err(e) => return Err(e.into()),

@@ -378,7 +378,7 @@ impl DockerProvisioner {
             let _ = self.remove_container(&spec.name, Operation::Create).await;
             if created_volume {
                 if let Err(cleanup) = self.remove_volume(&spec.name, Operation::Create).await {
-                    tracing::warn!(instance = spec.name, error = %cleanup, "failed create left its volume");
+                    tracing::warn!(instance = spec.name, error = %berth_log::chain(&cleanup), "failed create left its volume");
                 }
             }
             return Err(ProvisionError::engine(
@@ -499,7 +499,7 @@ impl DockerProvisioner {
             let used = match self.volume_usage(&summary.name).await {
                 Ok(used) => used,
                 Err(error) => {
-                    tracing::warn!(instance = summary.name, %error, "cannot measure state volume");
+                    tracing::warn!(instance = summary.name, error = %berth_log::chain(&error), "cannot measure state volume");
                     continue;
                 }
             };
@@ -538,7 +538,7 @@ impl DockerProvisioner {
                 () = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
                     if let Err(error) = self.enforce_disk_quota().await {
-                        tracing::warn!(%error, "disk watchdog pass failed");
+                        tracing::warn!(error = %berth_log::chain(&error), "disk watchdog pass failed");
                     }
                 }
             }
@@ -977,10 +977,11 @@ impl Provisioner for DockerProvisioner {
         {
             Ok(action) => action,
             Err(error) => {
+                let error = berth_log::chain(&error);
                 tracing::warn!(instance, %error, "reconcile step failed");
                 ReconcileAction::Failed {
                     instance: instance.to_owned(),
-                    error: error.to_string(),
+                    error,
                 }
             }
         };

@@ -381,7 +381,7 @@ impl Provisioner for RecordingProvisioner {
                 }
                 Err(error) => ReconcileAction::Failed {
                     instance,
-                    error: error.to_string(),
+                    error: berth_log::chain(&error),
                 },
             };
             actions.push(action);

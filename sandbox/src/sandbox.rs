@@ -376,7 +376,7 @@ impl Workdir {
             if keep {
                 let _ = dir.keep();
             } else if let Err(e) = dir.close() {
-                tracing::warn!(error = %e, "could not delete the sandbox directory");
+                tracing::warn!(error = %chain(&e), "could not delete the sandbox directory");
             }
         }
     }
@@ -398,7 +398,7 @@ impl AgentTask {
         let problem = match result {
             Ok(Ok(())) => "it ended without being asked to".to_owned(),
             Ok(Err(e)) => chain(&e),
-            Err(join) => format!("its task failed: {join}"),
+            Err(join) => format!("its task failed: {}", chain(&join)),
         };
         SandboxError::AgentStopped { problem, log }
     }
@@ -413,7 +413,9 @@ impl AgentTask {
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %chain(&e), "the host agent stopped on an error")
             }
-            Ok(Err(join)) => tracing::warn!(error = %join, "the host agent's task failed"),
+            Ok(Err(join)) => {
+                tracing::warn!(error = %chain(&join), "the host agent's task failed")
+            }
             Err(_) => {
                 tracing::warn!(
                     "the host agent did not stop within {AGENT_STOP_TIMEOUT:?}; aborting it"

@@ -16,7 +16,7 @@ use berth_schemas::memo::Message;
 use berth_schemas::message::{Acquire, AcquireRequest, Sealed};
 use berth_tenant::instance::{Instance, StatusView};
 use berth_tenant::keys::Keys;
-use berth_test_support::{docker_available, ensure_hotpocket_image, fails};
+use berth_test_support::{docker_available, ensure_hotpocket_image, fails, usage_error};
 use berth_xrpl_core::KeyPair;
 use serde_json::{json, Value};
 
@@ -384,4 +384,28 @@ fn sandbox_names_a_missing_image_and_build_sh() {
         "{err}"
     );
     assert!(!dir.exists(), "nothing is created before the checks pass");
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let sandbox = env!("CARGO_BIN_EXE_berth-sandbox");
+    for args in [&["--no-such-flag"][..], &["--bundle", "x.zip"][..]] {
+        usage_error(Command::new(sandbox).args(args).output().unwrap());
+    }
+    // Through `berth sandbox`: the sandbox's own exit code.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = usage_error(berth(tmp.path(), &["sandbox", "--slots", "0"]));
+    assert!(err.contains("--slots"), "{err}");
+    // A failure before anything starts (no Docker needed): the demo's bundle is unreadable.
+    let missing = tmp.path().join("missing.zip");
+    let out = Command::new(sandbox)
+        .args(["--json", "--demo", "--bundle"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "errors go to stderr, also with --json"
+    );
+    assert!(fails(out).contains("missing.zip"));
 }

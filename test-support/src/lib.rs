@@ -184,3 +184,17 @@ pub fn fails(o: std::process::Output) -> String {
     );
     stderr(&o)
 }
+
+/// Asserts exit code 2 (a usage error: what clap rejects) with nothing on stdout, and returns
+/// stderr.
+pub fn usage_error(o: std::process::Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "expected a usage error: stdout {} stderr {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty(), "a usage error prints no data");
+    stderr(&o)
+}

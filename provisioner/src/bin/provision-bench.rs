@@ -3,6 +3,7 @@
 //! instances). `--hotpocket` runs the real instance image `berth-hotpocket:latest` (build it
 //! first with `hotpocket/image/build.sh`). Needs the Docker engine.
 use std::collections::BTreeSet;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,19 +16,51 @@ use berth_provisioner::{
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+const USAGE: &str = "usage: provision-bench [N] [--hotpocket]   (N: 1-200 instances, default 20)";
+
+/// Exit codes: 0 ok, 1 failure, 2 usage.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let hotpocket = args.iter().any(|a| a == "--hotpocket");
-    let count: usize = match args.iter().find(|a| !a.starts_with("--")) {
-        Some(arg) => arg
-            .parse()
-            .with_context(|| format!("count {arg:?} is not a number"))?,
-        None => 20,
+async fn main() -> ExitCode {
+    let (count, hotpocket) = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(problem) => {
+            eprintln!("provision-bench: {problem}\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    if count == 0 || count > 200 {
-        bail!("count {count} must be 1-200");
+    match bench(count, hotpocket).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("provision-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// The instance count and `--hotpocket`, or what is wrong with the arguments.
+fn parse_args(args: impl Iterator<Item = String>) -> Result<(usize, bool), String> {
+    let mut count = None;
+    let mut hotpocket = false;
+    for arg in args {
+        match arg.as_str() {
+            "--hotpocket" => hotpocket = true,
+            flag if flag.starts_with('-') => return Err(format!("unknown flag {flag}")),
+            n if count.is_none() => {
+                count = Some(
+                    n.parse()
+                        .map_err(|_| format!("count {n:?} is not a number"))?,
+                );
+            }
+            extra => return Err(format!("unexpected argument {extra}")),
+        }
+    }
+    match count.unwrap_or(20) {
+        count @ 1..=200 => Ok((count, hotpocket)),
+        count => Err(format!("count {count} must be 1-200")),
+    }
+}
+
+async fn bench(count: usize, hotpocket: bool) -> anyhow::Result<()> {
     let slots = u32::try_from(count)?;
     let ports = u16::try_from(count)?;
     let config = ProvisionerConfig::new(
@@ -66,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&provisioner, count, hotpocket).await;
     for summary in provisioner.list().await.unwrap_or_default() {
         if let Err(error) = provisioner.destroy(&summary.name).await {
-            eprintln!("cleanup: {error}");
+            eprintln!("cleanup: {}", berth_log::chain(&error));
         }
     }
     result

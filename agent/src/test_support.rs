@@ -1,19 +1,15 @@
-#![allow(clippy::unwrap_used, dead_code)]
-//! Shared end-to-end harness. The agent runs in process (`run` on a task) or as the real
-//! `berth-agent` binary (for SIGKILL tests), against an in-process localnet (real signatures, NFTokens,
-//! offers, memos through berth-mb-xrpl) and the real Docker engine. In process: `run` against an in-process localnet (real signatures, NFTokens,
-//! offers, memos through berth-mb-xrpl) and the real Docker engine (the provisioner's probe
-//! image standing in for hotpocket). The tenant's side is driven with berth-mb-xrpl directly.
-//! Needs Docker: with BERTH_REQUIRE_DOCKER=1 an unreachable engine fails the tests.
+//! The end-to-end harness of the agent's tests and benchmarks (with the `failpoints` feature
+//! only). The agent runs in process (`run` on a task) or as the real `berth-agent` binary (for
+//! SIGKILL tests, [`Options::binary`]), against an in-process localnet (real signatures,
+//! NFTokens, offers, memos through berth-mb-xrpl) and the real Docker engine (the provisioner's
+//! probe image standing in for hotpocket). The tenant's side is driven with berth-mb-xrpl
+//! directly. Needs Docker: with BERTH_REQUIRE_DOCKER=1 an unreachable engine fails the tests.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_agent::machine::MachineSettings;
-use berth_agent::run::{provisioner_config, run, RunSettings};
-use berth_agent::setup::HostKeys;
-use berth_agent::store::{SlotState, Store};
 use berth_localnet::{Config, Localnet};
 use berth_mb_xrpl::events::{decode, MarketEvent};
 use berth_mb_xrpl::history::account_history;
@@ -29,6 +25,11 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::machine::MachineSettings;
+use crate::run::{provisioner_config, run, RunSettings};
+use crate::setup::HostKeys;
+use crate::store::{SlotState, Store};
+
 pub const XRP: u64 = 1_000_000;
 pub const PRICE: u64 = XRP;
 pub const CONTRACT: &str = "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10";
@@ -36,6 +37,8 @@ pub const CONTRACT: &str = "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10";
 pub struct World {
     pub net: Option<Localnet>,
     close_interval: Duration,
+    /// The ledger's data directory, removed when the world is dropped.
+    #[allow(dead_code)]
     ledger_dir: tempfile::TempDir,
     pub client: Client,
     pub dir: tempfile::TempDir,
@@ -54,6 +57,7 @@ pub enum Agent {
     InProcess(tokio::task::JoinHandle<()>),
     /// The real binary, started and killed by the test.
     Binary {
+        bin: PathBuf,
         config_path: PathBuf,
         namespace: String,
         child: Option<std::process::Child>,
@@ -65,8 +69,9 @@ pub enum Agent {
 pub struct Options {
     pub moment_secs: u32,
     pub grace_secs: u32,
-    /// Run the real `berth-agent` binary (started with [`World::spawn_binary`]).
-    pub binary: bool,
+    /// Run the real `berth-agent` binary at this path (started with [`World::spawn_binary`]);
+    /// a test or bench has it as `env!("CARGO_BIN_EXE_berth-agent")`.
+    pub binary: Option<PathBuf>,
     /// Time between ledger closes.
     pub close_interval: Duration,
     /// Run the real instance image `berth-hotpocket:latest` (built by hotpocket/image/build.sh
@@ -88,7 +93,7 @@ impl Default for Options {
             pool: 0,
             metrics: None,
             disk_mb: None,
-            binary: false,
+            binary: None,
             close_interval: Duration::from_millis(300),
             hotpocket: false,
         }
@@ -232,11 +237,12 @@ pool = {pool}
         .unwrap();
         let mut config = config;
         let provisioner = provisioner(&config, tag).await?;
-        if options.binary {
+        if options.binary.is_some() {
             config.runtime.image = hotpocket_shaped_probe(&provisioner, dir.path()).await;
         }
         if options.hotpocket {
-            config.runtime.image = ensure_hotpocket_image();
+            berth_test_support::ensure_hotpocket_image();
+            config.runtime.image = berth_test_support::HOTPOCKET_IMAGE.to_owned();
         }
         let customize: fn(berth_provisioner::InstanceSpec) -> berth_provisioner::InstanceSpec =
             if options.hotpocket {
@@ -249,7 +255,7 @@ pool = {pool}
         let host = keys.address();
         let host_message_key = keys.message_public().unwrap();
         let shutdown = CancellationToken::new();
-        let agent = if options.binary {
+        let agent = if let Some(bin) = options.binary {
             let key_file = dir.path().join("host.key");
             write_key(&key_file, &seed);
             let mut text = config.to_toml();
@@ -260,6 +266,7 @@ pool = {pool}
             let config_path = dir.path().join("berth-agent.toml");
             std::fs::write(&config_path, text).unwrap();
             Agent::Binary {
+                bin,
                 config_path,
                 namespace: provisioner.config().namespace.clone(),
                 child: None,
@@ -302,7 +309,7 @@ pool = {pool}
     }
 
     pub fn store(&self) -> Option<Store> {
-        Store::open_read_only(&berth_agent::database_path(&self.config)).ok()
+        Store::open_read_only(&crate::database_path(&self.config)).ok()
     }
 
     /// Waits until `slot` has a live sell offer; returns (token, offer).
@@ -441,6 +448,7 @@ impl World {
     /// Starts the binary (with `BERTH_AGENT_FAILPOINT` set when given).
     pub fn spawn_binary(&mut self, failpoint: Option<&str>) {
         let Agent::Binary {
+            bin,
             config_path,
             namespace,
             child,
@@ -454,7 +462,7 @@ impl World {
             .append(true)
             .open(log)
             .unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent"));
+        let mut command = std::process::Command::new(bin);
         command
             .args(["--config", &config_path.display().to_string(), "run"])
             .env("BERTH_DOCKER_NAMESPACE", namespace.as_str())
@@ -529,10 +537,13 @@ impl World {
 
     /// Runs a `berth-agent` command on this world's config; returns its stdout.
     pub fn command(&self, args: &[&str]) -> Vec<u8> {
-        let Agent::Binary { config_path, .. } = &self.agent else {
+        let Agent::Binary {
+            bin, config_path, ..
+        } = &self.agent
+        else {
             panic!("not a binary world");
         };
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        let out = std::process::Command::new(bin)
             .arg("--config")
             .arg(config_path)
             .args(args)
@@ -627,22 +638,4 @@ impl World {
             purchase,
         }
     }
-}
-
-/// `berth-hotpocket:latest`, built with hotpocket/image/build.sh when the engine lacks it.
-fn ensure_hotpocket_image() -> String {
-    let tag = berth_provisioner::spec::HOTPOCKET_IMAGE;
-    let present = std::process::Command::new("docker")
-        .args(["image", "inspect", tag])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hotpocket/image/build.sh");
-        let status = std::process::Command::new(script).status().unwrap();
-        assert!(status.success(), "hotpocket/image/build.sh failed");
-    }
-    tag.to_owned()
 }
