@@ -41,7 +41,7 @@ impl ReadView {
 impl Drop for ReadView {
     fn drop(&mut self) {
         if let Err(e) = remove_view(&self.base) {
-            tracing::warn!(error = %e, dir = %self.base.display(), "removing a read-only view failed");
+            tracing::warn!(error = %berth_log::chain(&e), dir = %self.base.display(), "removing a read-only view failed");
         }
     }
 }

@@ -317,7 +317,7 @@ impl RoundLoop {
     }
 
     fn fail(&self, cancel: &CancellationToken, e: NodeError) {
-        tracing::error!(error = %e, "round loop failed; node stops");
+        tracing::error!(error = %berth_log::chain(&e), "round loop failed; node stops");
         if let Ok(mut g) = self.shared.failure.lock() {
             *g = Some(format!("ledger {}: {e}", self.shared.lcl().seq_no + 1));
         }
@@ -745,7 +745,7 @@ impl RoundLoop {
         let stats = match result {
             Ok(stats) => stats,
             Err(e) => {
-                tracing::warn!(error = %e, "state sync failed; it starts again with the next ledgers");
+                tracing::warn!(error = %berth_log::chain(&e), "state sync failed; it starts again with the next ledgers");
                 self.set_status(false, format!("out of sync: {e}"));
                 return Ok(());
             }
@@ -1021,7 +1021,7 @@ impl RoundLoop {
             Ok(true) => return Err(RejectReason::AlreadySubmitted),
             Ok(false) => {}
             Err(e) => {
-                tracing::error!(error = %e, "input lookup failed");
+                tracing::error!(error = %berth_log::chain(&e), "input lookup failed");
                 return Err(RejectReason::BadMsgFormat);
             }
         }
@@ -1744,7 +1744,7 @@ impl RoundLoop {
                         }
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "contract could not run"),
+                Err(e) => tracing::error!(error = %berth_log::chain(&e), "contract could not run"),
             }
             if exited {
                 self.post_exec(ledger).await;
@@ -1911,7 +1911,7 @@ impl RoundLoop {
             match crate::readview::ReadViews::new(&self.shared.fs.root) {
                 Ok(v) => self.views = Some(v),
                 Err(e) => {
-                    tracing::warn!(error = %e, "read-only views cannot be made; read requests wait");
+                    tracing::warn!(error = %berth_log::chain(&e), "read-only views cannot be made; read requests wait");
                     return;
                 }
             }
@@ -1923,7 +1923,7 @@ impl RoundLoop {
         match views.refresh(&state_dir, &patch, &self.tree) {
             Ok(view) => self.shared.set_read_view(view),
             Err(e) => {
-                tracing::warn!(error = %e, "making a read-only view failed; reads use the previous one")
+                tracing::warn!(error = %berth_log::chain(&e), "making a read-only view failed; reads use the previous one")
             }
         }
     }
@@ -1951,7 +1951,7 @@ impl RoundLoop {
                 let mut contract = before.clone();
                 contract.apply(&patch);
                 if let Err(e) = self.save_contract(contract) {
-                    tracing::warn!(error = %e, "saving patched config failed");
+                    tracing::warn!(error = %berth_log::chain(&e), "saving patched config failed");
                     return;
                 }
                 let after = self.shared.contract();
@@ -1972,7 +1972,7 @@ impl RoundLoop {
                 let timing = self.timing();
                 self.shared.net.set_time_config(timing.time_config());
             }
-            Err(e) => tracing::warn!(error = %e, "patch.cfg is not valid; ignored"),
+            Err(e) => tracing::warn!(reason = %e, "patch.cfg is not valid; ignored"),
         }
     }
 
@@ -2005,7 +2005,7 @@ impl RoundLoop {
                 let staged = match bootstrap::stage_bundle(&zip, &self.shared.fs, &bootstrap_cfg) {
                     Ok(staged) => staged,
                     Err(e) => {
-                        tracing::warn!(error = %e, "contract bundle refused");
+                        tracing::warn!(error = %berth_log::chain(&e), "contract bundle refused");
                         return Some(BootstrapReply::fail("uploadResult", e.to_string()));
                     }
                 };
@@ -2026,7 +2026,7 @@ impl RoundLoop {
                         local_error: None,
                     },
                     Err(e) => {
-                        tracing::warn!(error = %e, "contract bundle could not be installed on this node");
+                        tracing::warn!(error = %berth_log::chain(&e), "contract bundle could not be installed on this node");
                         PendingInstall {
                             bundle,
                             owner,
@@ -2101,7 +2101,7 @@ impl RoundLoop {
                     }
                 },
                 Some(Err(e)) => {
-                    tracing::error!(error = %e, "the UNL installed the bundle but this node could not switch to it");
+                    tracing::error!(error = %berth_log::chain(&e), "the UNL installed the bundle but this node could not switch to it");
                     BootstrapReply::fail("uploadResult", e.to_string())
                 }
                 None => {
@@ -2141,7 +2141,7 @@ impl RoundLoop {
         if let Ok(text) = serde_json::to_vec_pretty(&patch) {
             let path = self.shared.fs.patch_file();
             if let Err(e) = crate::fsutil::write_atomic(&path, &text, 0o644) {
-                tracing::warn!(error = %e, path = %path.display(), "writing patch.cfg failed");
+                tracing::warn!(error = %berth_log::chain(&e), path = %path.display(), "writing patch.cfg failed");
             }
             self.applied_patch = Some(ledger::hash_parts([text.as_slice()]));
         }
@@ -2180,7 +2180,7 @@ impl RoundLoop {
         );
         self.cfg.mesh.known_peers = peers.clone();
         if let Err(e) = self.cfg.save(&self.state_dir) {
-            tracing::warn!(error = %e, "saving the changed peers failed; they apply until a restart");
+            tracing::warn!(error = %berth_log::chain(&e), "saving the changed peers failed; they apply until a restart");
         }
         self.shared.net.set_known_peers(peers);
     }
@@ -2199,11 +2199,11 @@ impl RoundLoop {
         match exec::run_script(&dir, "post_exec.sh", &args, timeout).await {
             Ok(Some(0)) => {
                 if let Err(e) = std::fs::remove_file(dir.join("post_exec.sh")) {
-                    tracing::warn!(error = %e, "removing post_exec.sh failed");
+                    tracing::warn!(error = %berth_log::chain(&e), "removing post_exec.sh failed");
                 }
             }
             Ok(other) => tracing::warn!(?other, "post_exec.sh failed; it stays for the next round"),
-            Err(e) => tracing::warn!(error = %e, "post_exec.sh could not run"),
+            Err(e) => tracing::warn!(error = %berth_log::chain(&e), "post_exec.sh could not run"),
         }
     }
 }

@@ -99,21 +99,21 @@ pub enum PeerError {
 /// Why a connection ended before or without a verified session (for logs).
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("resolving {addr}: {source}")]
+    #[error("resolving {addr}")]
     Resolve {
         addr: String,
         source: std::io::Error,
     },
     #[error("{addr} resolves to no address")]
     NoAddress { addr: String },
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("tls handshake: {0}")]
     Tls(std::io::Error),
-    #[error("websocket: {0}")]
+    #[error("websocket")]
     Ws(#[from] tungstenite::Error),
     #[error("not verified within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
@@ -424,7 +424,7 @@ async fn accept_loop(
         let (stream, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a peer connection failed");
+                tracing::warn!(error = %berth_log::chain(&e), "accepting a peer connection failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -561,7 +561,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: String, stop: CancellationToken) {
         let delay = match ending {
             Ending::Cancelled => return,
             Ending::Failed(e) => {
-                tracing::debug!(peer = %peer, backoff_ms = backoff.as_millis(), reason = %e, "dialing peer failed");
+                tracing::debug!(peer = %peer, backoff_ms = backoff.as_millis(), reason = %berth_log::chain(&e), "dialing peer failed");
                 let delay = backoff;
                 backoff = (backoff * 2).min(BACKOFF_CAP);
                 delay
@@ -609,10 +609,10 @@ async fn dial_loop(inner: Arc<Inner>, peer: String, stop: CancellationToken) {
 fn log_ending(ending: &Ending, addr: SocketAddr, outbound: bool) {
     match ending {
         Ending::Failed(e) if outbound => {
-            tracing::debug!(peer = %addr, outbound, reason = %e, "peer connection dropped before verification")
+            tracing::debug!(peer = %addr, outbound, reason = %berth_log::chain(&e), "peer connection dropped before verification")
         }
         Ending::Failed(e) => {
-            tracing::info!(peer = %addr, outbound, reason = %e, "peer connection dropped before verification")
+            tracing::info!(peer = %addr, outbound, reason = %berth_log::chain(&e), "peer connection dropped before verification")
         }
         Ending::Cancelled => {
             tracing::debug!(peer = %addr, outbound, "peer connection closed on shutdown")
