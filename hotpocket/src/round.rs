@@ -6,6 +6,9 @@
 //! node proposes in the next round, and what it signs in an output vote; users get outputs
 //! once enough of the UNL signed the same output root (`unl_sig`).
 //!
+//! A node behind follows the ledgers it missed from their proofs (replaying a few, recording
+//! many), and a node whose state is not the UNL's syncs it ([`crate::sync`]).
+//!
 //! **Invariants**: a ledger closes only on stage-3 proposals that `threshold` % of the UNL
 //! signed with one root, and only when this node's last closed ledger and execution result
 //! are those the root names; a node whose view differs says so and stops proposing; a
@@ -72,7 +75,7 @@ impl PeerLimits {
     }
 }
 
-/// A state sync in progress, and the ledger to close once it is done.
+/// A state sync in progress (its task reports on `sync_done_rx`).
 struct Syncing {
     target: SyncTarget,
     responses: mpsc::Sender<sync::Response>,
