@@ -810,7 +810,7 @@ impl RoundLoop {
             })
             .sum::<usize>()
             .min(budget);
-        let limits = self.limits.entry(from).or_insert_with(PeerLimits::new);
+        let limits = self.peer_limits(from);
         let allowed = limits.requests.take(1.0) && limits.bytes.take(estimate as f64);
         let msg = if allowed {
             let pieces = sync::serve(
@@ -836,14 +836,19 @@ impl RoundLoop {
         self.shared.net.send(&from, &msg);
     }
 
+    /// One peer's rate limits. Past 256 peers, those outside the UNL are forgotten, so that
+    /// keys that come and go cannot grow the table.
+    fn peer_limits(&mut self, from: NodeKey) -> &mut PeerLimits {
+        if self.limits.len() >= 256 && !self.limits.contains_key(&from) {
+            let unl = &self.unl;
+            self.limits.retain(|k, _| unl.contains(k));
+        }
+        self.limits.entry(from).or_insert_with(PeerLimits::new)
+    }
+
     /// Whether a peer may ask this node for something now (its request rate limit).
     fn request_allowed(&mut self, from: NodeKey) -> bool {
-        let ok = self
-            .limits
-            .entry(from)
-            .or_insert_with(PeerLimits::new)
-            .requests
-            .take(1.0);
+        let ok = self.peer_limits(from).requests.take(1.0);
         if !ok {
             tracing::debug!(peer = %from, "peer request over its rate limit dropped");
         }
