@@ -419,7 +419,7 @@ async fn a_bad_challenge_answer_is_refused_and_silence_is_dropped() {
         time_config: TIME_CONFIG,
         challenge: [7; 16],
     }));
-    hello[0] = 2;
+    hello[0] = 9;
     ws.send(Message::Binary(hello)).await.unwrap();
     let refusal = raw_refusal(&mut ws).await.expect("a refusal");
     assert_eq!(refusal.reason, RefuseReason::Version);
