@@ -100,10 +100,11 @@ fn deploy_echo_then_input_read_and_status_and_a_stranger_is_refused() {
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(ok(berth(&owner, &["input", &url, "again"])).trim(), "again");
 
-    // After the install a stranger's upload goes to the contract, not the bootstrap.
+    // After the install a stranger's upload (in the owner request form, which only the
+    // installer takes) is refused by name.
     let err = fails(berth(&stranger, &["deploy", &url, dir.to_str().unwrap()]));
     assert!(
-        err.contains("no bootstrap answer") && err.contains("owner's keys"),
+        err.contains("UserNotAllowed") && err.contains("owner's keys"),
         "{err}"
     );
 
