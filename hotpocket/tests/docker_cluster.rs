@@ -77,21 +77,6 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// False (skip) when Docker is unavailable; panics instead when BERTH_REQUIRE_DOCKER=1.
-fn docker_available() -> bool {
-    match docker(&["version", "--format", "{{.Server.Version}}"]) {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var("BERTH_REQUIRE_DOCKER").as_deref() != Ok("1"),
-                "docker required: {e}"
-            );
-            eprintln!("skipping: docker unavailable ({e})");
-            false
-        }
-    }
-}
-
 /// Runs build.sh once per test binary (an image left from an earlier build may be stale) and
 /// returns the id of the image it tagged, so that a later re-tag does not change what runs.
 fn image() -> String {
@@ -630,7 +615,7 @@ async fn bounded(body: impl std::future::Future<Output = ()>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_containers_agree_and_every_node_signs_the_output() {
-    if !docker_available() {
+    if !berth_test_support::docker_available() {
         return;
     }
     bounded(async {
@@ -687,7 +672,7 @@ async fn three_containers_agree_and_every_node_signs_the_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_container_rejoins_in_sync_with_the_state_its_peers_built_meanwhile() {
-    if !docker_available() {
+    if !berth_test_support::docker_available() {
         return;
     }
     bounded(async {
@@ -754,7 +739,7 @@ async fn a_killed_container_rejoins_in_sync_with_the_state_its_peers_built_meanw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_two_partition_closes_nothing_on_either_side_and_heals_without_a_fork() {
-    if !docker_available() {
+    if !berth_test_support::docker_available() {
         return;
     }
     bounded(async {
@@ -795,7 +780,7 @@ async fn a_one_two_partition_closes_nothing_on_either_side_and_heals_without_a_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_three_partition_of_five_heals_without_a_fork() {
-    if !docker_available() {
+    if !berth_test_support::docker_available() {
         return;
     }
     bounded(async {
