@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::protocol::bundle::{BootstrapReply, OwnerRequest};
+use crate::protocol::bundle::{BootstrapReply, ClusterSpec, OwnerRequest};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -580,6 +580,14 @@ impl Client {
     pub async fn upload_bundle(&self, zip: &[u8]) -> Result<BootstrapReply, ClientError> {
         let msg = OwnerRequest::Upload(zip.to_vec()).encode();
         self.bootstrap_call(&msg, "uploadResult").await
+    }
+
+    /// Puts the node in a cluster (see [`ClusterSpec`]) and returns the node's answer
+    /// (`clusterResult`). A node that awaits its cluster answers at once; a running cluster
+    /// answers in the outputs of the ledger that applied it.
+    pub async fn set_cluster(&self, spec: &ClusterSpec) -> Result<BootstrapReply, ClientError> {
+        let msg = OwnerRequest::Cluster(spec.clone()).encode();
+        self.bootstrap_call(&msg, "clusterResult").await
     }
 
     /// Asks the bootstrap for its status.

@@ -251,6 +251,62 @@ pub enum OwnerRequest {
     Upload(Vec<u8>),
     /// `prefix ‖ 'S'`.
     Status,
+    /// `prefix ‖ 'C' ‖ JSON of` [`ClusterSpec`]: the cluster this node belongs to.
+    Cluster(ClusterSpec),
+}
+
+/// The cluster an owner puts a node in: the whole UNL and the peers to dial, replacing the
+/// node's own. Sent to a node that awaits its cluster (created with `HP_AWAIT_CLUSTER`), it
+/// takes effect at once, before the node's first ledger; sent to a running cluster, it is an
+/// input like any other and takes effect on every node at the ledger that executes it (the
+/// UNL through `patch.cfg`, the peers as a peer changeset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Node keys, `ed` + 64 hex digits; 1 to [`ClusterSpec::MAX_NODES`].
+    pub unl: Vec<String>,
+    /// `host:port` of the nodes' peer ports; at most [`ClusterSpec::MAX_NODES`].
+    pub peers: Vec<String>,
+}
+
+impl ClusterSpec {
+    pub const MAX_NODES: usize = 64;
+
+    /// Checks keys and addresses; the error names the offending value.
+    pub fn validate(&self) -> Result<(), ConfigRangeError> {
+        if self.unl.is_empty() || self.unl.len() > Self::MAX_NODES {
+            return Err(range_err(
+                "unl",
+                format!("{} keys, expected 1 to {}", self.unl.len(), Self::MAX_NODES),
+            ));
+        }
+        for (i, key) in self.unl.iter().enumerate() {
+            if super::parse_pubkey_hex(key).is_err() {
+                return Err(range_err(
+                    "unl",
+                    format!("`{key}` is not a 66-char `ed` key"),
+                ));
+            }
+            if self.unl[..i].contains(key) {
+                return Err(range_err("unl", format!("`{key}` is repeated")));
+            }
+        }
+        if self.peers.len() > Self::MAX_NODES {
+            return Err(range_err(
+                "peers",
+                format!("{} peers, at most {}", self.peers.len(), Self::MAX_NODES),
+            ));
+        }
+        for peer in &self.peers {
+            let ok = peer.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(range_err("peers", format!("`{peer}` is not host:port")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl OwnerRequest {
@@ -268,6 +324,11 @@ impl OwnerRequest {
                 );
             }
             OwnerRequest::Status => out.push(b'S'),
+            OwnerRequest::Cluster(spec) => {
+                out.push(b'C');
+                // A struct of strings always serializes.
+                out.extend_from_slice(serde_json::to_string(spec).unwrap_or_default().as_bytes());
+            }
         }
         out
     }
@@ -283,6 +344,9 @@ impl OwnerRequest {
                 .map(OwnerRequest::Upload)
                 .map_err(|_| "the upload's content is not base64"),
             Some((b'S', [])) => Ok(OwnerRequest::Status),
+            Some((b'C', json)) => serde_json::from_slice::<ClusterSpec>(json)
+                .map(OwnerRequest::Cluster)
+                .map_err(|_| "the cluster request is not a cluster spec"),
             _ => Err("unknown owner request"),
         })
     }
@@ -295,7 +359,15 @@ mod owner_request_tests {
 
     #[test]
     fn owner_requests_round_trip_and_never_look_like_json_or_bson() {
-        for r in [OwnerRequest::Upload(vec![0, 255, 7]), OwnerRequest::Status] {
+        let cluster = OwnerRequest::Cluster(ClusterSpec {
+            unl: vec![format!("ed{}", "ab".repeat(32))],
+            peers: vec!["10.0.0.1:22861".into()],
+        });
+        for r in [
+            OwnerRequest::Upload(vec![0, 255, 7]),
+            OwnerRequest::Status,
+            cluster,
+        ] {
             let bytes = r.encode();
             assert!(std::str::from_utf8(&bytes).is_ok(), "sendable in JSON mode");
             assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
