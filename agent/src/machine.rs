@@ -386,13 +386,16 @@ impl Machine {
         };
         // A pooled instance when one is ready (it is the lease's for good), else new ports
         // for an instance created for this lease.
+        // A pooled instance was started with the host's defaults; a purchase with its own
+        // contract settings (a cluster node's) gets an instance made with them.
+        let contract_config = acquire.config.clone().filter(|c| !c.is_default());
         let ports_guard = self.ports.lock().await;
         let pooled = self
             .store()
             .read()
             .pool()?
             .into_iter()
-            .find(|p| p.state == PoolState::Ready);
+            .find(|p| p.state == PoolState::Ready && contract_config.is_none());
         let (instance, ports) = match &pooled {
             Some(p) => (
                 p.instance.clone(),
@@ -452,6 +455,7 @@ impl Machine {
             started_at: close_time,
             expires_at: close_time.saturating_add(self.moment_secs()),
             pooled: pooled.is_some(),
+            contract_config,
         };
         let id = self.store().transaction(|tx| -> Result<_, StoreError> {
             if !tx.record_request(tx_hash, "acquire", ledger, "leased")? {
@@ -523,6 +527,11 @@ impl Machine {
                 )))
             }
         };
+        if let Some(config) = &request.config {
+            if let Err(why) = self.judge_contract_config(config) {
+                return Ok(Err(refusal(ReasonCode::BadPayload, why)));
+            }
+        }
         if self.store().read().draining()? {
             return Ok(Err(refusal(
                 ReasonCode::Draining,
@@ -542,6 +551,33 @@ impl Machine {
             },
         };
         Ok(Ok((request, reply_key)))
+    }
+
+    /// Whether this host can run the contract settings a purchase asks for; the reason
+    /// names the setting when it cannot.
+    fn judge_contract_config(
+        &self,
+        config: &berth_schemas::message::ContractConfig,
+    ) -> Result<(), String> {
+        if let Some(conflict) = config.conflict() {
+            return Err(format!("contract settings: {conflict}"));
+        }
+        if config.stage_slice.is_some() {
+            return Err(
+                "contract settings: stage_slice is not supported by this host (its runtime uses the default)"
+                    .to_owned(),
+            );
+        }
+        let min = u64::from(self.config.runtime.min_roundtime_ms.get());
+        if let Some(roundtime) = config.roundtime_ms {
+            if roundtime.get() < min {
+                return Err(format!(
+                    "contract settings: roundtime_ms {} is below this host's minimum of {min} ms",
+                    roundtime.get()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn refuse_purchase(
@@ -896,6 +932,9 @@ impl Machine {
             )
         };
         spec.held_stopped = lease.held_stopped.is_some();
+        if let Some(config) = &lease.contract_config {
+            spec.contract_env = contract_env(config);
+        }
         spec
     }
 
@@ -1075,6 +1114,7 @@ impl Machine {
                 .ok_or_else(|| bad("user port")(&"zero"))?,
             peer_port: std::num::NonZeroU16::new(lease.peer_port)
                 .ok_or_else(|| bad("peer port")(&"zero"))?,
+            peer_host: self.config.host.peer_address.clone(),
             node_key: lease.node_key,
             contract_id: lease.contract_id,
             lease: lease.token_id,
@@ -1257,6 +1297,38 @@ impl Machine {
 }
 
 /// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
+/// The `HP_*` variables the hotpocket runtime creates its node config from, for the contract
+/// settings a purchase asked for (`hotpocket run --help` names them).
+pub fn contract_env(config: &berth_schemas::message::ContractConfig) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let join = |items: Vec<String>| items.join(",");
+    if let Some(unl) = &config.unl {
+        env.push((
+            "HP_UNL".to_owned(),
+            join(unl.keys().iter().map(ToString::to_string).collect()),
+        ));
+    }
+    if let Some(peers) = &config.peers {
+        env.push((
+            "HP_PEERS".to_owned(),
+            join(peers.addresses().iter().map(ToString::to_string).collect()),
+        ));
+    }
+    if let Some(roundtime) = config.roundtime_ms {
+        env.push(("HP_ROUNDTIME_MS".to_owned(), roundtime.get().to_string()));
+    }
+    if let Some(threshold) = config.threshold {
+        env.push(("HP_THRESHOLD".to_owned(), threshold.get().to_string()));
+    }
+    if config.observer {
+        env.push(("HP_OBSERVER".to_owned(), "true".to_owned()));
+    }
+    if config.await_cluster {
+        env.push(("HP_AWAIT_CLUSTER".to_owned(), "true".to_owned()));
+    }
+    env
+}
+
 pub fn instance_name(purchase_tx: &TxHash) -> String {
     format!("l-{}", hex::encode(&purchase_tx.as_bytes()[..10]))
 }

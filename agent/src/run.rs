@@ -681,6 +681,7 @@ fn registration_action(config: &HostConfig) -> Result<LedgerAction, MachineError
             .parse()
             .map_err(|e| bad("host-reg")(&format!("{e:?}")))?,
         domain: config.host.domain.clone(),
+        peer_address: config.host.peer_address.clone(),
         country: config.host.country,
         cpu_millicores: config.resources.cpu_millicores,
         memory_mb: config.resources.memory_mb,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use berth_schemas::field::{AccountAddress, ContractId, NfTokenId, OfferId, TxHash};
 use berth_schemas::key::PublicKey;
+use berth_schemas::message::ContractConfig;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql, Transaction};
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use crate::ledger::LedgerAction;
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
 pub const SCHEMA_VERSION: u32 = 3;
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE slots (
     slot        INTEGER PRIMARY KEY,
@@ -107,6 +108,9 @@ ALTER TABLE leases ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
 "#,
     r#"
 ALTER TABLE leases ADD COLUMN held_stopped TEXT;
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN contract_config TEXT;
 "#,
 ];
 
@@ -309,6 +313,8 @@ pub struct Lease {
     /// Why its instance is held stopped for the rest of the lease (it went over its disk
     /// quota); `None` while it may run.
     pub held_stopped: Option<String>,
+    /// The contract settings the purchase asked for (a cluster node's), if any.
+    pub contract_config: Option<ContractConfig>,
 }
 
 /// A lease about to be recorded (see [`Store::record_lease`]).
@@ -330,6 +336,7 @@ pub struct NewLease {
     pub started_at: u64,
     pub expires_at: u64,
     pub pooled: bool,
+    pub contract_config: Option<ContractConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -394,6 +401,17 @@ struct AsText<T>(T);
 impl<T: std::fmt::Display> ToSql for AsText<T> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::from(self.0.to_string()))
+    }
+}
+
+/// A value stored as JSON text; a text that does not parse is an error naming the column.
+struct Json<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
 
@@ -587,7 +605,7 @@ fn finish_slot((mut slot, state): (Slot, String)) -> Result<Slot, StoreError> {
 
 const LEASE_COLUMNS: &str = "id, purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
     contract_id, instance, node_secret, node_key, user_port, peer_port, moments, started_at, \
-    expires_at, state, end_request, end_reason, pooled, held_stopped";
+    expires_at, state, end_request, end_reason, pooled, held_stopped, contract_config";
 
 fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> {
     Ok((
@@ -613,6 +631,7 @@ fn lease_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Lease, String)> 
             end_reason: row.get(18)?,
             pooled: row.get(19)?,
             held_stopped: row.get(20)?,
+            contract_config: row.get::<_, Option<Json<ContractConfig>>>(21)?.map(|j| j.0),
         },
         row.get(16)?,
     ))
@@ -1059,11 +1078,22 @@ impl Tx<'_> {
 
     /// Records a lease in state `provisioning` and takes its ports. Returns its id.
     pub fn record_lease(&self, lease: &NewLease) -> Result<i64, StoreError> {
+        let contract_config = match &lease.contract_config {
+            Some(config) => {
+                Some(
+                    serde_json::to_string(config).map_err(|e| StoreError::BadValue {
+                        what: "contract config",
+                        value: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
         self.execute(
             "INSERT INTO leases (purchase_tx, slot, token_id, tenant, reply_key, owner_key, \
              contract_id, instance, node_secret, node_key, user_port, peer_port, moments, \
-             started_at, expires_at, state, pooled) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'provisioning', ?16)",
+             started_at, expires_at, state, pooled, contract_config) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'provisioning', ?16, ?17)",
             params![
                 AsText(&lease.purchase_tx),
                 lease.slot,
@@ -1081,6 +1111,7 @@ impl Tx<'_> {
                 to_i64(lease.started_at),
                 to_i64(lease.expires_at),
                 lease.pooled,
+                contract_config,
             ],
         )?;
         let id = self.last_insert_rowid();

@@ -277,6 +277,105 @@ async fn missing_and_undecryptable_memos_and_unknown_tokens_are_refunded_with_re
 }
 
 #[tokio::test]
+async fn cluster_settings_reach_the_instance_and_ones_the_host_cannot_honour_are_refunded() {
+    use berth_schemas::message::ContractConfig;
+    let h = Harness::new(4);
+    h.offer_all().await;
+    let host = public(&h.host_key);
+    let tenant = key(1);
+    let held = ContractConfig {
+        await_cluster: true,
+        roundtime_ms: Some(500.try_into().unwrap()),
+        threshold: Some(51.try_into().unwrap()),
+        ..ContractConfig::default()
+    };
+    let conflicting = ContractConfig {
+        await_cluster: true,
+        peers: Some(serde_json::from_str(r#"["10.0.0.2:22861"]"#).unwrap()),
+        ..ContractConfig::default()
+    };
+    let too_fast = ContractConfig {
+        roundtime_ms: Some(20.try_into().unwrap()),
+        ..ContractConfig::default()
+    };
+    let lonely_observer = ContractConfig {
+        observer: true,
+        ..ContractConfig::default()
+    };
+    for (n, config) in [held, conflicting, too_fast, lonely_observer]
+        .into_iter()
+        .enumerate()
+    {
+        let n = u8::try_from(n).unwrap() + 1;
+        let memo = acquire_memo_with(&host, &tenant, Some(config));
+        let token = h.token(u32::from(n) - 1);
+        h.handle(purchase(n, BUYER, &token, PRICE, vec![memo], 1000))
+            .await;
+    }
+    h.machine.flush_outbox().await.unwrap();
+    let payments = h.ledger.payments();
+    let answer = |n: u8| {
+        payments
+            .iter()
+            .find(|(_, _, m)| m.answers().unwrap().to_string() == hash(n))
+            .unwrap()
+            .clone()
+    };
+    // The node awaiting its cluster runs with the settings as HP_* variables.
+    let Message::AcquireOk(ok) = answer(1).2 else {
+        panic!("{:?}", answer(1))
+    };
+    let details = ok.sealed.open(&tenant).unwrap();
+    assert_eq!(
+        details.peer_address().to_string(),
+        format!("host1.example.com:{}", details.peer_port)
+    );
+    let created: Vec<_> = h
+        .provisioner
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Create(spec) => Some(spec),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "refused purchases create nothing");
+    let env = &created[0].contract_env;
+    for (name, value) in [
+        ("HP_AWAIT_CLUSTER", "true"),
+        ("HP_ROUNDTIME_MS", "500"),
+        ("HP_THRESHOLD", "51"),
+    ] {
+        assert!(
+            env.contains(&(name.to_owned(), value.to_owned())),
+            "{name}={value} in {env:?}"
+        );
+    }
+    // The others are refunded in full, with a reason naming the setting.
+    for (n, words) in [
+        (2, "await_cluster excludes unl and peers"),
+        (3, "roundtime_ms 20 is below this host's minimum of 100 ms"),
+        (4, "an observer needs the unl"),
+    ] {
+        let (to, amount, message) = answer(n);
+        assert_eq!((to.as_str(), amount), (BUYER, PRICE));
+        let Message::AcquireErr(f) = &message else {
+            panic!("{message:?}")
+        };
+        assert_eq!(f.code, ReasonCode::BadPayload);
+        assert!(f.message.as_str().contains(words), "{}", f.message.as_str());
+    }
+    // The settings are kept with the lease, so reconcile makes the same instance again.
+    let lease = &h
+        .machine
+        .store()
+        .read()
+        .leases(&[LeaseState::Active])
+        .unwrap()[0];
+    assert!(lease.contract_config.as_ref().unwrap().await_cluster);
+}
+
+#[tokio::test]
 async fn a_failed_provisioning_is_refunded_cleaned_up_and_the_slot_reoffered() {
     let h = Harness::new(1);
     h.offer_all().await;

@@ -57,6 +57,7 @@ fn lease(purchase: &str, slot: u32, ports: (u16, u16)) -> NewLease {
         started_at: 100,
         expires_at: 3700,
         pooled: false,
+        contract_config: None,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn parse_request(input: &[u8], installed: bool) -> Option<BootstrapInput> {
             return Some(BootstrapInput::Upload { zip: Some(zip) })
         }
         Some(Ok(OwnerRequest::Status)) => return Some(BootstrapInput::Status),
+        Some(Ok(OwnerRequest::Cluster(_))) => return None,
         Some(Err(_)) => return Some(BootstrapInput::Upload { zip: None }),
         None if installed => return None,
         None => {}

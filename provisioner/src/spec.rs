@@ -52,6 +52,9 @@ pub struct InstanceSpec {
     pub state_dir: String,
     /// `uid:gid` the process runs as; never root.
     pub user: String,
+    /// Settings of the node's contract at its creation, as the runtime's `HP_*` variables
+    /// (only the names in [`CONTRACT_ENV`]).
+    pub contract_env: Vec<(String, String)>,
     /// Added to the environment after the `HP_*` variables.
     pub extra_env: Vec<(String, String)>,
     /// A pooled instance: created and started before it is sold, without an owner. Its
@@ -63,6 +66,16 @@ pub struct InstanceSpec {
     /// as it is when stopped and stops it when it runs, instead of starting it.
     pub held_stopped: bool,
 }
+
+/// The `HP_*` variables [`InstanceSpec::contract_env`] may set: a cluster node's settings.
+pub const CONTRACT_ENV: [&str; 6] = [
+    "HP_UNL",
+    "HP_PEERS",
+    "HP_ROUNDTIME_MS",
+    "HP_THRESHOLD",
+    "HP_OBSERVER",
+    "HP_AWAIT_CLUSTER",
+];
 
 /// File in the state directory that hands a pooled instance its `HP_*` identity.
 pub const ASSIGNMENT_ENV: &str = "assign.env";
@@ -93,6 +106,7 @@ impl InstanceSpec {
                 .to_vec(),
             state_dir: DEFAULT_STATE_DIR.to_owned(),
             user: DEFAULT_USER.to_owned(),
+            contract_env: Vec::new(),
             extra_env: Vec::new(),
             awaits_assignment: false,
             held_stopped: false,
@@ -184,6 +198,17 @@ impl InstanceSpec {
         if !non_root {
             return Err(self.invalid("user", "must be numeric uid:gid, neither 0"));
         }
+        for (key, value) in &self.contract_env {
+            if !CONTRACT_ENV.contains(&key.as_str()) {
+                return Err(self.invalid(
+                    "contract_env",
+                    format!("{key:?} is not one of {}", CONTRACT_ENV.join(", ")),
+                ));
+            }
+            if value.contains(['\0', '\n']) {
+                return Err(self.invalid("contract_env", format!("{key} has a NUL or newline")));
+            }
+        }
         for (key, _) in &self.extra_env {
             if key.is_empty() || key.contains('=') || key.starts_with("HP_") {
                 return Err(self.invalid(
@@ -210,6 +235,11 @@ impl InstanceSpec {
             format!("HP_USER_PORT={}", self.ports.user),
             format!("HP_PEER_PORT={}", self.ports.peer),
         ]);
+        env.extend(
+            self.contract_env
+                .iter()
+                .map(|(key, value)| format!("{key}={value}")),
+        );
         env.extend(
             self.extra_env
                 .iter()

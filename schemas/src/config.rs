@@ -105,6 +105,11 @@ pub struct LedgerConfig {
 pub struct HostSection {
     /// DNS name or IP address tenants reach instances at. Required.
     pub domain: HostAddress,
+    /// Address other hosts' instances reach this host's peer ports at, when it is not
+    /// `domain` (a private network between hosts, say). Published in the registration and
+    /// in each instance's details. Default none: `domain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<HostAddress>,
     /// ISO 3166-1 alpha-2 country code, published in the registration. Required.
     pub country: CountryCode,
     /// Free text published in the registration, at most 128 bytes. Default none.
@@ -230,6 +235,14 @@ pub struct Runtime {
     /// Highest number of processes in one instance. Default 256.
     #[serde(default = "default_pids_limit")]
     pub pids_limit: NonZeroU64,
+    /// Shortest consensus round a tenant may ask for, in ms; a purchase asking for less is
+    /// refunded. Default 100.
+    #[serde(default = "default_min_roundtime_ms")]
+    pub min_roundtime_ms: NonZeroU32,
+}
+
+fn default_min_roundtime_ms() -> NonZeroU32 {
+    NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN)
 }
 
 impl Default for Runtime {
@@ -238,6 +251,7 @@ impl Default for Runtime {
             docker_host: None,
             image: default_image(),
             pids_limit: default_pids_limit(),
+            min_roundtime_ms: default_min_roundtime_ms(),
         }
     }
 }

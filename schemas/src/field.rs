@@ -221,6 +221,50 @@ impl FromStr for HostAddress {
 
 string_newtype!(HostAddress);
 
+/// Where a node's peer port is reached: `host:port`, the host a [`HostAddress`] (an IPv6
+/// literal in brackets, `[::1]:22861`) and the port 1 to 65535.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PeerAddress(String);
+
+impl PeerAddress {
+    pub fn new(host: &HostAddress, port: std::num::NonZeroU16) -> Self {
+        if host.as_str().contains(':') {
+            Self(format!("[{host}]:{port}"))
+        } else {
+            Self(format!("{host}:{port}"))
+        }
+    }
+}
+
+impl FromStr for PeerAddress {
+    type Err = ValueError;
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        const WHAT: &str = "peer address";
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(invalid(WHAT, format!("{text:?} is not host:port")));
+        };
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(invalid(
+                WHAT,
+                format!("{text:?}: {host:?} is not an address"),
+            ));
+        }
+        let host: HostAddress = host
+            .parse()
+            .map_err(|e: ValueError| invalid(WHAT, format!("{text:?}: {e}")))?;
+        let port = port
+            .parse::<std::num::NonZeroU16>()
+            .map_err(|_| invalid(WHAT, format!("{text:?}: port {port:?} is not 1 to 65535")))?;
+        Ok(Self::new(&host, port))
+    }
+}
+
+string_newtype!(PeerAddress);
+
 /// An ISO 3166-1 alpha-2 country code: two upper-case ASCII letters.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CountryCode([u8; 2]);

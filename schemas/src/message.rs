@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::field::{
-    ContractId, CountryCode, Drops, HostAddress, InstanceName, NfTokenId, Text, TxHash,
+    ContractId, CountryCode, Drops, HostAddress, InstanceName, NfTokenId, PeerAddress, Text, TxHash,
 };
 use crate::key::PublicKey;
 use crate::payload::{self, PayloadError};
@@ -133,6 +133,76 @@ pub struct ContractConfig {
     /// Consensus threshold in percent, 1 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<Ranged<1, 100>>,
+    /// Peer ports of the cluster's other nodes, to dial (at most [`Peers::MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Peers>,
+    /// The node joins as an observer: its own key is not in the UNL; it follows the cluster
+    /// until a change of the UNL (through consensus) adds it. Needs `unl` or `await_cluster`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observer: bool,
+    /// The node closes no ledger until its owner names its cluster (UNL and peers) over the
+    /// user port. How a tenant wires nodes whose keys it learns only from their hosts'
+    /// answers. Excludes `unl` and `peers`, which the owner's request then gives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub await_cluster: bool,
+}
+
+impl ContractConfig {
+    /// True when the request asks for anything but the host's defaults.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// Settings that contradict each other; the host refuses the purchase with this reason.
+    pub fn conflict(&self) -> Option<&'static str> {
+        if self.await_cluster && (self.unl.is_some() || self.peers.is_some()) {
+            return Some("await_cluster excludes unl and peers: the owner names the cluster later");
+        }
+        if self.observer && self.unl.is_none() && !self.await_cluster {
+            return Some("an observer needs the unl it follows (or await_cluster)");
+        }
+        None
+    }
+}
+
+/// At most [`Peers::MAX`] peer addresses, without repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<PeerAddress>", into = "Vec<PeerAddress>")]
+pub struct Peers(Vec<PeerAddress>);
+
+impl Peers {
+    pub const MAX: usize = 4;
+
+    pub fn addresses(&self) -> &[PeerAddress] {
+        &self.0
+    }
+}
+
+impl TryFrom<Vec<PeerAddress>> for Peers {
+    type Error = String;
+    fn try_from(peers: Vec<PeerAddress>) -> Result<Self, String> {
+        if peers.is_empty() || peers.len() > Self::MAX {
+            return Err(format!(
+                "expected 1 to {} peer addresses, got {}",
+                Self::MAX,
+                peers.len()
+            ));
+        }
+        if let Some((i, peer)) = peers
+            .iter()
+            .enumerate()
+            .find(|(i, peer)| peers[..*i].contains(peer))
+        {
+            return Err(format!("peer {peer} is repeated at position {i}"));
+        }
+        Ok(Self(peers))
+    }
+}
+
+impl From<Peers> for Vec<PeerAddress> {
+    fn from(peers: Peers) -> Self {
+        peers.0
+    }
 }
 
 /// At most [`Unl::MAX`] node keys, without repeats.
@@ -238,6 +308,10 @@ pub struct InstanceDetails {
     pub user_port: NonZeroU16,
     /// Port of the node's peer protocol.
     pub peer_port: NonZeroU16,
+    /// Where other nodes reach the peer port when it is not at `host` (the host's
+    /// `peer_address`); absent: at `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_host: Option<HostAddress>,
     /// The instance node's public key.
     pub node_key: PublicKey,
     pub contract_id: ContractId,
@@ -245,6 +319,16 @@ pub struct InstanceDetails {
     pub lease: NfTokenId,
     /// When the lease ends, in Unix seconds (derived from ledger close times).
     pub expires_at: u64,
+}
+
+impl InstanceDetails {
+    /// The node's peer port as other nodes dial it.
+    pub fn peer_address(&self) -> PeerAddress {
+        PeerAddress::new(
+            self.peer_host.as_ref().unwrap_or(&self.host),
+            self.peer_port,
+        )
+    }
 }
 
 impl SealedPayload for InstanceDetails {
@@ -363,6 +447,9 @@ pub struct HostInfo {
     /// Version of the host's `berth-agent`.
     pub version: Text<32>,
     pub domain: HostAddress,
+    /// Where instances' peer ports are reached, when not at `domain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<HostAddress>,
     pub country: CountryCode,
     /// Totals the host gives to instances.
     pub cpu_millicores: NonZeroU32,

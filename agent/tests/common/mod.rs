@@ -339,16 +339,23 @@ impl Harness {
 
 /// A `berth/acquire` memo sealed to `host`, asking for an instance owned by `tenant`.
 pub fn acquire_memo_to(host: &PublicKey, tenant: &SigningKey) -> Memo {
-    {
-        let request = AcquireRequest {
-            owner_key: public(tenant),
-            contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".parse().unwrap(),
-            reply_key: Some(public(tenant)),
-            config: None,
-        };
-        let sealed = Sealed::seal(host, &request).unwrap();
-        Message::Acquire(Acquire { sealed }).to_memo().unwrap()
-    }
+    acquire_memo_with(host, tenant, None)
+}
+
+/// A `berth/acquire` memo sealed to `host` with contract settings.
+pub fn acquire_memo_with(
+    host: &PublicKey,
+    tenant: &SigningKey,
+    config: Option<berth_schemas::message::ContractConfig>,
+) -> Memo {
+    let request = AcquireRequest {
+        owner_key: public(tenant),
+        contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".parse().unwrap(),
+        reply_key: Some(public(tenant)),
+        config,
+    };
+    let sealed = Sealed::seal(host, &request).unwrap();
+    Message::Acquire(Acquire { sealed }).to_memo().unwrap()
 }
 
 /// The current token of `slot`, as text.
