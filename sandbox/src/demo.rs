@@ -180,6 +180,7 @@ async fn tenant_flow(
         moments: 1,
         wait: env.wait,
         allow_silent: false,
+        config: None,
     };
     let mut quiet = |_: &str| {};
     let acquired = tenant

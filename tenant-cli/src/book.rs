@@ -60,6 +60,9 @@ pub struct LeaseRecord {
     pub instance_host: String,
     pub user_port: u16,
     pub peer_port: u16,
+    /// Where other nodes reach the peer port, when not at `instance_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_host: Option<String>,
     /// The instance node's public key (`ed…`).
     pub node_key: String,
     pub contract_id: String,
@@ -73,6 +76,16 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
+    /// The node's peer port as other nodes dial it, `host:port`.
+    pub fn peer_address(&self) -> String {
+        let host = self.peer_host.as_deref().unwrap_or(&self.instance_host);
+        if host.contains(':') {
+            format!("[{host}]:{}", self.peer_port)
+        } else {
+            format!("{host}:{}", self.peer_port)
+        }
+    }
+
     /// The instance's user port as `wss://host:port`.
     pub fn instance_url(&self) -> String {
         if self.instance_host.contains(':') {
@@ -204,6 +217,42 @@ impl Book {
         remove_json(&self.pending_dir(), hash)
     }
 
+    fn clusters_dir(&self) -> PathBuf {
+        self.home.join("clusters")
+    }
+
+    /// Writes a cluster's record (`<home>/clusters/<name>.json`).
+    pub fn save_cluster<T: Serialize>(&self, name: &str, record: &T) -> Result<PathBuf, BookError> {
+        std::fs::create_dir_all(self.clusters_dir())
+            .map_err(io("creating", &self.clusters_dir()))?;
+        let path = self.clusters_dir().join(format!("{name}.json"));
+        let text = serde_json::to_vec_pretty(record).map_err(|e| BookError::Corrupt {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        crate::atomic::write(&path, &text, 0o644).map_err(io("writing", &path))?;
+        Ok(path)
+    }
+
+    /// The record of cluster `name`, if any.
+    pub fn cluster<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, BookError> {
+        if name.contains(['/', '\\']) || name.starts_with('.') {
+            return Ok(None);
+        }
+        read_json(&self.clusters_dir().join(format!("{name}.json")))
+    }
+
+    /// The path of cluster `name`'s record when it exists.
+    pub fn cluster_path_if_exists(&self, name: &str) -> Option<PathBuf> {
+        let path = self.clusters_dir().join(format!("{name}.json"));
+        path.exists().then_some(path)
+    }
+
+    /// Every cluster record.
+    pub fn clusters<T: DeserializeOwned>(&self) -> Result<Vec<T>, BookError> {
+        list_json(&self.clusters_dir())
+    }
+
     fn requests_dir(&self) -> PathBuf {
         self.home.join("requests")
     }
@@ -312,6 +361,7 @@ mod tests {
             instance_host: "127.0.0.1".into(),
             user_port: 26201,
             peer_port: 22861,
+            peer_host: None,
             node_key: format!("ed{}", "11".repeat(32)),
             contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".into(),
             expires_at,

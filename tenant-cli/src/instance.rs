@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_hotpocket_client::client::{Client, ClientError, ConnectOptions, LedgerOutputs};
+use berth_hotpocket_client::client::{
+    Client, ClientError, ConnectOptions, LedgerOutputs, NodeStat,
+};
 use berth_hotpocket_client::protocol::bundle::ContractConfig;
-use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply};
+use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply, ClusterSpec};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
@@ -184,6 +186,21 @@ impl Instance {
             contract_execution_enabled: stat.contract_execution_enabled,
             unl: stat.current_unl,
         })
+    }
+
+    /// Puts the node in a cluster (the owner's cluster request) and returns its answer.
+    pub async fn set_cluster(&self, spec: &ClusterSpec) -> Result<BootstrapReply, InstanceError> {
+        match self.client.set_cluster(spec).await {
+            Err(ClientError::NoBootstrapReply) => Err(InstanceError::NoBootstrapAnswer {
+                addr: self.addr.clone(),
+            }),
+            other => other.map_err(self.request()),
+        }
+    }
+
+    /// The node's own status report (`stat`).
+    pub async fn stat(&self) -> Result<NodeStat, InstanceError> {
+        self.client.stat().await.map_err(self.request())
     }
 
     pub async fn close(self) {

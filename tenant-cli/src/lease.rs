@@ -20,7 +20,8 @@ use berth_schemas::key::PublicKey;
 use berth_schemas::lease_uri::LeaseUri;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{
-    Acquire, AcquireRequest, Extend, Failure, InstanceDetails, ReasonCode, Sealed, Terminate,
+    Acquire, AcquireRequest, ContractConfig, Extend, Failure, InstanceDetails, ReasonCode, Sealed,
+    Terminate,
 };
 use berth_xrpl_core::KeyPair;
 use ed25519_dalek::SigningKey;
@@ -175,6 +176,9 @@ pub struct AcquireOptions {
     pub wait: Duration,
     /// Buy even from a host silent for more than three of its moments.
     pub allow_silent: bool,
+    /// Contract settings for the new node (a cluster node's); the host's defaults when
+    /// absent.
+    pub config: Option<ContractConfig>,
 }
 
 /// A lease bought and its instance's details opened.
@@ -389,6 +393,28 @@ impl Tenant {
         opts: &AcquireOptions,
         progress: Progress<'_>,
     ) -> Result<Acquired, LeaseError> {
+        let pending = self.prepare_purchase(host, opts, true).await?;
+        progress(&format!(
+            "buying lease {} ({} per {} s moment) from {host}: purchase {}; if this is interrupted, `berth acquire --resume {}` picks it up",
+            pending.lease,
+            Xrp(pending.price_drops),
+            pending.moment_secs,
+            pending.signed.hash,
+            pending.signed.hash
+        ));
+        self.finish(pending, opts.wait, progress).await
+    }
+
+    /// Signs a purchase of the cheapest live lease offer of `host` and records it in the
+    /// book, without submitting it: [`Tenant::finish`] does (so does `acquire --resume`).
+    /// `check_funds`: make sure the account can pay for it (a caller buying several at once
+    /// checks the sum itself).
+    pub async fn prepare_purchase(
+        &self,
+        host: &str,
+        opts: &AcquireOptions,
+        check_funds: bool,
+    ) -> Result<PendingPurchase, LeaseError> {
         if !berth_xrpl_core::address::is_valid_address(host) {
             return Err(LeaseError::BadHost(host.to_owned()));
         }
@@ -415,8 +441,10 @@ impl Tenant {
                 moments,
                 price: offer.amount_drops,
             })?;
-        self.check_funds(offer.amount_drops.saturating_add(extra), 1)
-            .await?;
+        if check_funds {
+            self.check_funds(offer.amount_drops.saturating_add(extra), 1)
+                .await?;
+        }
 
         let contract_id = opts.contract_id.unwrap_or_else(random_contract_id);
         let request = AcquireRequest {
@@ -427,7 +455,7 @@ impl Tenant {
                 PublicKey::from_verifying_key(&self.message.verifying_key())
                     .map_err(|e| LeaseError::Build(format!("reply key: {e}")))?,
             ),
-            config: None,
+            config: opts.config.clone(),
         };
         let sealed =
             Sealed::seal(&host_key, &request).map_err(|e| LeaseError::Build(e.to_string()))?;
@@ -452,17 +480,8 @@ impl Tenant {
             signed,
         };
         self.book.save_pending(&pending)?;
-        tracing::info!(purchase = %pending.signed.hash, lease = %pending.lease, offer = %pending.offer, host, "purchase recorded before submitting");
-        progress(&format!(
-            "buying lease {} (slot {}, {} per {} s moment) from {host}: purchase {}; if this is interrupted, `berth acquire --resume {}` picks it up",
-            pending.lease,
-            offer.slot,
-            Xrp(offer.amount_drops),
-            offer.moment_secs,
-            pending.signed.hash,
-            pending.signed.hash
-        ));
-        self.finish(pending, opts.wait, progress).await
+        tracing::info!(purchase = %pending.signed.hash, lease = %pending.lease, offer = %pending.offer, slot = offer.slot, host, "purchase recorded before submitting");
+        Ok(pending)
     }
 
     /// Picks up a purchase by its hash: from the local pending record when there is one
@@ -545,7 +564,7 @@ impl Tenant {
     }
 
     /// Submits the pending purchase (if needed), waits for it and for the host's answer.
-    async fn finish(
+    pub async fn finish(
         &self,
         pending: PendingPurchase,
         wait: Duration,
@@ -1198,6 +1217,7 @@ fn record_of(
         instance_host: d.host.as_str().to_owned(),
         user_port: d.user_port.get(),
         peer_port: d.peer_port.get(),
+        peer_host: d.peer_host.as_ref().map(|h| h.as_str().to_owned()),
         node_key: d.node_key.to_string(),
         contract_id: d.contract_id.to_string(),
         expires_at: d.expires_at,

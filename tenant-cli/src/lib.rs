@@ -6,6 +6,7 @@
 
 mod atomic;
 pub mod book;
+pub mod cluster;
 pub mod hosts;
 pub mod instance;
 pub mod keys;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use berth_tenant::book::{Book, BookError, LeaseRecord};
+use berth_tenant::cluster::{ClusterView, Clusters, CreateOptions};
 use berth_tenant::hosts::{self, Filter, HostView};
 use berth_tenant::instance::{self, InputView, Instance, InstanceError};
 use berth_tenant::keys::{self, Keys};
@@ -106,6 +107,9 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Run one contract on several hosts: create, inspect, extend and end clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// List the account's leases, from the ledger (token, host, expiry, instance address).
     Leases {
         /// Also show leases that ended (terminated, expired).
@@ -146,6 +150,78 @@ struct AcquireArgs {
     resume: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Buy N leases on N distinct hosts together, wire the nodes into one UNL and peer
+    /// mesh, deploy the bundle, and return once every node follows the cluster's ledgers.
+    Create(ClusterCreateArgs),
+    /// Per node: host, lease expiry, last closed ledger, in sync, peers; and the cluster's
+    /// last agreed ledger.
+    Status {
+        /// The cluster's name (see `berth cluster list`).
+        name: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// The clusters recorded in this home.
+    List,
+    /// Pay for more moments of every lease of the cluster.
+    Extend {
+        name: String,
+        /// Moments to add to each lease.
+        moments: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// End every lease of the cluster now; the hosts destroy the instances.
+    Terminate {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClusterCreateArgs {
+    /// Number of nodes (each on its own host unless --allow-same-host).
+    #[arg(long, required_unless_present = "resume", value_parser = clap::value_parser!(u32).range(1..=16))]
+    nodes: Option<u32>,
+    /// The cluster's name (a-z, 0-9, '-', '_'); default `c-` and the contract id's start.
+    #[arg(long)]
+    name: Option<String>,
+    /// Hosts to use, comma-separated accounts (r…), one per node; default: the cheapest
+    /// live hosts with a free slot.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Allow two nodes on one host (they then fail together).
+    #[arg(long)]
+    allow_same_host: bool,
+    /// A contract directory (with contract.config) or a bundle zip to deploy once the
+    /// cluster runs.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Consensus round time in milliseconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    roundtime: Option<u64>,
+    /// Percent of the UNL that must agree for a ledger to close (1-100; default 80).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    threshold: Option<u32>,
+    /// Highest price per moment to pay on each host, in drops.
+    #[arg(long)]
+    max_price: Option<u64>,
+    /// Buy even from hosts silent for more than three of their moments.
+    #[arg(long)]
+    allow_silent: bool,
+    /// Finish an interrupted `cluster create` by the cluster's name: purchases already made
+    /// are finished, never paid again.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["nodes", "name", "hosts", "roundtime", "threshold"])]
+    resume: Option<String>,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Args)]
@@ -331,6 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_lease_command(command, &home(cli.home.as_deref())?, &net, json).await
         }
         Command::Sandbox { .. } => unreachable!("`berth sandbox` runs berth-sandbox in main"),
+        Command::Cluster(cmd) => run_cluster(cmd, &home(cli.home.as_deref())?, &net, json).await,
         Command::Deploy {
             instance,
             bundle,
@@ -465,6 +542,32 @@ async fn open_instance(
         return Ok((connect(arg, keys, conn).await?, None));
     }
     let book = Book::new(home);
+    if book.cluster_path_if_exists(arg).is_some() {
+        // A cluster: any of its live nodes.
+        let tenant = Tenant::new(net.client().await?, keys, book.clone())?;
+        let clusters = Clusters {
+            tenant: &tenant,
+            book: book.clone(),
+            user: &keys.user,
+            node_timeout: Duration::from_secs(conn.timeout),
+        };
+        let found = match clusters.load(arg) {
+            Ok(record) => clusters.any_node(&record).await.map(|(i, node)| {
+                let lease = record.nodes[i].lease.clone();
+                (node, lease)
+            }),
+            Err(e) => Err(e),
+        };
+        tenant_shutdown(tenant).await;
+        let (node, lease) = found?;
+        eprintln!(
+            "cluster {arg}: using node {} (lease …{})",
+            node.addr(),
+            berth_tenant::book::short_lease(&lease)
+        );
+        let record = book.find(&lease).ok();
+        return Ok((node, record));
+    }
     let record = match book.find(arg) {
         Ok(record) => record,
         Err(BookError::NoMatch { .. }) if arg.trim().len() == 64 && net.ledger.is_some() => {
@@ -556,6 +659,7 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         moments: args.moments,
                         wait: wait(&args.wait),
                         allow_silent: args.allow_silent,
+                        config: None,
                     };
                     tenant.acquire(host, &opts, &mut progress).await
                 }
@@ -643,6 +747,193 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
             Ok(())
         }
         _ => bail!("not a lease command"),
+    }
+}
+
+async fn run_cluster(
+    cmd: ClusterCommand,
+    home: &Path,
+    net: &Network,
+    json: bool,
+) -> anyhow::Result<()> {
+    let keys = Keys::load(home)?;
+    let tenant = Tenant::new(net.client().await?, &keys, Book::new(home))?;
+    let result = cluster_command(&tenant, &keys, home, cmd, net, json).await;
+    tenant_shutdown(tenant).await;
+    result
+}
+
+async fn cluster_command(
+    tenant: &Tenant,
+    keys: &Keys,
+    home: &Path,
+    cmd: ClusterCommand,
+    net: &Network,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bar = Progress::stages();
+    let mut progress = |line: &str| bar.line(line);
+    let clusters = |timeout: u64| Clusters {
+        tenant,
+        book: Book::new(home),
+        user: &keys.user,
+        node_timeout: Duration::from_secs(timeout),
+    };
+    match cmd {
+        ClusterCommand::Create(args) => {
+            let bundle = match &args.bundle {
+                Some(path) => Some(instance::load_bundle(path)?),
+                None => None,
+            };
+            let registry = net.registry()?;
+            let c = clusters(args.conn.timeout);
+            let opts = CreateOptions {
+                nodes: args.nodes.map_or(0, |n| n as usize),
+                hosts: args.hosts.clone(),
+                allow_same_host: args.allow_same_host,
+                roundtime_ms: args.roundtime,
+                threshold: args.threshold,
+                max_price_drops: args.max_price,
+                allow_silent: args.allow_silent,
+                wait: wait(&args.wait),
+            };
+            let created = match &args.resume {
+                Some(name) => {
+                    let record = c.load(name)?;
+                    let opts = CreateOptions {
+                        nodes: record.size,
+                        ..opts
+                    };
+                    c.resume(name, registry, &opts, bundle.as_deref(), &mut progress)
+                        .await
+                }
+                None => {
+                    c.create(
+                        args.name.clone(),
+                        registry,
+                        &opts,
+                        bundle.as_deref(),
+                        &mut progress,
+                    )
+                    .await
+                }
+            };
+            bar.finish();
+            let created = created?;
+            if json {
+                return print_json(&created);
+            }
+            print_cluster(&created.cluster);
+            eprintln!(
+                "cluster up in {:.1} s (leases {:.1} s, wired {:.1} s, first agreed ledger {:.1} s); talk to it with `berth input {} <data>`",
+                created.timings.total_secs,
+                created.timings.purchases_secs,
+                created.timings.wired_secs,
+                created.timings.first_agreed_ledger_secs,
+                created.cluster.name
+            );
+            Ok(())
+        }
+        ClusterCommand::Status { name, conn } => {
+            let c = clusters(conn.timeout);
+            let record = c.load(&name)?;
+            let view = c.status(&record).await?;
+            if json {
+                return print_json(&view);
+            }
+            print_cluster(&view);
+            Ok(())
+        }
+        ClusterCommand::List => {
+            let all = clusters(20).list()?;
+            if json {
+                return print_json(&all);
+            }
+            if all.is_empty() {
+                println!(
+                    "no clusters in {}; make one with `berth cluster create --nodes 3`",
+                    home.display()
+                );
+                return Ok(());
+            }
+            println!("{:<24} {:<38} {:>5}", "NAME", "CONTRACT", "NODES");
+            for r in &all {
+                let live = r
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state != berth_tenant::cluster::NodeState::Gone)
+                    .count();
+                println!("{:<24} {:<38} {:>5}", r.name, r.contract_id, live);
+            }
+            Ok(())
+        }
+        ClusterCommand::Extend {
+            name,
+            moments,
+            wait: w,
+        } => {
+            let extended = clusters(20)
+                .extend(&name, moments, wait(&w), &mut progress)
+                .await;
+            bar.finish();
+            let extended = extended?;
+            if json {
+                return print_json(&extended);
+            }
+            for e in &extended {
+                println!(
+                    "lease {} extended by {} moment(s); it now ends at {}",
+                    e.lease,
+                    e.moments,
+                    when(e.expires_at)
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::Terminate { name, wait: w } => {
+            let ended = clusters(20).terminate(&name, wait(&w), &mut progress).await;
+            bar.finish();
+            let ended = ended?;
+            if json {
+                return print_json(
+                    &serde_json::json!({ "cluster": name, "terminated": ended.len() }),
+                );
+            }
+            println!("cluster {name}: {} lease(s) terminated", ended.len());
+            Ok(())
+        }
+    }
+}
+
+fn print_cluster(view: &ClusterView) {
+    println!("cluster      {}", view.name);
+    println!("contract     {}", view.contract_id);
+    match (view.lcl_seq_no, &view.lcl_hash) {
+        (Some(seq), Some(hash)) => println!("agreed lcl   {seq} {hash}"),
+        _ => println!("agreed lcl   -"),
+    }
+    println!("in sync      {} of {}", view.in_sync, view.members);
+    println!(
+        "{:<4} {:<9} {:<35} {:<10} {:<26} {:>8} {:<7} {:>5}  EXPIRES",
+        "NODE", "STATE", "HOST", "LEASE", "INSTANCE", "LCL", "IN SYNC", "PEERS"
+    );
+    for n in &view.nodes {
+        println!(
+            "{:<4} {:<9} {:<35} {:<10} {:<26} {:>8} {:<7} {:>5}  {}",
+            n.node,
+            format!("{:?}", n.state).to_lowercase(),
+            n.host,
+            format!("…{}", berth_tenant::book::short_lease(&n.lease)),
+            n.instance.as_deref().unwrap_or("-"),
+            n.lcl_seq_no
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            if n.in_sync { "yes" } else { "no" },
+            n.peers.len(),
+            n.expires_at.map(when).unwrap_or_else(|| "-".into())
+        );
+        if let Some(problem) = &n.problem {
+            println!("     {problem}");
+        }
     }
 }
 
