@@ -93,11 +93,11 @@ enum Command {
         #[arg(long, env = "HP_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..=100))]
         threshold: Option<u32>,
         /// At creation: join as an observer (this node's key is not added to the UNL).
-        #[arg(long, env = "HP_OBSERVER")]
+        #[arg(long, env = "HP_OBSERVER", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
         observer: bool,
         /// At creation: hold at genesis (no rounds, no ledger) until the owner's cluster
         /// request sets the UNL and the peers.
-        #[arg(long, env = "HP_AWAIT_CLUSTER")]
+        #[arg(long, env = "HP_AWAIT_CLUSTER", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
         await_cluster: bool,
         /// A pooled instance: wait (blocked, no CPU) until the host assigns it, then take the
         /// identity it was handed (`assign.env` in the state directory).
