@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use berth_hotpocket_client::client::{Client, ConnectOptions, LedgerOutputs};
 use berth_hotpocket_client::protocol::bundle::{BootstrapReply, ClusterSpec};
 use berth_hotpocket_client::protocol::pubkey_hex;
+use berth_hotpocket_client::protocol::user::Protocol;
 use common::*;
 use ed25519_dalek::SigningKey;
 
@@ -1326,11 +1327,25 @@ async fn the_owner_adds_an_observer_to_a_running_cluster_then_removes_an_origina
     cluster
         .wait_in_sync(fresh, now + 2, false, Duration::from_secs(30))
         .await;
-    let user = cluster.connect(fresh, &key(9)).await;
+    // No contract: the installer answers the input. Its answer is JSON, which a JSON-mode
+    // client receives re-encoded; in BSON mode the output bytes, and so `unl_sig`, check.
+    let opts = ConnectOptions {
+        output_grace: Duration::from_secs(8),
+        protocol: Protocol::Bson,
+        ..ConnectOptions::default()
+    };
+    let user = Client::connect(&cluster.members[fresh].addr, key(9), opts)
+        .await
+        .unwrap();
     let out = user.submit_and_wait(b"hello").await.unwrap();
     let mut four: Vec<String> = [0, 1, 2, fresh].map(|i| cluster.key_hex(i)).to_vec();
     four.sort();
-    assert_eq!(out.signers, four, "the new node signs outputs too");
+    assert_eq!(
+        out.signers,
+        four,
+        "the new node signs outputs too: {out:?}\n{}",
+        cluster.logs_tail()
+    );
 
     // Node 1 leaves the UNL but stays connected: it stops counting, the others go on.
     let reply = cluster.set_cluster(2, &[0, 2, fresh]).await;
