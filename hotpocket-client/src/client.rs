@@ -598,9 +598,15 @@ impl Client {
 
     /// Sends a bootstrap request and waits for its answer: in the outputs of the ledger that
     /// holds the request, or of a later one (an upload is answered once the UNL decided on
-    /// it, one ledger later).
+    /// it, one ledger later). A node that awaits its cluster answers every request at once
+    /// at its genesis ledger, so outputs received before the request are skipped.
     async fn bootstrap_call(&self, msg: &[u8], kind: &str) -> Result<BootstrapReply, ClientError> {
         let mut events = self.output_events();
+        let before: HashMap<u64, usize> = self
+            .received_outputs()
+            .iter()
+            .map(|o| (o.ledger_seq_no, o.outputs.len()))
+            .collect();
         let submitted = self.submit(msg).await?;
         let seq = match self.wait_status(&submitted.input_hash).await? {
             InputOutcome::Accepted { ledger_seq_no, .. } => ledger_seq_no,
@@ -614,7 +620,8 @@ impl Client {
         };
         for out in self.received_outputs() {
             if out.ledger_seq_no >= seq {
-                if let Some(reply) = find(&out.outputs) {
+                let seen = before.get(&out.ledger_seq_no).copied().unwrap_or(0);
+                if let Some(reply) = find(out.outputs.get(seen..).unwrap_or_default()) {
                     return Ok(reply);
                 }
             }

@@ -68,8 +68,14 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> BundleError {
 /// An installer request decoded from an owner's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootstrapInput {
-    Upload { zip: Option<Vec<u8>> },
+    Upload {
+        zip: Option<Vec<u8>>,
+    },
     Status,
+    /// The owner's cluster request; `spec` is None when its JSON is not a cluster spec.
+    Cluster {
+        spec: Option<crate::protocol::bundle::ClusterSpec>,
+    },
 }
 
 /// Parses an input as an installer request if it is one. The owner request form
@@ -77,14 +83,19 @@ pub enum BootstrapInput {
 /// is installed, so are the forms the stock Evernode bootstrap contract takes: JSON with
 /// base64 content, or BSON with binary content. After, those reach the contract.
 pub fn parse_request(input: &[u8], installed: bool) -> Option<BootstrapInput> {
-    use crate::protocol::bundle::OwnerRequest;
+    use crate::protocol::bundle::{OwnerRequest, OWNER_REQUEST_PREFIX};
     use base64::Engine;
     match OwnerRequest::parse(input) {
         Some(Ok(OwnerRequest::Upload(zip))) => {
             return Some(BootstrapInput::Upload { zip: Some(zip) })
         }
         Some(Ok(OwnerRequest::Status)) => return Some(BootstrapInput::Status),
-        Some(Ok(OwnerRequest::Cluster(_))) => return None,
+        Some(Ok(OwnerRequest::Cluster(spec))) => {
+            return Some(BootstrapInput::Cluster { spec: Some(spec) })
+        }
+        Some(Err(_)) if input.get(OWNER_REQUEST_PREFIX.len()) == Some(&b'C') => {
+            return Some(BootstrapInput::Cluster { spec: None })
+        }
         Some(Err(_)) => return Some(BootstrapInput::Upload { zip: None }),
         None if installed => return None,
         None => {}
@@ -396,5 +407,24 @@ mod tests {
         assert_eq!(parse_request(br#"{"type":"status"}"#, true), None);
         let status = crate::protocol::bundle::OwnerRequest::Status.encode();
         assert_eq!(parse_request(&status, true), Some(BootstrapInput::Status));
+        let spec = crate::protocol::bundle::ClusterSpec {
+            unl: vec![format!("ed{}", "ab".repeat(32))],
+            peers: vec!["10.0.0.1:22861".into()],
+        };
+        let cluster = crate::protocol::bundle::OwnerRequest::Cluster(spec.clone()).encode();
+        for installed in [false, true] {
+            assert_eq!(
+                parse_request(&cluster, installed),
+                Some(BootstrapInput::Cluster {
+                    spec: Some(spec.clone())
+                })
+            );
+        }
+        let mut garbled = crate::protocol::bundle::OWNER_REQUEST_PREFIX.to_vec();
+        garbled.extend_from_slice(b"C{\"unl\":7}");
+        assert_eq!(
+            parse_request(&garbled, true),
+            Some(BootstrapInput::Cluster { spec: None })
+        );
     }
 }

@@ -150,12 +150,16 @@ fn default_max_connections() -> usize {
     1000
 }
 
-/// `mesh` section (peers; used by consensus among several nodes, a later step).
+/// `mesh` section: the peer port, the peers to dial, and the genesis hold.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshSection {
     pub port: u16,
     #[serde(default)]
     pub known_peers: Vec<String>,
+    /// Genesis hold (`HP_AWAIT_CLUSTER`): the node runs no rounds until its owner's cluster
+    /// request sets its UNL and peers (then this is cleared and saved).
+    #[serde(default)]
+    pub await_cluster: bool,
 }
 
 /// The whole `hp.cfg`.
@@ -186,6 +190,8 @@ pub struct NewNode {
     pub threshold: Option<u32>,
     /// This node's key is not added to the UNL (it joins as an observer).
     pub observer: bool,
+    /// Hold at genesis until the owner's cluster request (`HP_AWAIT_CLUSTER`).
+    pub await_cluster: bool,
 }
 
 /// Settings an environment may change on a later start.
@@ -282,6 +288,7 @@ impl NodeConfig {
                     .map(|p| p.trim().to_owned())
                     .filter(|p| !p.is_empty())
                     .collect(),
+                await_cluster: new.await_cluster,
             },
         };
         cfg.validate()?;
@@ -450,7 +457,28 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.contract.unl, vec![cfg.node.public_key.clone()]);
         assert_eq!(cfg.contract.consensus.roundtime, 200);
+        assert!(!cfg.mesh.await_cluster);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn a_config_without_await_cluster_loads_and_the_hold_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = NodeConfig::create(&NewNode {
+            contract_id: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+            owner_pubkey: owner(),
+            await_cluster: true,
+            ..Default::default()
+        })
+        .unwrap();
+        cfg.save(dir.path()).unwrap();
+        assert!(NodeConfig::load(dir.path()).unwrap().mesh.await_cluster);
+        // A config written before the hold existed has no `await_cluster` key.
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+        old["mesh"].as_object_mut().unwrap().remove("await_cluster");
+        std::fs::write(dir.path().join(CONFIG_FILE), old.to_string()).unwrap();
+        assert!(!NodeConfig::load(dir.path()).unwrap().mesh.await_cluster);
     }
 
     #[test]

@@ -59,6 +59,10 @@ enum Command {
         /// and proposes once a `patch.cfg` adds it).
         #[arg(long, requires = "unl")]
         observer: bool,
+        /// Hold at genesis: run no rounds until the owner's cluster request sets the UNL and
+        /// the peers (for nodes whose keys the others learn only once they exist).
+        #[arg(long)]
+        await_cluster: bool,
     },
     /// Run a node. Creates the config from HP_* variables on first start.
     Run {
@@ -89,8 +93,12 @@ enum Command {
         #[arg(long, env = "HP_THRESHOLD", value_parser = clap::value_parser!(u32).range(1..=100))]
         threshold: Option<u32>,
         /// At creation: join as an observer (this node's key is not added to the UNL).
-        #[arg(long, env = "HP_OBSERVER")]
+        #[arg(long, env = "HP_OBSERVER", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
         observer: bool,
+        /// At creation: hold at genesis (no rounds, no ledger) until the owner's cluster
+        /// request sets the UNL and the peers.
+        #[arg(long, env = "HP_AWAIT_CLUSTER", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+        await_cluster: bool,
         /// A pooled instance: wait (blocked, no CPU) until the host assigns it, then take the
         /// identity it was handed (`assign.env` in the state directory).
         #[arg(long)]
@@ -196,6 +204,7 @@ fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
             peers,
             threshold,
             observer,
+            await_cluster,
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if dir.join(CONFIG_FILE).exists() {
@@ -212,6 +221,7 @@ fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
                 peers,
                 threshold,
                 observer,
+                await_cluster,
             })?;
             cfg.save(&dir)?;
             if json {
@@ -236,6 +246,7 @@ fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
             peers,
             threshold,
             observer,
+            await_cluster,
             await_assignment,
             clock_skew_ms,
         } => {
@@ -270,9 +281,10 @@ fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
                     peers: peers.clone().unwrap_or_default(),
                     threshold,
                     observer,
+                    await_cluster,
                 })?;
                 cfg.save(&state_dir)?;
-                tracing::info!(node = %cfg.node.public_key, "created node config");
+                tracing::info!(node = %cfg.node.public_key, await_cluster, "created node config");
                 cfg
             };
             cfg.apply_overrides(&Overrides {

@@ -40,7 +40,7 @@ use crate::peer::wire::{
 use crate::peer::wire::{
     NodeKey, NplMessage, OutputVote, PeerMsg, Proposal, RelayedInput, Sig, WireLcl, MAX_RELAY_BATCH,
 };
-use crate::protocol::bundle::ContractConfig;
+use crate::protocol::bundle::{ClusterSpec, ContractConfig};
 use crate::protocol::pubkey_bytes_from_hex;
 use crate::protocol::user::{InputStatus, ParsedContainer, Protocol, RejectReason, Reply};
 use crate::state::StateTree;
@@ -201,6 +201,8 @@ pub(crate) struct RoundLoop {
     tracker: TaskTracker,
     /// Read-only views of the state for read requests, once one asked.
     views: Option<crate::readview::ReadViews>,
+    /// Genesis hold (`mesh.await_cluster`): no rounds until the owner's cluster request.
+    held: bool,
 }
 
 /// A bundle this node validated, waiting for the UNL to agree that it goes live.
@@ -245,6 +247,7 @@ impl RoundLoop {
         let (verify_tx, verify_rx) = mpsc::channel(256);
         let unl = Self::parse_unl(&cfg.contract);
         let threshold = cfg.contract.consensus.threshold;
+        let held = cfg.mesh.await_cluster;
         tracker.spawn(verifier(verify_rx, verified_tx));
         let lcl = shared.lcl();
         let (sync_done_tx, sync_done_rx) = mpsc::channel(1);
@@ -298,6 +301,7 @@ impl RoundLoop {
             corrupt_served_blocks: std::env::var_os("HP_FAULT_CORRUPT_STATE_BLOCKS").is_some(),
             tracker,
             views: None,
+            held,
         }
     }
 
@@ -332,6 +336,13 @@ impl RoundLoop {
             Ok(()) => {}
             Err(Stop::Cancelled) => return,
             Err(Stop::Failed(e)) => return self.fail(&cancel, e),
+        }
+        if self.held {
+            match self.hold(&cancel).await {
+                Ok(()) => {}
+                Err(Stop::Cancelled) => return,
+                Err(Stop::Failed(e)) => return self.fail(&cancel, e),
+            }
         }
         loop {
             let timing = self.timing();
@@ -992,6 +1003,9 @@ impl RoundLoop {
     }
 
     fn on_user_input(&mut self, input: SignedInput) {
+        if self.resumed_cluster_request(&input) {
+            return;
+        }
         match self.check_input(&input) {
             Ok(()) => {
                 if self.relay_batch.is_empty() {
@@ -1655,7 +1669,7 @@ impl RoundLoop {
                 Some(req) => push_reply(
                     &mut outputs,
                     &input.user,
-                    BootstrapReply::fail(reply_kind(&req), "UserNotAllowed"),
+                    BootstrapReply::fail(reply_kind(&req), not_allowed(&req)),
                 ),
                 None if !installed => {
                     let reply = if is_owner {
@@ -1953,7 +1967,8 @@ impl RoundLoop {
             return;
         }
         self.applied_patch = Some(hash);
-        match parse_patch(&bytes) {
+        let installed = !self.shared.contract().bin_path.is_empty();
+        match parse_patch(&bytes, installed) {
             Ok(patch) => {
                 let before = self.shared.contract();
                 let mut contract = before.clone();
@@ -1986,6 +2001,7 @@ impl RoundLoop {
 
     async fn bootstrap(&mut self, owner: String, req: BootstrapInput) -> Option<BootstrapReply> {
         match req {
+            BootstrapInput::Cluster { spec } => Some(self.cluster_change(spec)),
             BootstrapInput::Status => {
                 let contract = self.shared.contract();
                 let message = if contract.bin_path.is_empty() {
@@ -2134,18 +2150,7 @@ impl RoundLoop {
     ) -> Result<(), crate::config::ConfigError> {
         self.cfg.contract = contract.clone();
         self.cfg.save(&self.state_dir)?;
-        let patch = ContractConfig {
-            id: Some(contract.id.clone()),
-            version: Some(contract.version.clone()),
-            unl: Some(contract.unl.clone()),
-            bin_path: contract.bin_path.clone(),
-            bin_args: Some(contract.bin_args.clone()),
-            environment: Some(contract.environment.clone()),
-            max_input_ledger_offset: Some(contract.max_input_ledger_offset),
-            consensus: Some(contract.consensus.clone()),
-            npl: Some(contract.npl.clone()),
-            round_limits: Some(contract.round_limits.clone()),
-        };
+        let patch = contract_patch(&contract);
         if let Ok(text) = serde_json::to_vec_pretty(&patch) {
             let path = self.shared.fs.patch_file();
             if let Err(e) = crate::fsutil::write_atomic(&path, &text, 0o644) {
@@ -2186,11 +2191,273 @@ impl RoundLoop {
             peers = peers.len(),
             "peer_changeset from the contract applied"
         );
+        self.replace_known_peers(peers);
+    }
+
+    /// Replaces the peers this node dials (saved in `hp.cfg`; they apply at once).
+    fn replace_known_peers(&mut self, peers: Vec<String>) {
         self.cfg.mesh.known_peers = peers.clone();
         if let Err(e) = self.cfg.save(&self.state_dir) {
             tracing::warn!(error = %berth_log::chain(&e), "saving the changed peers failed; they apply until a restart");
         }
         self.shared.net.set_known_peers(peers);
+    }
+
+    // ----- the cluster: the genesis hold and the owner's cluster requests -----
+
+    /// The genesis hold: the node answers its users but runs no rounds and closes no ledger
+    /// until the owner's cluster request sets its UNL and peers.
+    async fn hold(&mut self, cancel: &CancellationToken) -> Result<(), Stop> {
+        tracing::info!(node = %self.shared.node_pubkey, "genesis hold: no rounds until the owner's cluster request");
+        self.set_status(false, AWAITING_CLUSTER.to_owned());
+        while self.held {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                msg = self.user_rx.recv() => match msg {
+                    Some(RoundMsg::Input(input)) => self.on_held_input(input),
+                    Some(other) => self.on_round_msg(other),
+                    None => return Err(Stop::Cancelled),
+                },
+                msg = self.peer_rx.recv(), if !self.peer_closed => match msg {
+                    Some(inbound) => self.on_peer(inbound),
+                    None => self.peer_closed = true,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// An input during the hold: answered at once and never recorded. Only the owner's
+    /// cluster request changes anything.
+    fn on_held_input(&mut self, input: SignedInput) {
+        if let Err(reason) = self.check_input(&input) {
+            self.shared
+                .send_to(&input.user, reject(reason, &input.hash));
+            return;
+        }
+        self.nonces.insert(input.user.clone(), input.nonce);
+        let is_owner = input.user == self.shared.owner_pubkey;
+        let reply = match bootstrap::parse_request(&input.input, false) {
+            Some(req) if !is_owner => {
+                tracing::info!(user = %input.user, "request of a user who is not the owner refused during the genesis hold");
+                BootstrapReply::fail(reply_kind(&req), not_allowed(&req))
+            }
+            Some(BootstrapInput::Cluster { spec }) => self.apply_cluster_now(spec),
+            Some(BootstrapInput::Status) => BootstrapReply::ok("statusResult", AWAITING_CLUSTER),
+            Some(req) => BootstrapReply::fail(reply_kind(&req), AWAITING_CLUSTER),
+            None => BootstrapReply::fail("error", AWAITING_CLUSTER),
+        };
+        self.answer_now(&input, reply);
+    }
+
+    /// Answers an input at once, outside consensus: accepted at this node's last closed
+    /// ledger (genesis), with one output whose root this node alone signs.
+    fn answer_now(&self, input: &SignedInput, reply: BootstrapReply) {
+        let (Some(key), Ok(bytes)) = (
+            pubkey_bytes_from_hex(&input.user),
+            serde_json::to_vec(&reply),
+        ) else {
+            return;
+        };
+        let lcl = self.shared.lcl();
+        let outputs = vec![bytes];
+        let own = ledger::user_output_hash(&key, &outputs);
+        let state = self.exec.state_hash;
+        let root = ledger::hash_parts([own.as_slice(), state.as_slice()]);
+        let sig = Sig::sign(&self.shared.signing_key, &root);
+        self.shared.send_to(
+            &input.user,
+            Reply::InputStatus {
+                status: InputStatus::Accepted,
+                reason: None,
+                input_hash: input.hash.to_vec(),
+                ledger: Some((lcl.seq_no, lcl.hash.to_vec())),
+            },
+        );
+        self.shared.send_to(
+            &input.user,
+            Reply::Output {
+                ledger_seq_no: lcl.seq_no,
+                ledger_hash: lcl.hash.to_vec(),
+                outputs,
+                output_hash: own.to_vec(),
+                hash_tree: vec![None, Some(state.to_vec())],
+                unl_sig: vec![(self.me.prefixed().to_vec(), sig.0.to_vec())],
+            },
+        );
+    }
+
+    /// Applies the owner's cluster request at once (the hold: there is no ledger to agree
+    /// in): the UNL and the peers are saved, the hold is cleared, and rounds start.
+    fn apply_cluster_now(&mut self, spec: Option<ClusterSpec>) -> BootstrapReply {
+        let spec = match checked_spec(spec) {
+            Ok(spec) => spec,
+            Err(message) => {
+                tracing::warn!(reason = %message, "cluster request refused; the node stays held");
+                return BootstrapReply::fail(CLUSTER_RESULT, message);
+            }
+        };
+        let me = self.shared.node_pubkey.to_ascii_lowercase();
+        let observer = !self.cfg.contract.unl.contains(&me);
+        if !observer && !spec.unl.contains(&me) {
+            let message = format!(
+                "the cluster's UNL does not contain this node's key {me}; the node stays held"
+            );
+            tracing::warn!(reason = %message, "cluster request refused");
+            return BootstrapReply::fail(CLUSTER_RESULT, message);
+        }
+        let peers = self.own_peers(&spec.peers);
+        let mut cfg = self.cfg.clone();
+        cfg.contract.unl = spec.unl.clone();
+        cfg.mesh.known_peers = peers.clone();
+        cfg.mesh.await_cluster = false;
+        if let Err(e) = cfg.validate().and_then(|()| cfg.save(&self.state_dir)) {
+            tracing::error!(error = %berth_log::chain(&e), "saving the cluster failed; the node stays held");
+            return BootstrapReply::fail(
+                CLUSTER_RESULT,
+                format!("saving the cluster: {}", berth_log::chain(&e)),
+            );
+        }
+        let changed = cfg.contract.unl != self.cfg.contract.unl;
+        self.cfg = cfg;
+        self.unl = Self::parse_unl(&self.cfg.contract);
+        self.shared.set_contract(self.cfg.contract.clone());
+        self.shared.net.set_known_peers(peers.clone());
+        if changed {
+            let unl = spec
+                .unl
+                .iter()
+                .filter_map(|k| pubkey_bytes_from_hex(k).map(|b| b.to_vec()))
+                .collect();
+            self.shared.send_to_all(&Reply::UnlChange { unl });
+        }
+        let was_held = std::mem::take(&mut self.held);
+        tracing::info!(
+            unl = ?spec.unl,
+            peers = ?peers,
+            was_held,
+            "cluster set by the owner; rounds start"
+        );
+        BootstrapReply::ok(
+            CLUSTER_RESULT,
+            format!(
+                "cluster set: a UNL of {} nodes, dialing {} peers",
+                spec.unl.len(),
+                peers.len()
+            ),
+        )
+    }
+
+    /// The owner's cluster request again once the hold is cleared but before any ledger
+    /// closed (a tenant resuming): the cluster already set is answered ok at once. Any
+    /// other goes through consensus like every input. True when the input was answered.
+    fn resumed_cluster_request(&mut self, input: &SignedInput) -> bool {
+        if input.user != self.shared.owner_pubkey || self.shared.lcl().seq_no != 0 {
+            return false;
+        }
+        let Some(BootstrapInput::Cluster { spec: Some(spec) }) =
+            bootstrap::parse_request(&input.input, true)
+        else {
+            return false;
+        };
+        let Ok(spec) = checked_spec(Some(spec)) else {
+            return false;
+        };
+        if spec.unl != self.cfg.contract.unl
+            || self.own_peers(&spec.peers) != self.cfg.mesh.known_peers
+        {
+            return false;
+        }
+        if let Err(reason) = self.check_input(input) {
+            self.shared
+                .send_to(&input.user, reject(reason, &input.hash));
+            return true;
+        }
+        self.nonces.insert(input.user.clone(), input.nonce);
+        tracing::info!("the owner sent the cluster already set; answered at once");
+        self.answer_now(
+            input,
+            BootstrapReply::ok(
+                CLUSTER_RESULT,
+                format!("cluster already set: a UNL of {} nodes", spec.unl.len()),
+            ),
+        );
+        true
+    }
+
+    /// The owner's cluster request in a ledger, executed alike on every node: the UNL goes
+    /// into `patch.cfg` (other keys kept), so it changes at the ledger that agrees on it,
+    /// and the peers replace this node's. The answer depends on the request alone.
+    fn cluster_change(&mut self, spec: Option<ClusterSpec>) -> BootstrapReply {
+        let spec = match checked_spec(spec) {
+            Ok(spec) => spec,
+            Err(message) => {
+                tracing::warn!(reason = %message, "cluster request refused");
+                return BootstrapReply::fail(CLUSTER_RESULT, message);
+            }
+        };
+        if let Err(e) = self.write_patch_unl(&spec.unl) {
+            let path = self.shared.fs.patch_file();
+            tracing::error!(error = %berth_log::chain(&e), path = %path.display(), "writing the cluster's UNL failed");
+            return BootstrapReply::fail(
+                CLUSTER_RESULT,
+                format!("writing {}: {e}", path.display()),
+            );
+        }
+        let peers = self.own_peers(&spec.peers);
+        if peers != self.cfg.mesh.known_peers {
+            self.replace_known_peers(peers.clone());
+        }
+        tracing::info!(
+            seq = self.shared.lcl().seq_no,
+            unl = ?spec.unl,
+            peers = ?peers,
+            "cluster request executed: the UNL changes with the ledger that agrees on it"
+        );
+        BootstrapReply::ok(
+            CLUSTER_RESULT,
+            format!(
+                "cluster change agreed: the UNL of {} nodes takes effect with the next ledger",
+                spec.unl.len()
+            ),
+        )
+    }
+
+    /// Sets the `unl` key of `patch.cfg`, keeping its other keys; a node without one (no
+    /// contract installed) starts from its contract section, which every node shares.
+    fn write_patch_unl(&self, unl: &[String]) -> std::io::Result<()> {
+        let path = self.shared.fs.patch_file();
+        let existing = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .filter(serde_json::Value::is_object),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut patch = match existing {
+            Some(patch) => patch,
+            None => serde_json::to_value(contract_patch(&self.shared.contract()))
+                .map_err(std::io::Error::other)?,
+        };
+        patch["unl"] = serde_json::json!(unl);
+        let text = serde_json::to_vec_pretty(&patch).map_err(std::io::Error::other)?;
+        crate::fsutil::write_atomic(&path, &text, 0o644)
+    }
+
+    /// `peers` without this node's own peer address (when it can tell: same port, and a
+    /// loopback or its listen address); the peer port refuses a session with its own key
+    /// in any case.
+    fn own_peers(&self, peers: &[String]) -> Vec<String> {
+        let own = self.shared.net.local_addr();
+        let mut out: Vec<String> = Vec::with_capacity(peers.len());
+        for p in peers {
+            if is_own_addr(p, own) {
+                tracing::debug!(peer = %p, "this node's own address left out of its peers");
+            } else if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
     }
 
     async fn post_exec(&mut self, lcl: LclId) {
@@ -2216,6 +2483,76 @@ impl RoundLoop {
     }
 }
 
+/// What a node that awaits its cluster answers to everything but its owner's cluster
+/// request.
+const AWAITING_CLUSTER: &str =
+    "the node awaits its cluster: no rounds run until its owner's cluster request sets the UNL and the peers";
+
+/// The kind of the answer to a cluster request.
+const CLUSTER_RESULT: &str = "clusterResult";
+
+/// The contract section as a `patch.cfg` (every key set).
+fn contract_patch(contract: &crate::config::ContractSection) -> ContractConfig {
+    ContractConfig {
+        id: Some(contract.id.clone()),
+        version: Some(contract.version.clone()),
+        unl: Some(contract.unl.clone()),
+        bin_path: contract.bin_path.clone(),
+        bin_args: Some(contract.bin_args.clone()),
+        environment: Some(contract.environment.clone()),
+        max_input_ledger_offset: Some(contract.max_input_ledger_offset),
+        consensus: Some(contract.consensus.clone()),
+        npl: Some(contract.npl.clone()),
+        round_limits: Some(contract.round_limits.clone()),
+    }
+}
+
+/// A cluster request's spec, validated, with its keys lowercased and sorted (so that every
+/// node's config and `patch.cfg` spell the UNL alike whatever order the owner sent) and its
+/// peers trimmed. The error is the owner's answer.
+fn checked_spec(spec: Option<ClusterSpec>) -> Result<ClusterSpec, String> {
+    let Some(spec) = spec else {
+        return Err(
+            "the cluster request is not a cluster spec: send {\"unl\": [\"ed…\"], \"peers\": [\"host:port\"]}"
+                .to_owned(),
+        );
+    };
+    let mut unl: Vec<String> = spec
+        .unl
+        .iter()
+        .map(|k| k.trim().to_ascii_lowercase())
+        .collect();
+    unl.sort();
+    let spec = ClusterSpec {
+        unl,
+        peers: spec.peers.iter().map(|p| p.trim().to_owned()).collect(),
+    };
+    spec.validate()
+        .map_err(|e| format!("invalid cluster spec: `{}`: {}", e.key, e.problem))?;
+    Ok(spec)
+}
+
+/// Whether `peer` (`host:port`) names this node's own peer port `own`, as far as the
+/// address tells: the same port on a loopback address, `localhost`, or the listen address.
+fn is_own_addr(peer: &str, own: std::net::SocketAddr) -> bool {
+    let Some((host, port)) = peer.rsplit_once(':') else {
+        return false;
+    };
+    if port.parse::<u16>().ok() != Some(own.port()) {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => return false,
+        }
+    };
+    ip == own.ip() || (ip.is_loopback() && (own.ip().is_loopback() || own.ip().is_unspecified()))
+}
+
 /// The keys of the contract section a `patch.cfg` may set.
 const PATCH_KEYS: [&str; 10] = [
     "id",
@@ -2231,8 +2568,10 @@ const PATCH_KEYS: [&str; 10] = [
 ];
 
 /// Parses and validates a `patch.cfg`. As hpcore, a top-level key it does not know is
-/// ignored (and logged), not a reason to reject the file.
-fn parse_patch(bytes: &[u8]) -> Result<ContractConfig, String> {
+/// ignored (and logged), not a reason to reject the file. A node with no contract
+/// `installed` may have a patch with an empty `bin_path` (a cluster request writes the UNL
+/// before any bundle): it stays without a contract.
+fn parse_patch(bytes: &[u8], installed: bool) -> Result<ContractConfig, String> {
     let mut value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let object = value
@@ -2248,7 +2587,15 @@ fn parse_patch(bytes: &[u8]) -> Result<ContractConfig, String> {
         object.remove(key);
     }
     let config: ContractConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    config.validate().map_err(|e| e.to_string())?;
+    if !installed && config.bin_path.is_empty() {
+        let placeholder = ContractConfig {
+            bin_path: "-".to_owned(),
+            ..config.clone()
+        };
+        placeholder.validate().map_err(|e| e.to_string())?;
+    } else {
+        config.validate().map_err(|e| e.to_string())?;
+    }
     Ok(config)
 }
 
@@ -2269,6 +2616,17 @@ fn reply_kind(req: &BootstrapInput) -> &'static str {
     match req {
         BootstrapInput::Upload { .. } => "uploadResult",
         BootstrapInput::Status => "statusResult",
+        BootstrapInput::Cluster { .. } => "clusterResult",
+    }
+}
+
+/// The answer to a user who is not the owner and sent an installer request.
+fn not_allowed(req: &BootstrapInput) -> &'static str {
+    match req {
+        BootstrapInput::Cluster { .. } => {
+            "UserNotAllowed: only the node's owner may set its cluster"
+        }
+        _ => "UserNotAllowed",
     }
 }
 
@@ -2380,6 +2738,68 @@ mod tests {
             sig: Sig::sign(&key, &container),
             container,
         }
+    }
+
+    #[test]
+    fn own_peer_addresses_are_recognised_by_port_and_host() {
+        let own: std::net::SocketAddr = "127.0.0.1:22861".parse().unwrap();
+        assert!(is_own_addr("127.0.0.1:22861", own));
+        assert!(is_own_addr("localhost:22861", own));
+        assert!(!is_own_addr("127.0.0.1:22862", own));
+        assert!(!is_own_addr("10.0.0.2:22861", own));
+        let any: std::net::SocketAddr = "0.0.0.0:22861".parse().unwrap();
+        assert!(is_own_addr("127.0.0.1:22861", any));
+        assert!(!is_own_addr("10.0.0.2:22861", any));
+        assert!(!is_own_addr("nohost", any));
+    }
+
+    #[test]
+    fn a_cluster_spec_is_sorted_lowercased_and_its_faults_named() {
+        let hex_of = |seed: u8| {
+            crate::protocol::pubkey_hex(&SigningKey::from_bytes(&[seed; 32]).verifying_key())
+        };
+        let (a, b) = (
+            hex_of(1).to_ascii_uppercase().replacen("ED", "ed", 1),
+            hex_of(2),
+        );
+        let (a, b) = if a.to_ascii_lowercase() < b {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        let spec = checked_spec(Some(ClusterSpec {
+            unl: vec![a.clone(), b.clone()],
+            peers: vec![" 10.0.0.1:22861 ".into()],
+        }))
+        .unwrap();
+        assert_eq!(spec.unl, vec![b.clone(), a.to_ascii_lowercase()]);
+        assert_eq!(spec.peers, vec!["10.0.0.1:22861".to_owned()]);
+        let err = checked_spec(Some(ClusterSpec {
+            unl: vec!["ed1234".into()],
+            peers: vec![],
+        }))
+        .unwrap_err();
+        assert!(err.contains("ed1234"), "{err}");
+        let err = checked_spec(Some(ClusterSpec {
+            unl: vec![b.clone(), b.to_ascii_uppercase().replacen("ED", "ed", 1)],
+            peers: vec![],
+        }))
+        .unwrap_err();
+        assert!(err.contains("repeated"), "{err}");
+        assert!(checked_spec(None)
+            .unwrap_err()
+            .contains("not a cluster spec"));
+    }
+
+    #[test]
+    fn a_patch_without_bin_path_is_valid_only_while_no_contract_is_installed() {
+        let key = crate::protocol::pubkey_hex(&SigningKey::from_bytes(&[3; 32]).verifying_key());
+        let patch = format!(r#"{{"bin_path":"","unl":["{key}"]}}"#);
+        let cfg = parse_patch(patch.as_bytes(), false).unwrap();
+        assert_eq!(cfg.unl.unwrap().len(), 1);
+        assert!(parse_patch(patch.as_bytes(), true).is_err());
+        let bad = r#"{"bin_path":"","unl":["nokey"]}"#;
+        assert!(parse_patch(bad.as_bytes(), false).is_err());
     }
 
     #[test]

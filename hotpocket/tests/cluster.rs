@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_hotpocket_client::client::{Client, ConnectOptions, LedgerOutputs};
+use berth_hotpocket_client::protocol::bundle::{BootstrapReply, ClusterSpec};
 use berth_hotpocket_client::protocol::pubkey_hex;
+use berth_hotpocket_client::protocol::user::Protocol;
 use common::*;
 use ed25519_dalek::SigningKey;
 
@@ -43,8 +45,8 @@ struct Member {
     addr: String,
     key: SigningKey,
     peer_port: u16,
-    /// Extra environment for the node's process (fault injection).
-    env: Vec<(&'static str, &'static str)>,
+    /// Extra environment for the node's process (fault injection, creation from HP_*).
+    env: Vec<(String, String)>,
 }
 
 /// A cluster of `hotpocket` processes sharing a UNL and peering with each other.
@@ -121,7 +123,7 @@ impl Cluster {
                     .envs
                     .iter()
                     .filter(|(n, _, _)| *n == i)
-                    .map(|(_, k, v)| (*k, *v))
+                    .map(|(_, k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             });
         }
@@ -172,6 +174,65 @@ impl Cluster {
         std::thread::spawn(move || for _ in lines {});
         m.addr = addr.expect("node printed its address");
         m.child = Some(child);
+    }
+
+    /// Starts `nodes` nodes the way a tenant's purchase makes them: created at first start
+    /// from HP_* variables with `HP_AWAIT_CLUSTER=1`, no UNL and no peers, so each holds at
+    /// genesis until the owner's cluster request.
+    fn start_held(nodes: usize, roundtime: u64, threshold: u32) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster {
+            _root: root,
+            members: Vec::new(),
+        };
+        for i in 0..nodes {
+            let dir = cluster._root.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let k = key(100 + i as u8);
+            let port = free_port();
+            let env = [
+                ("HP_CONTRACT_ID", CONTRACT_ID.to_owned()),
+                ("HP_OWNER_PUBKEY", pubkey_hex(&key(OWNER).verifying_key())),
+                ("HP_NODE_SECRET", hex::encode(k.to_bytes())),
+                ("HP_PEER_PORT", port.to_string()),
+                ("HP_ROUNDTIME_MS", roundtime.to_string()),
+                ("HP_THRESHOLD", threshold.to_string()),
+                ("HP_AWAIT_CLUSTER", "1".to_owned()),
+            ];
+            cluster.members.push(Member {
+                dir,
+                child: None,
+                addr: String::new(),
+                key: k,
+                peer_port: port,
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            });
+            cluster.run(i, None);
+        }
+        cluster
+    }
+
+    /// The cluster spec of `nodes`: their keys and peer addresses.
+    fn spec(&self, nodes: &[usize]) -> ClusterSpec {
+        ClusterSpec {
+            unl: nodes.iter().map(|&i| self.key_hex(i)).collect(),
+            peers: nodes
+                .iter()
+                .map(|&i| format!("127.0.0.1:{}", self.members[i].peer_port))
+                .collect(),
+        }
+    }
+
+    /// Sends the owner's cluster request for `nodes` to node `via`; returns the answer.
+    async fn set_cluster(&self, via: usize, nodes: &[usize]) -> BootstrapReply {
+        let owner = self.connect(via, &key(OWNER)).await;
+        match owner.set_cluster(&self.spec(nodes)).await {
+            Ok(reply) => reply,
+            Err(e) => panic!("cluster request to node {via}: {e}\n{}", self.logs_tail()),
+        }
     }
 
     /// Creates a blank node that follows the cluster's UNL as an observer (its key is not
@@ -1108,4 +1169,199 @@ async fn a_peer_changeset_from_the_contract_connects_a_node_nobody_dialed() {
         "the changed peers are saved: {saved}"
     );
     cluster.assert_same_chain(&[0, 1, 2]).await;
+}
+
+// ----- the owner's cluster: genesis hold and cluster changes -----
+
+/// Waits `ms`, then checks that node `i` is still held at genesis.
+async fn assert_held(cluster: &Cluster, i: usize) {
+    let c = cluster.connect(i, &key(230 + i as u8)).await;
+    let stat = c.stat().await.unwrap();
+    assert_eq!(stat.ledger_seq_no, 0, "node {i} closed no ledger");
+    assert!(
+        stat.vote_status.contains("awaits its cluster") && !stat.in_sync,
+        "node {i}: {}",
+        stat.vote_status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_nodes_close_nothing_until_the_owner_sets_the_cluster_then_agree() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start_held(3, 400, 80);
+    // Alone in its UNL a node would close a ledger every round; held, none does.
+    sleep_ms(1500).await;
+    for i in 0..3 {
+        assert_held(&cluster, i).await;
+    }
+    // A restart keeps the hold (it is in hp.cfg).
+    cluster.kill(0);
+    cluster.run(0, None);
+    sleep_ms(1000).await;
+    assert_held(&cluster, 0).await;
+
+    for i in 0..3 {
+        let reply = cluster.set_cluster(i, &[0, 1, 2]).await;
+        assert_eq!(
+            (reply.kind.as_str(), reply.status.as_str()),
+            ("clusterResult", "ok"),
+            "node {i}: {}",
+            reply.message
+        );
+    }
+    // The tenant may resume: the same request again is answered ok.
+    let again = cluster.set_cluster(1, &[0, 1, 2]).await;
+    assert_eq!(again.status, "ok", "{}", again.message);
+
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 3, Duration::from_secs(30))
+        .await;
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.members[0].dir.join("hp.cfg")).unwrap())
+            .unwrap();
+    assert_eq!(saved["mesh"]["await_cluster"], serde_json::json!(false));
+    assert_eq!(
+        saved["mesh"]["known_peers"].as_array().unwrap().len(),
+        2,
+        "its own address is not a peer: {saved}"
+    );
+
+    install_everywhere(
+        &cluster,
+        2,
+        &bundle("probe-contract", basic_config()),
+        &[0, 1, 2],
+    )
+    .await;
+    let user = cluster.connect(1, &key(9)).await;
+    let out = user.submit_and_wait(b"echo agreed").await.unwrap();
+    assert_eq!(text(&out), "agreed");
+    let mut unl: Vec<String> = (0..3).map(|i| cluster.key_hex(i)).collect();
+    unl.sort();
+    assert_eq!(out.signers, unl, "unl_sig from all three");
+    cluster.assert_same_chain(&[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_node_refuses_strangers_and_bad_specs_and_stays_held() {
+    let _serial = serial().await;
+    let cluster = Cluster::start_held(2, 300, 80);
+    let spec = cluster.spec(&[0, 1]);
+
+    let stranger = cluster.connect(0, &key(9)).await;
+    let reply = stranger.set_cluster(&spec).await.unwrap();
+    assert_eq!(reply.status, "fail");
+    assert!(
+        reply.message.contains("UserNotAllowed"),
+        "{}",
+        reply.message
+    );
+    // Anything else a user sends is answered with the reason too.
+    let other = cluster.connect(0, &key(10)).await;
+    let other = other.submit_and_wait(b"hello").await.unwrap();
+    assert!(
+        text(&other).contains("awaits its cluster"),
+        "{}",
+        text(&other)
+    );
+
+    let owner = cluster.connect(0, &key(OWNER)).await;
+    let without_me = cluster.spec(&[1]);
+    let reply = owner.set_cluster(&without_me).await.unwrap();
+    assert_eq!(reply.status, "fail");
+    assert!(
+        reply.message.contains(&cluster.key_hex(0)),
+        "the reason names the node's key: {}",
+        reply.message
+    );
+    let bad_key = ClusterSpec {
+        unl: vec![cluster.key_hex(0), "ed1234".to_owned()],
+        peers: spec.peers.clone(),
+    };
+    let reply = owner.set_cluster(&bad_key).await.unwrap();
+    assert_eq!(reply.status, "fail");
+    assert!(reply.message.contains("ed1234"), "{}", reply.message);
+    let bad_peer = ClusterSpec {
+        unl: spec.unl.clone(),
+        peers: vec!["nohost".to_owned()],
+    };
+    let reply = owner.set_cluster(&bad_peer).await.unwrap();
+    assert_eq!(reply.status, "fail");
+    assert!(reply.message.contains("nohost"), "{}", reply.message);
+    sleep_ms(900).await;
+    assert_held(&cluster, 0).await;
+
+    // Node 1 alone, as its own cluster, starts closing ledgers; node 0 still holds.
+    let reply = cluster.set_cluster(1, &[1]).await;
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    cluster
+        .wait_for_ledger(&[1], 3, Duration::from_secs(20))
+        .await;
+    assert_held(&cluster, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_adds_an_observer_to_a_running_cluster_then_removes_an_original() {
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(Settings::new(3, 400));
+    cluster
+        .wait_for_ledger(&[0, 1, 2], 2, Duration::from_secs(20))
+        .await;
+    let fresh = cluster.add_observer(400, 80);
+    cluster.run(fresh, None);
+    let target = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(fresh, target, true, Duration::from_secs(60))
+        .await;
+
+    // No contract is installed: the installer applies the request all the same.
+    let reply = cluster.set_cluster(0, &[0, 1, 2, fresh]).await;
+    assert_eq!(
+        (reply.kind.as_str(), reply.status.as_str()),
+        ("clusterResult", "ok"),
+        "{}",
+        reply.message
+    );
+    let now = *cluster.lcls(&[0, 1, 2]).await.iter().max().unwrap();
+    cluster
+        .wait_in_sync(fresh, now + 2, false, Duration::from_secs(30))
+        .await;
+    // No contract: the installer answers the input. Its answer is JSON, which a JSON-mode
+    // client receives re-encoded; in BSON mode the output bytes, and so `unl_sig`, check.
+    let opts = ConnectOptions {
+        output_grace: Duration::from_secs(8),
+        protocol: Protocol::Bson,
+        ..ConnectOptions::default()
+    };
+    let user = Client::connect(&cluster.members[fresh].addr, key(9), opts)
+        .await
+        .unwrap();
+    let out = user.submit_and_wait(b"hello").await.unwrap();
+    let mut four: Vec<String> = [0, 1, 2, fresh].map(|i| cluster.key_hex(i)).to_vec();
+    four.sort();
+    assert_eq!(
+        out.signers,
+        four,
+        "the new node signs outputs too: {out:?}\n{}",
+        cluster.logs_tail()
+    );
+
+    // Node 1 leaves the UNL but stays connected: it stops counting, the others go on.
+    let reply = cluster.set_cluster(2, &[0, 2, fresh]).await;
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    cluster
+        .advance(&[0, 2, fresh], 3, Duration::from_secs(30))
+        .await;
+    let out = user.submit_and_wait(b"hello again").await.unwrap();
+    let mut three: Vec<String> = [0, 2, fresh].map(|i| cluster.key_hex(i)).to_vec();
+    three.sort();
+    assert_eq!(out.signers, three, "node 1 no longer counts");
+    let stat = cluster.connect(1, &key(31)).await.stat().await.unwrap();
+    assert_eq!(stat.current_unl.len(), 3, "node 1 follows the change too");
+    cluster.kill(1);
+    cluster
+        .advance(&[0, 2, fresh], 3, Duration::from_secs(30))
+        .await;
+    cluster.assert_same_chain(&[0, 2, fresh]).await;
 }
