@@ -242,10 +242,11 @@ impl NodeConfig {
                 unl.push(hex);
             }
         }
-        if new.observer && unl.is_empty() {
+        // A held observer learns the UNL it follows from the owner's cluster request.
+        if new.observer && unl.is_empty() && !new.await_cluster {
             return Err(invalid(
                 "contract.unl",
-                "an observer needs the UNL it follows",
+                "an observer needs the UNL it follows (or the cluster hold)",
             ));
         }
         if !new.observer && !unl.contains(&node_pk) {
@@ -332,7 +333,7 @@ impl NodeConfig {
         })?;
         parse_pubkey_hex(&self.bootstrap.owner_pubkey)
             .map_err(|e| invalid("bootstrap.owner_pubkey", e.to_string()))?;
-        if self.contract.unl.is_empty() {
+        if self.contract.unl.is_empty() && !self.mesh.await_cluster {
             return Err(invalid("contract.unl", "must name at least one node"));
         }
         for key in &self.contract.unl {
@@ -459,6 +460,26 @@ mod tests {
         assert_eq!(cfg.contract.consensus.roundtime, 200);
         assert!(!cfg.mesh.await_cluster);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn a_held_observer_needs_no_unl_until_the_owner_names_it() {
+        let new = NewNode {
+            contract_id: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+            owner_pubkey: owner(),
+            observer: true,
+            await_cluster: true,
+            ..Default::default()
+        };
+        let cfg = NodeConfig::create(&new).unwrap();
+        assert!(cfg.contract.unl.is_empty(), "not in its own UNL");
+        cfg.validate().unwrap();
+        let unheld = NewNode {
+            await_cluster: false,
+            ..new
+        };
+        let err = NodeConfig::create(&unheld).unwrap_err().to_string();
+        assert!(err.contains("observer needs the UNL"), "{err}");
     }
 
     #[test]
