@@ -87,6 +87,29 @@ impl DockerProvisioner {
         &self.docker
     }
 
+    /// The gateway address of Docker's default `bridge` network: an address of this machine
+    /// that containers on the bridge reach (published ports included). `None` when the
+    /// engine names none.
+    pub async fn bridge_gateway(&self) -> Result<Option<std::net::IpAddr>, ProvisionError> {
+        let network = self
+            .docker
+            .inspect_network("bridge", None)
+            .await
+            .map_err(|source| ProvisionError::EngineNamespace {
+                namespace: self.config.namespace.clone(),
+                op: Operation::Inspect,
+                source,
+            })?;
+        Ok(network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.gateway)
+            .find_map(|g| g.parse::<std::net::Ipv4Addr>().ok())
+            .map(std::net::IpAddr::V4))
+    }
+
     pub fn config(&self) -> &ProvisionerConfig {
         &self.config
     }

@@ -49,7 +49,10 @@ struct SandboxArgs {
     /// Milliseconds between ledger closes.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     close_ms: u64,
-    /// Number of lease slots the host offers.
+    /// Host agents to run, each with its own account, slots, ports and (as root) address.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(berth_sandbox::sandbox::MAX_HOSTS)))]
+    hosts: u32,
+    /// Number of lease slots each host offers.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     slots: u32,
     /// Price of one moment of one slot, in drops (1 XRP = 1,000,000 drops).
@@ -133,6 +136,7 @@ impl SandboxArgs {
             namespace: self.namespace.clone(),
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),
             log_to_file: true,
+            hosts: self.hosts,
         })
     }
 }
@@ -216,14 +220,17 @@ fn print_ready(info: &SandboxInfo, took: Duration) {
         info.ledger, info.ledger_http
     );
     println!("  registry   {}", info.registry);
-    println!(
-        "  host       {}  {} slots at {} per {} s moment, instances on 127.0.0.1:{}",
-        info.host,
-        info.slots,
-        xrp(info.price_drops),
-        info.moment_secs,
-        info.user_ports
-    );
+    for host in &info.hosts {
+        println!(
+            "  host       {}  {} slots at {} per {} s moment, instances on {}:{}",
+            host.account,
+            info.slots,
+            xrp(info.price_drops),
+            info.moment_secs,
+            host.address,
+            host.user_ports
+        );
+    }
     println!(
         "  tenant     {}  {}, keys and settings in {}",
         info.tenant,
@@ -254,6 +261,12 @@ fn print_ready(info: &SandboxInfo, took: Duration) {
     println!("  berth leases");
     println!("  berth extend <lease> 1");
     println!("  berth terminate <lease>");
+    if info.hosts.len() > 1 {
+        println!(
+            "  berth cluster create --nodes {} --bundle examples/bundles/counter.zip",
+            info.hosts.len()
+        );
+    }
     println!("Ctrl-C stops the sandbox and removes its instances.");
 }
 

@@ -7,7 +7,7 @@
 //! sandbox's Docker namespace, stops the ledger and deletes the directory (unless asked to
 //! keep it). A start that fails half-way undoes what it started.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,7 +83,15 @@ pub struct SandboxOptions {
     /// Install a global tracing subscriber writing to `<dir>/agent.log` (`RUST_LOG`, default
     /// `info`). Skipped when the process already has one.
     pub log_to_file: bool,
+    /// Host agents to run (1 to [`MAX_HOSTS`]), each with its own account, slots, ports and
+    /// Docker namespace. With more than one, each also gets its own address on this machine
+    /// where it can (see [`SandboxInfo::own_addresses`]), so that peer traffic between
+    /// hosts crosses addresses and a test can cut one host off.
+    pub hosts: u32,
 }
+
+/// The most host agents one sandbox runs.
+pub const MAX_HOSTS: u32 = 8;
 
 impl Default for SandboxOptions {
     fn default() -> Self {
@@ -115,6 +123,7 @@ impl Default for SandboxOptions {
             namespace: None,
             ready_timeout: Duration::from_secs(120),
             log_to_file: true,
+            hosts: 1,
         }
     }
 }
@@ -143,6 +152,27 @@ pub struct SandboxInfo {
     /// The instances' user ports, `first-last`.
     pub user_ports: String,
     pub tenant_drops: u64,
+    /// Every host agent (the first is `host`).
+    pub hosts: Vec<SandboxHost>,
+    /// Each host has an address of its own (added to the loopback interface as
+    /// `10.213.x.y/32`, removed at shutdown). False with one host (127.0.0.1), or when the
+    /// addresses could not be added (not root): then the hosts share the Docker bridge's
+    /// gateway address, which containers reach too.
+    pub own_addresses: bool,
+}
+
+/// One host agent of the sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxHost {
+    pub account: String,
+    /// Where its instances' ports are published (and its domain).
+    pub address: IpAddr,
+    /// Its Docker namespace (label `berth.namespace`).
+    pub namespace: String,
+    /// Its instances' user and peer ports, `first-last`.
+    pub user_ports: String,
+    pub peer_ports: String,
+    pub data_dir: PathBuf,
 }
 
 /// Why the sandbox could not start or stop; each names what failed.
@@ -253,9 +283,16 @@ impl Sandbox {
     /// the reason. Cancel-safe: use it in `select!` next to a signal.
     pub async fn agent_stopped(&mut self) -> SandboxError {
         let log = self.info.log.clone();
-        match self.parts.agent.as_mut() {
-            Some(agent) => agent.stopped(log).await,
-            None => std::future::pending().await,
+        loop {
+            if let Some(agent) = self
+                .parts
+                .agents
+                .iter_mut()
+                .find(|a| a.handle.as_ref().is_some_and(JoinHandle::is_finished))
+            {
+                return agent.stopped(log).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -273,21 +310,32 @@ impl Sandbox {
 struct Parts {
     keep: bool,
     dir: Option<Workdir>,
-    provisioner: Option<Arc<DockerProvisioner>>,
+    provisioners: Vec<Arc<DockerProvisioner>>,
+    /// Addresses added to the loopback interface, removed last.
+    aliases: Vec<IpAddr>,
     net: Option<Localnet>,
     client: Option<Client>,
-    agent: Option<AgentTask>,
+    agents: Vec<AgentTask>,
 }
 
 impl Parts {
     async fn teardown(&mut self, keep_dir: bool) -> Result<usize, SandboxError> {
-        if let Some(agent) = self.agent.take() {
+        for agent in self.agents.drain(..) {
             agent.stop().await;
         }
-        let removed = match &self.provisioner {
-            Some(provisioner) => remove_all(provisioner).await,
-            None => Ok(0),
-        };
+        let mut removed = Ok(0);
+        for provisioner in &self.provisioners {
+            match (remove_all(provisioner).await, &mut removed) {
+                (Ok(n), Ok(total)) => *total += n,
+                (Err(e), Ok(_)) => removed = Err(e),
+                (_, Err(_)) => {}
+            }
+        }
+        for alias in self.aliases.drain(..) {
+            if let Err(problem) = alias_command("del", alias) {
+                tracing::warn!(%alias, problem, "could not remove a sandbox address");
+            }
+        }
         if let Some(client) = self.client.take() {
             client.shutdown().await;
         }
@@ -447,6 +495,7 @@ fn host_config(
     ledger: &str,
     registry: &str,
     data_dir: &Path,
+    host: &HostPlan,
 ) -> Result<HostConfig, ConfigError> {
     let slots = opts.slots;
     let mut config = HostConfig::from_toml(&format!(
@@ -455,7 +504,7 @@ fn host_config(
 servers = ["{ledger}"]
 registry = "{registry}"
 [host]
-domain = "127.0.0.1"
+domain = "{domain}"
 country = "DE"
 description = "berth sandbox"
 [lease]
@@ -481,14 +530,93 @@ metrics = "127.0.0.1:0"
         cpu = u64::from(opts.cpu_millicores_per_slot) * u64::from(slots),
         memory = u64::from(opts.memory_mb_per_slot) * u64::from(slots),
         disk = u64::from(opts.disk_mb_per_slot) * u64::from(slots),
-        user = opts.user_ports,
-        peer = opts.peer_ports,
+        user = host.user_ports,
+        peer = host.peer_ports,
+        domain = host.address,
         every = opts.housekeeping_secs.clamp(1, 59),
     ))?;
     config.host.data_dir = data_dir.to_owned();
     config.runtime.image = opts.image.clone();
     config.validate()?;
     Ok(config)
+}
+
+/// Where one host of the sandbox lives.
+#[derive(Debug, Clone)]
+struct HostPlan {
+    address: IpAddr,
+    user_ports: PortRange,
+    peer_ports: PortRange,
+}
+
+/// Host `index` of `hosts`: its share of the port ranges, at `address`.
+fn host_plan(opts: &SandboxOptions, index: u32, address: IpAddr) -> HostPlan {
+    let share = |range: PortRange| {
+        let hosts = opts.hosts.max(1);
+        let len = (u32::from(range.last) - u32::from(range.first) + 1) / hosts;
+        let first = u32::from(range.first) + index * len;
+        let last = first + len.max(1) - 1;
+        PortRange {
+            first: u16::try_from(first).unwrap_or(range.last),
+            last: u16::try_from(last).unwrap_or(range.last),
+        }
+    };
+    HostPlan {
+        address,
+        user_ports: share(opts.user_ports),
+        peer_ports: share(opts.peer_ports),
+    }
+}
+
+/// `ip addr add|del <ip>/32 dev lo`; the error is `ip`'s own message.
+fn alias_command(op: &str, ip: IpAddr) -> Result<(), String> {
+    let output = std::process::Command::new("ip")
+        .args(["addr", op, &format!("{ip}/32"), "dev", "lo"])
+        .output()
+        .map_err(|e| format!("running `ip`: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// One address of its own per host, `10.213.<b>.<1..>`, on the loopback interface;
+/// `None` when they cannot be added (not root, no `ip`), after removing any it added.
+fn add_aliases(count: u32, parts: &mut Parts) -> Option<Vec<IpAddr>> {
+    let pid = std::process::id();
+    for attempt in 0..8u32 {
+        let block = u8::try_from((pid.wrapping_add(attempt * 37)) % 250).unwrap_or(0);
+        let mut added = Vec::new();
+        let mut failed = None;
+        for i in 0..count {
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 213, block, u8::try_from(i + 1).unwrap_or(1)));
+            match alias_command("add", ip) {
+                Ok(()) => added.push(ip),
+                Err(problem) => {
+                    failed = Some(problem);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {
+                parts.aliases.extend(added.iter().copied());
+                return Some(added);
+            }
+            Some(problem) => {
+                for ip in added {
+                    let _ = alias_command("del", ip);
+                }
+                // "File exists": another sandbox uses the block; anything else will not pass.
+                if !problem.contains("exists") {
+                    tracing::info!(problem, "hosts share one address: cannot add addresses of their own");
+                    return None;
+                }
+            }
+        }
+    }
+    None
 }
 
 fn install_log(path: &Path) -> Result<(), SandboxError> {
@@ -510,14 +638,19 @@ async fn start(
     parts: &mut Parts,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SandboxInfo, SandboxError> {
-    // 1. The options, checked as the host config they make, before anything runs.
-    let draft = host_config(
-        opts,
-        "ws://127.0.0.1:1/",
-        berth_localnet::GENESIS_ADDRESS,
-        Path::new("/"),
-    )
-    .map_err(SandboxError::Options)?;
+    let count = opts.hosts.clamp(1, MAX_HOSTS);
+    // 1. The options, checked as the host configs they make, before anything runs.
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for index in 0..count {
+        host_config(
+            opts,
+            "ws://127.0.0.1:1/",
+            berth_localnet::GENESIS_ADDRESS,
+            Path::new("/"),
+            &host_plan(opts, index, localhost),
+        )
+        .map_err(SandboxError::Options)?;
+    }
 
     // 2. The Docker engine and the image.
     progress("checking the Docker engine…");
@@ -525,42 +658,12 @@ async fn start(
         .namespace
         .clone()
         .unwrap_or_else(|| format!("berth-sandbox-{}", std::process::id()));
-    let mut provisioner_config = provisioner_config(&draft);
-    provisioner_config.namespace = namespace.clone();
-    provisioner_config.host_ip = [127, 0, 0, 1].into();
-    let endpoint =
-        || std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_DOCKER_SOCKET.to_owned());
-    let provisioner = match tokio::time::timeout(
-        DOCKER_TIMEOUT,
-        DockerProvisioner::connect(provisioner_config),
-    )
-    .await
-    {
-        Ok(Ok(p)) => Arc::new(p),
-        Ok(Err(error @ ProvisionError::Connect { .. })) => {
-            return Err(SandboxError::NoDocker {
-                endpoint: endpoint(),
-                problem: chain(&error),
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(SandboxError::Docker {
-                step: "configuring the provisioner",
-                source: Box::new(source),
-            })
-        }
-        Err(_) => {
-            return Err(SandboxError::NoDocker {
-                endpoint: endpoint(),
-                problem: format!("no answer within {} s", DOCKER_TIMEOUT.as_secs()),
-            })
-        }
-    };
+    let first = connect_provisioner(opts, &namespace, localhost).await?;
     let image = ImageSpec {
         tag: opts.image.clone(),
         context: Arc::new(NoBuild),
     };
-    match provisioner.ensure_image(&image).await {
+    match first.ensure_image(&image).await {
         Ok(_) => {}
         Err(ProvisionError::ImageContext { .. }) => {
             return Err(SandboxError::ImageMissing {
@@ -574,10 +677,56 @@ async fn start(
             })
         }
     }
-    remove_all(&provisioner).await?;
-    parts.provisioner = Some(provisioner.clone());
 
-    // 3. The directory, the log and the ledger.
+    // 3. The hosts' addresses and provisioners: one host at 127.0.0.1; several each at an
+    //    address of its own, or all at the Docker bridge's gateway.
+    let (addresses, own_addresses) = if count == 1 {
+        (vec![localhost], false)
+    } else {
+        match add_aliases(count, parts) {
+            Some(own) => {
+                progress(&format!(
+                    "{count} hosts at addresses of their own: {}",
+                    own.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ));
+                (own, true)
+            }
+            None => {
+                let gateway = first
+                    .bridge_gateway()
+                    .await
+                    .map_err(|source| SandboxError::Docker {
+                        step: "inspecting the bridge network",
+                        source: Box::new(source),
+                    })?
+                    .unwrap_or(localhost);
+                progress(&format!(
+                    "{count} hosts share the address {gateway} (addresses of their own need root)"
+                ));
+                (vec![gateway; count as usize], false)
+            }
+        }
+    };
+    let plans: Vec<HostPlan> = (0..count)
+        .map(|i| host_plan(opts, i, addresses[i as usize]))
+        .collect();
+    let namespaces: Vec<String> = (0..count)
+        .map(|i| {
+            if count == 1 {
+                namespace.clone()
+            } else {
+                format!("{namespace}-h{}", i + 1)
+            }
+        })
+        .collect();
+    drop(first);
+    for (plan, ns) in plans.iter().zip(&namespaces) {
+        let provisioner = connect_provisioner(opts, ns, plan.address).await?;
+        remove_all(&provisioner).await?;
+        parts.provisioners.push(provisioner);
+    }
+
+    // 4. The directory, the log and the ledger.
     let workdir = Workdir::create(opts.dir.as_deref())?;
     let dir = workdir.path().to_owned();
     parts.dir = Some(workdir);
@@ -614,10 +763,16 @@ async fn start(
         .await
         .map_err(client_error("reading the validated ledger"))?;
 
-    // 4. Accounts: registry, host, tenant.
-    progress("funding the registry, the host and the tenant…");
+    // 5. Accounts: registry, hosts, tenant.
+    progress(if count == 1 {
+        "funding the registry, the host and the tenant…"
+    } else {
+        "funding the registry, the hosts and the tenant…"
+    });
     let registry = KeyPair::generate(KeyType::Ed25519);
-    let host_key = KeyPair::generate(KeyType::Ed25519);
+    let host_pairs: Vec<KeyPair> = (0..count)
+        .map(|_| KeyPair::generate(KeyType::Ed25519))
+        .collect();
     let tenant_home = opts
         .tenant_home
         .clone()
@@ -635,11 +790,9 @@ async fn start(
         }
         Err(e) => return Err(keys_error(e)),
     };
-    let accounts = [
-        (registry.address(), REGISTRY_DROPS),
-        (host_key.address(), opts.host_drops),
-        (tenant.wallet.address(), opts.tenant_drops),
-    ];
+    let mut accounts = vec![(registry.address(), REGISTRY_DROPS)];
+    accounts.extend(host_pairs.iter().map(|h| (h.address(), opts.host_drops)));
+    accounts.push((tenant.wallet.address(), opts.tenant_drops));
     for (account, drops) in &accounts {
         fund(&client, account, *drops).await?;
     }
@@ -647,7 +800,7 @@ async fn start(
         wait_funded(&client, account).await?;
     }
 
-    // 5. The tenant's MessageKey and settings.
+    // 6. The tenant's MessageKey and settings.
     let tenant_address = tenant.wallet.address();
     let message_key_error = |problem: String| SandboxError::MessageKey {
         account: tenant_address.clone(),
@@ -665,45 +818,67 @@ async fn start(
     }
     .save(&tenant_home)?;
 
-    // 6. The host agent.
-    progress("starting the host agent…");
-    let config = host_config(opts, &ledger, &registry.address(), &dir.join("host"))
-        .map_err(SandboxError::Options)?;
-    let host_keys = host_key
-        .seed()
-        .as_deref()
-        .and_then(HostKeys::from_seed)
-        .ok_or_else(|| SandboxError::HostKeys {
-            account: host_key.address(),
-        })?;
-    let host = host_keys.address();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(run(
-        config,
-        host_keys,
-        provisioner,
-        RunSettings {
-            notify: false,
-            ..RunSettings::default()
-        },
-        token.clone(),
-    ));
-    let agent = parts.agent.insert(AgentTask {
-        token,
-        handle: Some(handle),
+    // 7. The host agents.
+    progress(if count == 1 {
+        "starting the host agent…"
+    } else {
+        "starting the host agents…"
     });
+    let mut hosts_info = Vec::new();
+    for (i, (pair, plan)) in host_pairs.iter().zip(&plans).enumerate() {
+        let data_dir = if count == 1 {
+            dir.join("host")
+        } else {
+            dir.join(format!("host-{}", i + 1))
+        };
+        let config = host_config(opts, &ledger, &registry.address(), &data_dir, plan)
+            .map_err(SandboxError::Options)?;
+        let host_keys = pair
+            .seed()
+            .as_deref()
+            .and_then(HostKeys::from_seed)
+            .ok_or_else(|| SandboxError::HostKeys {
+                account: pair.address(),
+            })?;
+        let account = host_keys.address();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(run(
+            config,
+            host_keys,
+            parts.provisioners[i].clone(),
+            RunSettings {
+                notify: false,
+                ..RunSettings::default()
+            },
+            token.clone(),
+        ));
+        parts.agents.push(AgentTask {
+            token,
+            handle: Some(handle),
+        });
+        hosts_info.push(SandboxHost {
+            account,
+            address: plan.address,
+            namespace: namespaces[i].clone(),
+            user_ports: plan.user_ports.to_string(),
+            peer_ports: plan.peer_ports.to_string(),
+            data_dir,
+        });
+    }
 
-    // 7. The offers.
-    wait_for_offers(
-        &client,
-        &registry.address(),
-        &host,
-        opts,
-        agent,
-        &log,
-        progress,
-    )
-    .await?;
+    // 8. The offers.
+    for (i, host) in hosts_info.iter().enumerate() {
+        wait_for_offers(
+            &client,
+            &registry.address(),
+            &host.account,
+            opts,
+            &mut parts.agents[i],
+            &log,
+            progress,
+        )
+        .await?;
+    }
 
     Ok(SandboxInfo {
         ready: true,
@@ -711,7 +886,7 @@ async fn start(
         ledger,
         ledger_http,
         registry: registry.address(),
-        host,
+        host: hosts_info[0].account.clone(),
         tenant: tenant_address,
         tenant_home,
         namespace,
@@ -719,9 +894,48 @@ async fn start(
         price_drops: opts.price_drops,
         moment_secs: opts.moment_secs,
         slots: opts.slots,
-        user_ports: opts.user_ports.to_string(),
+        user_ports: hosts_info[0].user_ports.clone(),
         tenant_drops: opts.tenant_drops,
+        hosts: hosts_info,
+        own_addresses,
     })
+}
+
+/// A provisioner for one host of the sandbox: its namespace, publishing on `address`.
+async fn connect_provisioner(
+    opts: &SandboxOptions,
+    namespace: &str,
+    address: IpAddr,
+) -> Result<Arc<DockerProvisioner>, SandboxError> {
+    let draft = host_config(
+        opts,
+        "ws://127.0.0.1:1/",
+        berth_localnet::GENESIS_ADDRESS,
+        Path::new("/"),
+        &host_plan(opts, 0, address),
+    )
+    .map_err(SandboxError::Options)?;
+    let mut provisioner_config = provisioner_config(&draft);
+    provisioner_config.namespace = namespace.to_owned();
+    provisioner_config.host_ip = address;
+    let endpoint =
+        || std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_DOCKER_SOCKET.to_owned());
+    match tokio::time::timeout(DOCKER_TIMEOUT, DockerProvisioner::connect(provisioner_config)).await
+    {
+        Ok(Ok(p)) => Ok(Arc::new(p)),
+        Ok(Err(error @ ProvisionError::Connect { .. })) => Err(SandboxError::NoDocker {
+            endpoint: endpoint(),
+            problem: chain(&error),
+        }),
+        Ok(Err(source)) => Err(SandboxError::Docker {
+            step: "configuring the provisioner",
+            source: Box::new(source),
+        }),
+        Err(_) => Err(SandboxError::NoDocker {
+            endpoint: endpoint(),
+            problem: format!("no answer within {} s", DOCKER_TIMEOUT.as_secs()),
+        }),
+    }
 }
 
 /// Pays `drops` from the ledger's genesis account (localnet's admin `wallet_fund`).
@@ -833,6 +1047,7 @@ mod tests {
             "ws://127.0.0.1:6006/",
             berth_localnet::GENESIS_ADDRESS,
             Path::new("/tmp/x"),
+            &host_plan(&opts, 0, IpAddr::V4(Ipv4Addr::LOCALHOST)),
         )
         .unwrap();
         assert_eq!(config.lease.slots.get(), 3);
@@ -853,10 +1068,31 @@ mod tests {
             "ws://127.0.0.1:6006/",
             berth_localnet::GENESIS_ADDRESS,
             Path::new("/"),
+            &host_plan(&tight, 0, IpAddr::V4(Ipv4Addr::LOCALHOST)),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("ports"), "{err}");
+    }
+
+    #[test]
+    fn several_hosts_share_the_port_ranges_without_overlap() {
+        let opts = SandboxOptions {
+            hosts: 3,
+            ..SandboxOptions::default()
+        };
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let plans: Vec<HostPlan> = (0..3).map(|i| host_plan(&opts, i, ip)).collect();
+        for pair in plans.windows(2) {
+            assert!(pair[0].user_ports.last < pair[1].user_ports.first);
+            assert!(pair[0].peer_ports.last < pair[1].peer_ports.first);
+        }
+        assert_eq!(plans[0].user_ports.first, opts.user_ports.first);
+        assert!(plans[2].user_ports.last <= opts.user_ports.last);
+        for plan in &plans {
+            host_config(&opts, "ws://127.0.0.1:6006/", berth_localnet::GENESIS_ADDRESS, Path::new("/"), plan)
+                .unwrap();
+        }
     }
 
     #[test]
