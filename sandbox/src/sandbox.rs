@@ -590,7 +590,12 @@ fn add_aliases(count: u32, parts: &mut Parts) -> Option<Vec<IpAddr>> {
         let mut added = Vec::new();
         let mut failed = None;
         for i in 0..count {
-            let ip = IpAddr::V4(Ipv4Addr::new(10, 213, block, u8::try_from(i + 1).unwrap_or(1)));
+            let ip = IpAddr::V4(Ipv4Addr::new(
+                10,
+                213,
+                block,
+                u8::try_from(i + 1).unwrap_or(1),
+            ));
             match alias_command("add", ip) {
                 Ok(()) => added.push(ip),
                 Err(problem) => {
@@ -610,7 +615,10 @@ fn add_aliases(count: u32, parts: &mut Parts) -> Option<Vec<IpAddr>> {
                 }
                 // "File exists": another sandbox uses the block; anything else will not pass.
                 if !problem.contains("exists") {
-                    tracing::info!(problem, "hosts share one address: cannot add addresses of their own");
+                    tracing::info!(
+                        problem,
+                        "hosts share one address: cannot add addresses of their own"
+                    );
                     return None;
                 }
             }
@@ -687,7 +695,10 @@ async fn start(
             Some(own) => {
                 progress(&format!(
                     "{count} hosts at addresses of their own: {}",
-                    own.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    own.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
                 (own, true)
             }
@@ -920,7 +931,11 @@ async fn connect_provisioner(
     provisioner_config.host_ip = address;
     let endpoint =
         || std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_DOCKER_SOCKET.to_owned());
-    match tokio::time::timeout(DOCKER_TIMEOUT, DockerProvisioner::connect(provisioner_config)).await
+    match tokio::time::timeout(
+        DOCKER_TIMEOUT,
+        DockerProvisioner::connect(provisioner_config),
+    )
+    .await
     {
         Ok(Ok(p)) => Ok(Arc::new(p)),
         Ok(Err(error @ ProvisionError::Connect { .. })) => Err(SandboxError::NoDocker {
@@ -1090,8 +1105,14 @@ mod tests {
         assert_eq!(plans[0].user_ports.first, opts.user_ports.first);
         assert!(plans[2].user_ports.last <= opts.user_ports.last);
         for plan in &plans {
-            host_config(&opts, "ws://127.0.0.1:6006/", berth_localnet::GENESIS_ADDRESS, Path::new("/"), plan)
-                .unwrap();
+            host_config(
+                &opts,
+                "ws://127.0.0.1:6006/",
+                berth_localnet::GENESIS_ADDRESS,
+                Path::new("/"),
+                plan,
+            )
+            .unwrap();
         }
     }
 

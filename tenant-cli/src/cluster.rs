@@ -971,6 +971,244 @@ impl Clusters<'_> {
         }
     }
 
+    /// Adds a node on another host (or `host`): bought as a held observer, told the
+    /// cluster's UNL and peers, caught up, and only then added to the UNL through consensus.
+    /// Returns the new node's index in the record.
+    pub async fn add_node(
+        &self,
+        name: &str,
+        host: Option<String>,
+        registry: &str,
+        opts: &CreateOptions,
+        progress: Progress<'_>,
+    ) -> Result<usize, ClusterError> {
+        let mut record = self.load(name)?;
+        let host = match host {
+            Some(host) => {
+                let taken = record
+                    .live_nodes()
+                    .any(|(_, n)| n.host == host && n.state != NodeState::Leaving);
+                if taken && !record.allow_same_host && !opts.allow_same_host {
+                    return Err(ClusterError::SameHost { host });
+                }
+                host
+            }
+            None => {
+                let mut picked = self.pick_hosts(&record, registry, opts, 1).await?;
+                picked.remove(0)
+            }
+        };
+        let config = ContractConfig {
+            await_cluster: true,
+            observer: true,
+            roundtime_ms: record.roundtime_ms.and_then(|r| Ranged::new(r).ok()),
+            threshold: record
+                .threshold
+                .and_then(|t| Ranged::new(u64::from(t)).ok()),
+            ..ContractConfig::default()
+        };
+        let acquire = AcquireOptions {
+            contract_id: record.contract_id.parse().ok(),
+            max_price_drops: opts.max_price_drops,
+            moments: 1,
+            wait: opts.wait,
+            allow_silent: opts.allow_silent,
+            config: Some(config),
+        };
+        let index = record.nodes.len();
+        let pending = self
+            .tenant
+            .prepare_purchase(&host, &acquire, true)
+            .await
+            .map_err(|e| self.node_error(&record, index, &host, e))?;
+        record.nodes.push(ClusterNode {
+            host: host.clone(),
+            purchase: pending.signed.hash.clone(),
+            lease: pending.lease.clone(),
+            state: NodeState::Buying,
+        });
+        self.save(&record)?;
+        progress(&format!(
+            "node {}: buying a lease from {host} (purchase {})",
+            index + 1,
+            pending.signed.hash
+        ));
+        let acquired = match self.tenant.finish(pending, opts.wait, progress).await {
+            Ok(acquired) => acquired,
+            Err(e) => {
+                if matches!(
+                    e,
+                    LeaseError::Refused { .. }
+                        | LeaseError::OfferGone { .. }
+                        | LeaseError::NeverValidated { .. }
+                        | LeaseError::TxFailed { .. }
+                ) {
+                    record.nodes[index].state = NodeState::Gone;
+                    self.save(&record)?;
+                }
+                return Err(self.node_error(&record, index, &host, e));
+            }
+        };
+        record.nodes[index].lease = acquired.record.lease.clone();
+        record.nodes[index].state = NodeState::Leased;
+        self.save(&record)?;
+        // Follow the cluster as an observer, and catch up.
+        let current = self.spec(&record, &[index])?;
+        progress(&format!(
+            "node {}: following the cluster's {} node(s) as an observer…",
+            index + 1,
+            current.unl.len()
+        ));
+        self.send_spec(&record, index, &current).await?;
+        record.nodes[index].state = NodeState::Joining;
+        self.save(&record)?;
+        let target = self.status(&record).await?.lcl_seq_no.unwrap_or(0);
+        self.wait_node(&record, index, opts.wait, "the new node to catch up", |n| {
+            n.lcl_seq_no.unwrap_or(0) >= target
+        })
+        .await?;
+        // Into the UNL, through consensus, then in sync as a member.
+        let joined = self.spec(&record, &[])?;
+        progress(&format!(
+            "node {}: caught up to ledger {target}; adding it to the UNL ({} nodes)…",
+            index + 1,
+            joined.unl.len()
+        ));
+        self.change_members(&record, &[index], &joined).await?;
+        record.nodes[index].state = NodeState::Member;
+        self.save(&record)?;
+        self.wait_node(&record, index, opts.wait, "the new node in sync", |n| {
+            n.in_sync
+        })
+        .await?;
+        Ok(index)
+    }
+
+    /// Takes a node out of the UNL through consensus, then ends its lease.
+    pub async fn remove_node(
+        &self,
+        name: &str,
+        node: &str,
+        wait: Duration,
+        progress: Progress<'_>,
+    ) -> Result<String, ClusterError> {
+        let mut record = self.load(name)?;
+        let index = self.node_index(&record, node)?;
+        let others = record
+            .live_nodes()
+            .filter(|(i, n)| *i != index && n.state == NodeState::Member)
+            .count();
+        if others == 0 {
+            return Err(ClusterError::LastNode {
+                cluster: record.name.clone(),
+            });
+        }
+        if record.nodes[index].state != NodeState::Leaving {
+            let remaining = self.spec(&record, &[index])?;
+            progress(&format!(
+                "node {}: taking it out of the UNL ({} nodes left)…",
+                index + 1,
+                remaining.unl.len()
+            ));
+            self.change_members(&record, &[index], &remaining).await?;
+            record.nodes[index].state = NodeState::Leaving;
+            self.save(&record)?;
+        }
+        let lease = record.nodes[index].lease.clone();
+        progress(&format!("node {}: ending its lease…", index + 1));
+        let host = record.nodes[index].host.clone();
+        let request = match self.tenant.terminate(&lease, wait, progress).await {
+            Ok(request) => request,
+            Err(LeaseError::Terminated { .. }) => String::new(),
+            Err(e) => return Err(self.node_error(&record, index, &host, e)),
+        };
+        record.nodes[index].state = NodeState::Gone;
+        self.save(&record)?;
+        Ok(request)
+    }
+
+    /// Moves a node to another host: a new node is added and in sync before the old one
+    /// leaves the UNL and its lease ends. Returns the new node's number.
+    pub async fn replace_node(
+        &self,
+        name: &str,
+        node: &str,
+        host: Option<String>,
+        registry: &str,
+        opts: &CreateOptions,
+        progress: Progress<'_>,
+    ) -> Result<usize, ClusterError> {
+        let record = self.load(name)?;
+        let old = self.node_index(&record, node)?;
+        let added = self
+            .add_node(name, host, registry, opts, &mut *progress)
+            .await?;
+        self.remove_node(name, &(old + 1).to_string(), opts.wait, progress)
+            .await?;
+        Ok(added + 1)
+    }
+
+    /// Sends a cluster request to a live member (none of `skip`) and checks its answer.
+    async fn change_members(
+        &self,
+        record: &ClusterRecord,
+        skip: &[usize],
+        spec: &ClusterSpec,
+    ) -> Result<(), ClusterError> {
+        let mut problems = Vec::new();
+        let members: Vec<usize> = record
+            .live_nodes()
+            .filter(|(i, n)| !skip.contains(i) && n.state == NodeState::Member)
+            .map(|(i, _)| i)
+            .collect();
+        for i in members {
+            match self.send_spec(record, i, spec).await {
+                Ok(()) => return Ok(()),
+                Err(e @ ClusterError::Refused { .. }) => return Err(e),
+                Err(e) => problems.push(berth_log::chain(&e)),
+            }
+        }
+        Err(ClusterError::NoLiveNode {
+            cluster: record.name.clone(),
+            detail: problems.join("; "),
+        })
+    }
+
+    /// Polls node `index` until `done` holds for its view.
+    async fn wait_node(
+        &self,
+        record: &ClusterRecord,
+        index: usize,
+        wait: Duration,
+        what: &'static str,
+        done: impl Fn(&NodeView) -> bool,
+    ) -> Result<NodeView, ClusterError> {
+        let started = Instant::now();
+        loop {
+            let view = self.status(record).await?;
+            let node = view.nodes.into_iter().nth(index);
+            if let Some(node) = node {
+                if node.reachable && done(&node) {
+                    return Ok(node);
+                }
+                if started.elapsed() >= wait {
+                    return Err(ClusterError::Timeout {
+                        cluster: record.name.clone(),
+                        what,
+                        secs: started.elapsed().as_secs(),
+                        detail: format!(
+                            "node {}: lcl {}, {}",
+                            index + 1,
+                            node.lcl_seq_no.unwrap_or(0),
+                            node.problem.or(node.vote_status).unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// Every cluster in this home.
     pub fn list(&self) -> Result<Vec<ClusterRecord>, ClusterError> {
         Ok(self.book.clusters()?)

@@ -181,6 +181,68 @@ enum ClusterCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Add a node on another host: it joins as an observer, catches up, then the UNL
+    /// changes through consensus to include it.
+    AddNode {
+        name: String,
+        /// The host (r…); default the cheapest live host not in the cluster.
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        pick: PickArgs,
+    },
+    /// Take a node out of the UNL (through consensus), then end its lease.
+    RemoveNode {
+        name: String,
+        /// The node: its number in `berth cluster status`, or the end of its lease id.
+        node: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Move a node to another host with the contract's state and history: the new node
+    /// is added and in sync before the old one leaves and its lease ends.
+    ReplaceNode {
+        name: String,
+        /// The node: its number in `berth cluster status`, or the end of its lease id.
+        node: String,
+        /// The new host (r…); default the cheapest live host not in the cluster.
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        pick: PickArgs,
+    },
+}
+
+#[derive(Args)]
+struct PickArgs {
+    /// Highest price per moment to pay, in drops.
+    #[arg(long)]
+    max_price: Option<u64>,
+    /// Allow a host that already runs a node of the cluster.
+    #[arg(long)]
+    allow_same_host: bool,
+    /// Buy even from hosts silent for more than three of their moments.
+    #[arg(long)]
+    allow_silent: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+impl PickArgs {
+    fn options(&self) -> CreateOptions {
+        CreateOptions {
+            nodes: 1,
+            hosts: Vec::new(),
+            allow_same_host: self.allow_same_host,
+            roundtime_ms: None,
+            threshold: None,
+            max_price_drops: self.max_price,
+            allow_silent: self.allow_silent,
+            wait: wait(&self.wait),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -900,6 +962,69 @@ async fn cluster_command(
                 );
             }
             println!("cluster {name}: {} lease(s) terminated", ended.len());
+            Ok(())
+        }
+        ClusterCommand::AddNode { name, host, pick } => {
+            let c = clusters(pick.conn.timeout);
+            let added = c
+                .add_node(&name, host, net.registry()?, &pick.options(), &mut progress)
+                .await;
+            bar.finish();
+            let added = added?;
+            let view = c.status(&c.load(&name)?).await?;
+            if json {
+                return print_json(&serde_json::json!({ "added": added + 1, "cluster": view }));
+            }
+            println!("node {} added to cluster {name}", added + 1);
+            print_cluster(&view);
+            Ok(())
+        }
+        ClusterCommand::RemoveNode {
+            name,
+            node,
+            wait: w,
+        } => {
+            let c = clusters(20);
+            let request = c.remove_node(&name, &node, wait(&w), &mut progress).await;
+            bar.finish();
+            let request = request?;
+            if json {
+                return print_json(
+                    &serde_json::json!({ "cluster": name, "removed": node, "request": request }),
+                );
+            }
+            println!("node {node} removed from cluster {name}; its lease is terminated");
+            Ok(())
+        }
+        ClusterCommand::ReplaceNode {
+            name,
+            node,
+            host,
+            pick,
+        } => {
+            let c = clusters(pick.conn.timeout);
+            let started = std::time::Instant::now();
+            let added = c
+                .replace_node(
+                    &name,
+                    &node,
+                    host,
+                    net.registry()?,
+                    &pick.options(),
+                    &mut progress,
+                )
+                .await;
+            bar.finish();
+            let added = added?;
+            let secs = started.elapsed().as_secs_f64();
+            let view = c.status(&c.load(&name)?).await?;
+            if json {
+                return print_json(&serde_json::json!({
+                    "replaced": node, "by": added, "secs": secs, "cluster": view,
+                }));
+            }
+            println!("node {node} of cluster {name} replaced by node {added} in {secs:.1} s");
+            print_cluster(&view);
             Ok(())
         }
     }
