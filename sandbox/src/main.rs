@@ -99,6 +99,11 @@ struct SandboxArgs {
     /// terminate) with timings, then stop; exit 0 only if every step worked.
     #[arg(long)]
     demo: bool,
+    /// With --demo: run the cluster flow on this many nodes instead (create on distinct
+    /// hosts, input signed by all, replace a node, terminate); runs one host more than
+    /// nodes unless --hosts says otherwise.
+    #[arg(long, requires = "demo", value_parser = clap::value_parser!(u32).range(1..=7))]
+    cluster: Option<u32>,
     /// The contract the demo deploys: the counter example (directory or zip).
     #[arg(
         long,
@@ -279,13 +284,17 @@ async fn demo(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
             args.bundle.display()
         )
     })?;
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    if let Some(nodes) = args.cluster {
+        // A spare host for the replacement.
+        opts.hosts = opts.hosts.max(nodes + 1);
+    }
     let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let started = Instant::now();
     eprintln!(
-        "starting the sandbox: local ledger, host agent with {} slots on Docker, funded tenant…",
-        opts.slots
+        "starting the sandbox: local ledger, {} host agent(s) with {} slots each on Docker, funded tenant…",
+        opts.hosts, opts.slots
     );
     let progress = Progress::stages();
     let started_sandbox = Sandbox::start(opts, &mut |line| progress.line(line)).await;
@@ -307,8 +316,14 @@ async fn demo(args: SandboxArgs, json: bool) -> anyhow::Result<()> {
     };
     let flow_started = Instant::now();
     let mut out = |line: &str| eprintln!("{line}");
+    let flow = async {
+        match args.cluster {
+            Some(nodes) => demo::run_cluster(&env, nodes as usize, &mut out).await,
+            None => demo::run(&env, &mut out).await,
+        }
+    };
     let outcome = tokio::select! {
-        report = demo::run(&env, &mut out) => Ok(report),
+        report = flow => Ok(report),
         _ = interrupt.recv() => Err(anyhow::anyhow!("interrupted")),
         _ = terminate.recv() => Err(anyhow::anyhow!("terminated")),
         error = sandbox.agent_stopped() => Err(anyhow::Error::from(error)),

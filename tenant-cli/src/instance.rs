@@ -228,6 +228,8 @@ pub struct InputView {
     pub ledger_hash: String,
     /// Outputs as text (invalid UTF-8 replaced).
     pub outputs: Vec<String>,
+    /// The nodes (`ed…`) whose signature over these outputs verified (`unl_sig`).
+    pub signers: Vec<String>,
 }
 
 impl From<LedgerOutputs> for InputView {
@@ -240,6 +242,7 @@ impl From<LedgerOutputs> for InputView {
                 .iter()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .collect(),
+            signers: o.signers,
         }
     }
 }
