@@ -1114,7 +1114,6 @@ impl Machine {
                 .ok_or_else(|| bad("user port")(&"zero"))?,
             peer_port: std::num::NonZeroU16::new(lease.peer_port)
                 .ok_or_else(|| bad("peer port")(&"zero"))?,
-            peer_host: self.config.host.peer_address.clone(),
             node_key: lease.node_key,
             contract_id: lease.contract_id,
             lease: lease.token_id,

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::field::{AccountAddress, CountryCode, Drops, HostAddress, Text};
+use crate::field::{AccountAddress, CountryCode, Drops, HostAddress, PeerHost, Text};
 use crate::lease_uri::LeaseUri;
 use crate::payload::field_path;
 
@@ -109,7 +109,7 @@ pub struct HostSection {
     /// `domain` (a private network between hosts, say). Published in the registration and
     /// in each instance's details. Default none: `domain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_address: Option<HostAddress>,
+    pub peer_address: Option<PeerHost>,
     /// ISO 3166-1 alpha-2 country code, published in the registration. Required.
     pub country: CountryCode,
     /// Free text published in the registration, at most 128 bytes. Default none.

@@ -221,12 +221,53 @@ impl FromStr for HostAddress {
 
 string_newtype!(HostAddress);
 
+/// Where hosts' peer ports are reached when not at their domain: a [`HostAddress`] of at
+/// most [`PeerHost::MAX_LEN`] characters, so that instance details naming both fit a memo.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PeerHost(HostAddress);
+
+impl PeerHost {
+    pub const MAX_LEN: usize = 40;
+
+    pub fn address(&self) -> &HostAddress {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for PeerHost {
+    type Err = ValueError;
+    fn from_str(text: &str) -> Result<Self, ValueError> {
+        if text.len() > Self::MAX_LEN {
+            return Err(invalid(
+                "peer host",
+                format!("{} characters, at most {}", text.len(), Self::MAX_LEN),
+            ));
+        }
+        text.parse().map(Self)
+    }
+}
+
+impl fmt::Display for PeerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+serde_as_string!(PeerHost);
+
 /// Where a node's peer port is reached: `host:port`, the host a [`HostAddress`] (an IPv6
 /// literal in brackets, `[::1]:22861`) and the port 1 to 65535.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PeerAddress(String);
 
 impl PeerAddress {
+    /// The longest `host:port` accepted: four of them must fit one purchase's memo.
+    pub const MAX_LEN: usize = 64;
+
     pub fn new(host: &HostAddress, port: std::num::NonZeroU16) -> Self {
         if host.as_str().contains(':') {
             Self(format!("[{host}]:{port}"))
@@ -240,6 +281,12 @@ impl FromStr for PeerAddress {
     type Err = ValueError;
     fn from_str(text: &str) -> Result<Self, ValueError> {
         const WHAT: &str = "peer address";
+        if text.len() > Self::MAX_LEN {
+            return Err(invalid(
+                WHAT,
+                format!("{} characters, at most {}", text.len(), Self::MAX_LEN),
+            ));
+        }
         let Some((host, port)) = text.rsplit_once(':') else {
             return Err(invalid(WHAT, format!("{text:?} is not host:port")));
         };

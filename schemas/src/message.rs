@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::field::{
-    ContractId, CountryCode, Drops, HostAddress, InstanceName, NfTokenId, PeerAddress, Text, TxHash,
+    ContractId, CountryCode, Drops, HostAddress, InstanceName, NfTokenId, PeerAddress, PeerHost,
+    Text, TxHash,
 };
 use crate::key::PublicKey;
 use crate::payload::{self, PayloadError};
@@ -148,6 +149,10 @@ pub struct ContractConfig {
 }
 
 impl ContractConfig {
+    /// `unl` and `peers` together name at most this many entries, so that a request fits
+    /// one memo.
+    pub const MAX_ENTRIES: usize = 4;
+
     /// True when the request asks for anything but the host's defaults.
     pub fn is_default(&self) -> bool {
         self == &Self::default()
@@ -160,6 +165,11 @@ impl ContractConfig {
         }
         if self.observer && self.unl.is_none() && !self.await_cluster {
             return Some("an observer needs the unl it follows (or await_cluster)");
+        }
+        let entries = self.unl.as_ref().map_or(0, |u| u.keys().len())
+            + self.peers.as_ref().map_or(0, |p| p.addresses().len());
+        if entries > Self::MAX_ENTRIES {
+            return Some("unl and peers name more than 4 entries together; use await_cluster and the owner's cluster request for larger clusters");
         }
         None
     }
@@ -308,10 +318,6 @@ pub struct InstanceDetails {
     pub user_port: NonZeroU16,
     /// Port of the node's peer protocol.
     pub peer_port: NonZeroU16,
-    /// Where other nodes reach the peer port when it is not at `host` (the host's
-    /// `peer_address`); absent: at `host`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_host: Option<HostAddress>,
     /// The instance node's public key.
     pub node_key: PublicKey,
     pub contract_id: ContractId,
@@ -319,16 +325,6 @@ pub struct InstanceDetails {
     pub lease: NfTokenId,
     /// When the lease ends, in Unix seconds (derived from ledger close times).
     pub expires_at: u64,
-}
-
-impl InstanceDetails {
-    /// The node's peer port as other nodes dial it.
-    pub fn peer_address(&self) -> PeerAddress {
-        PeerAddress::new(
-            self.peer_host.as_ref().unwrap_or(&self.host),
-            self.peer_port,
-        )
-    }
 }
 
 impl SealedPayload for InstanceDetails {
@@ -449,7 +445,7 @@ pub struct HostInfo {
     pub domain: HostAddress,
     /// Where instances' peer ports are reached, when not at `domain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_address: Option<HostAddress>,
+    pub peer_address: Option<PeerHost>,
     pub country: CountryCode,
     /// Totals the host gives to instances.
     pub cpu_millicores: NonZeroU32,

@@ -3,7 +3,7 @@
 
 mod support;
 
-use berth_schemas::field::TxHash;
+use berth_schemas::field::{PeerHost, TxHash};
 use berth_schemas::memo::{Message, MEMOS_LIMIT};
 use berth_schemas::message::*;
 use support::*;
@@ -23,6 +23,11 @@ fn maximal_messages_fit_the_ledger_memo_budget() {
     let host = HostInfo {
         version: worst_text(32).parse().unwrap(),
         domain: maximal_details().host,
+        peer_address: Some(
+            format!("{}.{}", "p".repeat(20), "q".repeat(PeerHost::MAX_LEN - 21))
+                .parse()
+                .unwrap(),
+        ),
         country: "DE".parse().unwrap(),
         cpu_millicores: nz(u32::MAX),
         memory_mb: nz(u32::MAX),

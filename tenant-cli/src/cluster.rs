@@ -113,6 +113,10 @@ pub struct ClusterNode {
     /// The lease token, once known (the offer bought names it before the answer).
     pub lease: String,
     pub state: NodeState,
+    /// The `peer_address` of the host's registration, when it names one: where other
+    /// nodes dial this node's peer port instead of the instance's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_host: Option<String>,
 }
 
 /// Where a node is in its life.
@@ -547,6 +551,7 @@ impl Clusters<'_> {
                     purchase: pending.signed.hash.clone(),
                     lease: pending.lease.clone(),
                     state: NodeState::Buying,
+                    peer_host: self.peer_host_of(registry, host).await?,
                 });
                 self.save(record)?;
             }
@@ -634,8 +639,28 @@ impl Clusters<'_> {
         }
     }
 
+    /// The lease record of a node, with the peer address its host registered.
     fn lease_of(&self, node: &ClusterNode) -> Result<LeaseRecord, ClusterError> {
-        Ok(self.book.find(&node.lease)?)
+        let mut lease = self.book.find(&node.lease)?;
+        if lease.peer_host.is_none() {
+            lease.peer_host = node.peer_host.clone();
+        }
+        Ok(lease)
+    }
+
+    /// The `peer_address` in `host`'s registration, if it names one.
+    async fn peer_host_of(
+        &self,
+        registry: &str,
+        host: &str,
+    ) -> Result<Option<String>, ClusterError> {
+        let listed = hosts::list(self.tenant.client(), registry)
+            .await
+            .map_err(LeaseError::from)?;
+        Ok(listed
+            .into_iter()
+            .find(|h| h.address == host)
+            .and_then(|h| h.peer_address))
     }
 
     /// The cluster request for the nodes in the UNL (members and joining nodes named in
@@ -1026,6 +1051,7 @@ impl Clusters<'_> {
             purchase: pending.signed.hash.clone(),
             lease: pending.lease.clone(),
             state: NodeState::Buying,
+            peer_host: self.peer_host_of(registry, &host).await?,
         });
         self.save(&record)?;
         progress(&format!(

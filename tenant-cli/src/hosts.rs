@@ -41,6 +41,9 @@ pub struct Offer {
 pub struct HostView {
     pub address: String,
     pub domain: String,
+    /// Where its instances' peer ports are reached, when not at `domain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
     pub country: String,
     pub version: String,
     pub slots: u32,
@@ -168,6 +171,7 @@ pub async fn list(client: &Client, registry: &str) -> Result<Vec<HostView>, Host
         let offers = live_offers(client, &address).await?;
         hosts.push(HostView {
             domain: text(&info.domain),
+            peer_address: info.peer_address.as_ref().map(|p| p.as_str().to_owned()),
             country: info.country.as_str().to_owned(),
             version: info.version.as_str().to_owned(),
             slots: info.slots.get(),
@@ -286,6 +290,7 @@ mod tests {
         HostView {
             address: "rHost".into(),
             domain: "h.example".into(),
+            peer_address: None,
             country: "DE".into(),
             version: "0.1.0".into(),
             slots: 2,

@@ -1217,7 +1217,7 @@ fn record_of(
         instance_host: d.host.as_str().to_owned(),
         user_port: d.user_port.get(),
         peer_port: d.peer_port.get(),
-        peer_host: d.peer_host.as_ref().map(|h| h.as_str().to_owned()),
+        peer_host: None,
         node_key: d.node_key.to_string(),
         contract_id: d.contract_id.to_string(),
         expires_at: d.expires_at,

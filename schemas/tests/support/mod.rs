@@ -3,9 +3,9 @@
 
 use std::num::{NonZeroU16, NonZeroU32};
 
-use berth_schemas::field::{ContractId, Drops, NfTokenId, TxHash};
+use berth_schemas::field::{ContractId, Drops, NfTokenId, PeerAddress, TxHash};
 use berth_schemas::key::PublicKey;
-use berth_schemas::message::{AcquireRequest, ContractConfig, InstanceDetails, Ranged, Unl};
+use berth_schemas::message::{AcquireRequest, ContractConfig, InstanceDetails, Peers, Ranged, Unl};
 use ed25519_dalek::SigningKey;
 
 pub fn signing_key(byte: u8) -> SigningKey {
@@ -50,8 +50,11 @@ pub fn typical_request() -> AcquireRequest {
     }
 }
 
+/// The largest request a host accepts: `unl` and `peers` name at most
+/// [`ContractConfig::MAX_ENTRIES`] together.
 pub fn maximal_request() -> AcquireRequest {
-    let unl: Vec<PublicKey> = (0..Unl::MAX as u8).map(|i| public_key(100 + i)).collect();
+    let keys = ContractConfig::MAX_ENTRIES / 2;
+    let unl: Vec<PublicKey> = (0..keys as u8).map(|i| public_key(100 + i)).collect();
     AcquireRequest {
         owner_key: public_key(1),
         contract_id: contract_id(),
@@ -61,6 +64,20 @@ pub fn maximal_request() -> AcquireRequest {
             roundtime_ms: Some(Ranged::new(3_600_000).unwrap()),
             stage_slice: Some(Ranged::new(33).unwrap()),
             threshold: Some(Ranged::new(100).unwrap()),
+            peers: Some(
+                Peers::try_from(
+                    (0..ContractConfig::MAX_ENTRIES - keys)
+                        .map(|i| {
+                            format!("{}{i}.example:65535", "p".repeat(PeerAddress::MAX_LEN - 15))
+                                .parse()
+                                .unwrap()
+                        })
+                        .collect::<Vec<PeerAddress>>(),
+                )
+                .unwrap(),
+            ),
+            observer: true,
+            await_cluster: false,
         }),
     }
 }
@@ -107,6 +124,7 @@ pub fn host_info() -> HostInfo {
     HostInfo {
         version: "0.1.0".parse().unwrap(),
         domain: "host1.example.com".parse().unwrap(),
+        peer_address: None,
         country: "DE".parse().unwrap(),
         cpu_millicores: nz(8000),
         memory_mb: nz(16384),
