@@ -161,6 +161,28 @@ pub struct ClusterRecord {
 }
 
 impl ClusterRecord {
+    /// The index of a node named by its 1-based number or the end of its lease id; a node
+    /// that is gone is not found.
+    pub fn node_index(&self, node: &str) -> Result<usize, ClusterError> {
+        let want = node.trim().to_uppercase();
+        let by_number = want
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=self.nodes.len()).contains(n))
+            .map(|n| n - 1);
+        by_number
+            .or_else(|| {
+                self.nodes
+                    .iter()
+                    .position(|n| !want.is_empty() && n.lease.ends_with(&want))
+            })
+            .filter(|i| self.nodes[*i].state != NodeState::Gone)
+            .ok_or_else(|| ClusterError::NoSuchNode {
+                cluster: self.name.clone(),
+                node: node.to_owned(),
+            })
+    }
+
     fn live_nodes(&self) -> impl Iterator<Item = (usize, &ClusterNode)> {
         self.nodes
             .iter()
@@ -783,19 +805,6 @@ impl Clusters<'_> {
         Ok(())
     }
 
-    /// Deploys a bundle through any live node (`berth deploy <cluster>`).
-    pub async fn deploy_named(
-        &self,
-        name: &str,
-        zip: &[u8],
-        progress: Progress<'_>,
-    ) -> Result<(), ClusterError> {
-        let mut record = self.load(name)?;
-        self.deploy(&record, zip, progress).await?;
-        record.deployed = Some(fingerprint(zip));
-        self.save(&record)
-    }
-
     /// Polls every node until all members are in sync on one ledger.
     async fn wait_in_sync(
         &self,
@@ -1242,23 +1251,93 @@ impl Clusters<'_> {
 
     /// The record's node index for a 1-based node number or a lease id (part).
     pub fn node_index(&self, record: &ClusterRecord, node: &str) -> Result<usize, ClusterError> {
-        let want = node.trim().to_uppercase();
-        let by_number = want
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=record.nodes.len()).contains(n))
-            .map(|n| n - 1);
-        by_number
-            .or_else(|| {
-                record
-                    .nodes
-                    .iter()
-                    .position(|n| !want.is_empty() && n.lease.ends_with(&want))
-            })
-            .filter(|i| record.nodes[*i].state != NodeState::Gone)
-            .ok_or_else(|| ClusterError::NoSuchNode {
-                cluster: record.name.clone(),
-                node: node.to_owned(),
-            })
+        record.node_index(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn node(host: &str, lease: &str, state: NodeState) -> ClusterNode {
+        ClusterNode {
+            host: host.to_owned(),
+            purchase: "AB".repeat(32),
+            lease: lease.to_owned(),
+            state,
+            peer_host: None,
+        }
+    }
+
+    #[test]
+    fn names_are_checked_and_records_round_trip_through_the_book() {
+        for good in ["c-3f1c0d6e", "main", "a_b-9"] {
+            check_name(good).unwrap();
+        }
+        for bad in ["", "Main", "../x", "a b", &"x".repeat(41)] {
+            assert!(
+                matches!(check_name(bad), Err(ClusterError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let book = Book::new(tmp.path());
+        let record = ClusterRecord {
+            name: "main".into(),
+            contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".into(),
+            roundtime_ms: Some(500),
+            threshold: Some(51),
+            size: 2,
+            allow_same_host: false,
+            hosts: vec![],
+            nodes: vec![node("rA", &"01".repeat(32), NodeState::Member)],
+            wired: true,
+            deployed: Some(fingerprint(b"zip")),
+        };
+        book.save_cluster("main", &record).unwrap();
+        let back: ClusterRecord = book.cluster("main").unwrap().unwrap();
+        assert_eq!(back, record);
+        assert!(book.cluster::<ClusterRecord>("../main").unwrap().is_none());
+        assert!(book.cluster_path_if_exists("main").is_some());
+        assert_eq!(book.clusters::<ClusterRecord>().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn nodes_are_named_by_number_or_the_end_of_their_lease_and_gone_ones_are_not() {
+        let record = ClusterRecord {
+            name: "main".into(),
+            contract_id: String::new(),
+            roundtime_ms: None,
+            threshold: None,
+            size: 3,
+            allow_same_host: false,
+            hosts: vec![],
+            nodes: vec![
+                node(
+                    "rA",
+                    &format!("{}AAAA1111", "0".repeat(56)),
+                    NodeState::Member,
+                ),
+                node(
+                    "rB",
+                    &format!("{}BBBB2222", "0".repeat(56)),
+                    NodeState::Gone,
+                ),
+                node(
+                    "rC",
+                    &format!("{}CCCC3333", "0".repeat(56)),
+                    NodeState::Member,
+                ),
+            ],
+            wired: true,
+            deployed: None,
+        };
+        assert_eq!(record.node_index("1").unwrap(), 0);
+        assert_eq!(record.node_index("cccc3333").unwrap(), 2);
+        let gone = record.node_index("2").unwrap_err().to_string();
+        assert!(gone.contains("no node 2"), "{gone}");
+        assert!(record.node_index("9").is_err());
+        assert_eq!(record.live_nodes().count(), 2);
     }
 }

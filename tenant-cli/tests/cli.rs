@@ -14,6 +14,12 @@ fn usage_errors_exit_2_and_failures_exit_1() {
         &["frobnicate"][..],
         &["hosts", "--max-price", "cheap"][..],
         &["--json"][..],
+        &["cluster", "create"][..],
+        &["cluster", "create", "--nodes", "0"][..],
+        &["cluster", "create", "--nodes", "17"][..],
+        &["cluster", "create", "--nodes", "3", "--resume", "c1"][..],
+        &["cluster", "create", "--nodes", "3", "--threshold", "101"][..],
+        &["cluster", "remove-node", "c1"][..],
     ] {
         let err = usage_error(berth(&home, args));
         assert!(err.starts_with("error: "), "{args:?}: {err}");
