@@ -76,3 +76,64 @@ fn sandbox_demo_runs_the_whole_tenant_flow_and_leaves_nothing_behind() {
         "containers left behind"
     );
 }
+
+#[test]
+fn sandbox_cluster_demo_creates_signs_replaces_and_terminates() {
+    if !docker_available() {
+        return;
+    }
+    let bundle = counter_bundle();
+    let tmp = tempfile::tempdir().unwrap();
+    let (user, peer) = ports(27500);
+    let out = Command::new(berth_bin())
+        .args(["--json", "sandbox", "--demo", "--cluster", "3", "--bundle"])
+        .arg(bundle)
+        .args(["--user-ports", &user, "--peer-ports", &peer])
+        .env("BERTH_HOME", tmp.path().join("home"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "cluster demo failed: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["ok"], true, "{s}");
+            s["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "cluster create",
+            "input",
+            "signed by all",
+            "replace node",
+            "after replace",
+            "terminate",
+            "instances gone"
+        ]
+    );
+    assert_eq!(report["sandbox"]["hosts"].as_array().unwrap().len(), 4);
+    let signed = report["steps"][2]["detail"].as_str().unwrap();
+    assert!(signed.contains("all 3 nodes"), "{signed}");
+    // Nothing of any of the four hosts is left on the engine.
+    let namespace = report["sandbox"]["namespace"].as_str().unwrap();
+    let left = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Label \"berth.namespace\"}}"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout)
+            .lines()
+            .any(|ns| ns.starts_with(namespace)),
+        "containers left behind"
+    );
+}
