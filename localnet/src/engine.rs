@@ -103,6 +103,48 @@ pub enum Outcome {
     Included(Box<Applied>),
 }
 
+/// rippled's limit on the serialized `Memos` array of one transaction.
+pub const MEMOS_LIMIT: usize = 1024;
+
+/// rippled's local checks of memos (`isMemoOkay`): the reason, as `submit` gives it after
+/// "fails local checks: ", or `None` when the memos are fine.
+pub fn memo_problem(tx: &StObject) -> Option<&'static str> {
+    let memos = tx.get("Memos")?;
+    let mut only = StObject::new();
+    only.set("Memos", memos.clone());
+    // The field's own header and the array's end marker are not the array's data.
+    if only.to_bytes().len().saturating_sub(2) > MEMOS_LIMIT {
+        return Some("The memo exceeds the maximum allowed size.");
+    }
+    let berth_xrpl_core::codec::Value::Array(items) = memos else {
+        return Some("The memo array is malformed.");
+    };
+    for (field, memo) in items {
+        if field.name != "Memo" {
+            return Some("A memo array may contain only Memo objects.");
+        }
+        for (inner, value) in memo.fields() {
+            let url_safe = |bytes: &[u8]| {
+                bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(b))
+            };
+            match (inner.name, value) {
+                ("MemoData", _) => {}
+                ("MemoType" | "MemoFormat", berth_xrpl_core::codec::Value::Blob(bytes)) => {
+                    if !url_safe(bytes) {
+                        return Some("The MemoType and MemoFormat fields may only contain characters that are allowed in URLs under RFC 3986.");
+                    }
+                }
+                _ => {
+                    return Some("A memo may contain only MemoType, MemoData or MemoFormat fields.")
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Checks a decoded transaction's shape before it reaches the engine; the error is
 /// the reason rippled's `submit` would give as `invalidTransaction`.
 pub fn check_format(tx: &StObject) -> Result<&'static str, String> {
@@ -524,6 +566,11 @@ fn apply_inner(
 }
 
 fn preflight(ty: &str, tx: &StObject) -> Result<(), Ter> {
+    // localnet is a network with an id below 1025, like Mainnet: a NetworkID field would
+    // let the transaction be replayed elsewhere, and rippled refuses it.
+    if tx.contains("NetworkID") {
+        return Err(Ter::telNETWORK_ID_MAKES_TX_NON_CANONICAL);
+    }
     match drops(tx, "Fee") {
         Some(f) if f >= 0 => {}
         _ => return Err(Ter::temBAD_FEE),

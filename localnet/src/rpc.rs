@@ -870,6 +870,11 @@ pub fn submit_blob(node: &Arc<Node>, blob: Vec<u8>) -> RpcResult {
             "fails local checks: Invalid signature.",
         ));
     }
+    if let Some(reason) = engine::memo_problem(&tx) {
+        return Err(RpcError::invalid_transaction(format!(
+            "fails local checks: {reason}"
+        )));
+    }
     let r = node.submit(blob.clone(), tx);
     let mut tx_json = obj(r.tx.to_json());
     tx_json.insert("hash".into(), hex(&r.hash));

@@ -6,7 +6,7 @@ mod common;
 
 use berth_xrpl_core::{tx, KeyPair, KeyType};
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn server_methods_answer_like_rippled() {
@@ -291,6 +291,60 @@ async fn bad_signatures_and_blobs_are_refused_with_reasons() {
         .ok(json!({"command": "submit", "tx_blob": good.blob_hex()}))
         .await;
     assert_eq!(r["engine_result"], "tefALREADY");
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_foreign_network_id_and_oversized_or_odd_memos_are_refused_as_rippled_does() {
+    let net = start().await;
+    let mut c = Client::connect(&net.url()).await;
+    let alice = c.funded(50).await;
+    let pay = json!({"TransactionType": "Payment", "Destination": GENESIS, "Amount": "1"});
+    // A NetworkID on a network whose id is below 1025 (localnet, like Mainnet).
+    let mut foreign = pay.clone();
+    foreign["NetworkID"] = json!(21338);
+    assert_eq!(
+        c.submit_result(&alice, foreign).await,
+        "telNETWORK_ID_MAKES_TX_NON_CANONICAL"
+    );
+    // A 2 KB memo: over rippled's 1 KB limit on the serialized Memos.
+    let submit_raw = |txj: Value| {
+        let mut txj = txj;
+        txj["Account"] = json!(alice.address());
+        txj["Fee"] = json!("10");
+        txj
+    };
+    let seq = c.sequence(&alice.address()).await;
+    let memo = |data: usize, ty: &str| json!([{"Memo": {"MemoType": hex::encode_upper(ty), "MemoData": "AB".repeat(data)}}]);
+    let cases = [
+        (
+            memo(2048, "berth/x"),
+            "The memo exceeds the maximum allowed size.",
+        ),
+        (
+            memo(8, "bad type"),
+            "may only contain characters that are allowed in URLs",
+        ),
+    ];
+    for (memos, reason) in cases {
+        let mut txj = submit_raw(pay.clone());
+        txj["Sequence"] = json!(seq);
+        txj["Memos"] = memos;
+        let signed = tx::sign_json(&txj, &alice).unwrap();
+        let r = c
+            .call(json!({"command": "submit", "tx_blob": signed.blob_hex()}))
+            .await;
+        assert_eq!(r["error"], "invalidTransaction", "{r}");
+        let why = r["error_exception"].as_str().unwrap();
+        assert!(
+            why.starts_with("fails local checks: ") && why.contains(reason),
+            "{why}"
+        );
+    }
+    // A memo within the limit still goes through.
+    let mut txj = pay.clone();
+    txj["Memos"] = memo(900, "berth/x");
+    assert_eq!(c.submit_result(&alice, txj).await, "tesSUCCESS");
     net.shutdown().await;
 }
 

@@ -28,6 +28,7 @@ ter! {
     telBAD_DOMAIN = -398, "Domain too long.";
     telBAD_PUBLIC_KEY = -396, "Public key is not valid.";
     telINSUF_FEE_P = -394, "Fee insufficient.";
+    telNETWORK_ID_MAKES_TX_NON_CANONICAL = -384, "Transactions submitted to this network must not include a NetworkID field.";
     temMALFORMED = -299, "Malformed transaction.";
     temBAD_AMOUNT = -298, "Malformed: Bad amount.";
     temBAD_CURRENCY = -297, "Malformed: Bad currency.";
