@@ -189,6 +189,7 @@ async fn tenant_flow(
         wait: env.wait,
         allow_silent: false,
         config: None,
+        avoid_offers: Vec::new(),
     };
     let mut quiet = |_: &str| {};
     let acquired = tenant

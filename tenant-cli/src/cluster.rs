@@ -205,6 +205,9 @@ pub struct CreateOptions {
     pub wait: Duration,
 }
 
+/// How long `status` waits for each node.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The largest cluster `create` makes (the UNL of a cluster request may hold more).
 pub const MAX_NODES: usize = 16;
 
@@ -560,7 +563,9 @@ impl Clusters<'_> {
                 wait: opts.wait,
                 allow_silent: opts.allow_silent,
                 config: Some(config.clone()),
+                avoid_offers: Vec::new(),
             };
+            let mut acquire = acquire;
             for host in &hosts {
                 let pending = self
                     .tenant
@@ -568,6 +573,8 @@ impl Clusters<'_> {
                     .await
                     .map_err(|e| self.node_error(record, record.nodes.len(), host, e))?;
                 spend = spend.saturating_add(pending.price_drops);
+                // Two nodes on one host (when allowed) take two of its offers.
+                acquire.avoid_offers.push(pending.offer.clone());
                 record.nodes.push(ClusterNode {
                     host: host.clone(),
                     purchase: pending.signed.hash.clone(),
@@ -705,11 +712,20 @@ impl Clusters<'_> {
     }
 
     async fn connect(&self, record: &ClusterRecord, i: usize) -> Result<Instance, ClusterError> {
+        self.connect_within(record, i, self.node_timeout).await
+    }
+
+    async fn connect_within(
+        &self,
+        record: &ClusterRecord,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<Instance, ClusterError> {
         let lease = self.lease_of(&record.nodes[i])?;
         Instance::connect_expecting(
             &lease.instance_url(),
             self.user,
-            self.node_timeout,
+            timeout,
             &lease.node_key,
             &lease.contract_id,
         )
@@ -885,7 +901,9 @@ impl Clusters<'_> {
             if lease.is_none() || matches!(node.state, NodeState::Gone | NodeState::Buying) {
                 return view;
             }
-            match self.connect(record, i).await {
+            // A dead node must not hold up the others' report.
+            let within = self.node_timeout.min(STATUS_TIMEOUT);
+            match self.connect_within(record, i, within).await {
                 Ok(instance) => {
                     match instance.stat().await {
                         Ok(stat) => {
@@ -1048,6 +1066,7 @@ impl Clusters<'_> {
             wait: opts.wait,
             allow_silent: opts.allow_silent,
             config: Some(config),
+            avoid_offers: Vec::new(),
         };
         let index = record.nodes.len();
         let pending = self

@@ -179,6 +179,8 @@ pub struct AcquireOptions {
     /// Contract settings for the new node (a cluster node's); the host's defaults when
     /// absent.
     pub config: Option<ContractConfig>,
+    /// Sell offers not to take (already taken by purchases prepared alongside).
+    pub avoid_offers: Vec<String>,
 }
 
 /// A lease bought and its instance's details opened.
@@ -423,6 +425,7 @@ impl Tenant {
         let offer: Offer = offers
             .into_iter()
             .filter(|o| opts.max_price_drops.is_none_or(|max| o.amount_drops <= max))
+            .filter(|o| !opts.avoid_offers.contains(&o.offer_id))
             .min_by_key(|o| (o.amount_drops, o.slot))
             .ok_or_else(|| LeaseError::NoOffer {
                 host: host.to_owned(),

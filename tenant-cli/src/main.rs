@@ -722,6 +722,7 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         wait: wait(&args.wait),
                         allow_silent: args.allow_silent,
                         config: None,
+                        avoid_offers: Vec::new(),
                     };
                     tenant.acquire(host, &opts, &mut progress).await
                 }
