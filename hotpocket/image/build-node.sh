@@ -104,11 +104,11 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 mkdir -p "$APT/cache"
 apt-get "${apt_opts[@]}" -qq update
-# shellcheck disable=SC2086 # PACKAGES is a list
-apt-get "${apt_opts[@]}" -qq -y --download-only install $PACKAGES >/dev/null
+read -r -a packages <<< "$PACKAGES"
+apt-get "${apt_opts[@]}" -qq -y --download-only install "${packages[@]}" >/dev/null
 # The closure as apt resolved it ("Inst <package> (<version> <release> [<arch>])"), as the
 # names of the archives it downloaded (an epoch's ':' is '%3a' there).
-mapfile -t debs < <(apt-get "${apt_opts[@]}" -qq -s install $PACKAGES \
+mapfile -t debs < <(apt-get "${apt_opts[@]}" -qq -s install "${packages[@]}" \
     | sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*\[\([a-z0-9]*\)\]).*/\1_\2_\3.deb/p' | sed 's/:/%3a/g' \
     | sort)
 [ "${#debs[@]}" -gt 0 ] || { echo "error: apt resolved no packages for: $PACKAGES" >&2; exit 1; }
