@@ -4,11 +4,22 @@
 //! the provisioner may instead call [`prepare_context`] and build through bollard.
 //!
 //! Context layout: `Dockerfile`, `hotpocket` (static ELF), `busybox` (static ELF).
+//!
+//! A second image, [`NODE_IMAGE_TAG`], runs Node.js contracts (Evernode's usual
+//! `bin_path: /usr/bin/node`, `bin_args: index.js`) and dynamically linked glibc binaries:
+//! `hotpocket/image/build-node.sh` adds one layer to this image, `nodejs` and its dependency
+//! closure (glibc, libstdc++, OpenSSL, ICU, …) unpacked from Debian's packages with no
+//! registry (`hotpocket/image/Dockerfile.node`). Same entrypoint, user, `/state` and ports;
+//! a host runs it by naming it in `runtime.image`.
 
 use std::path::{Path, PathBuf};
 
 /// The tag the provisioner runs.
 pub const IMAGE_TAG: &str = "berth-hotpocket:latest";
+
+/// The Node.js instance image (`hotpocket/image/build-node.sh`): this image plus Node.js and
+/// glibc from Debian's packages.
+pub const NODE_IMAGE_TAG: &str = "berth-hotpocket-node:latest";
 
 /// The uid the instance runs as.
 pub const INSTANCE_UID: u32 = 10001;

@@ -15,6 +15,10 @@ use std::sync::{Mutex, OnceLock};
 /// The instance image the sandbox and the Docker tests run (`hotpocket/image/build.sh`).
 pub const HOTPOCKET_IMAGE: &str = "berth-hotpocket:latest";
 
+/// The Node.js instance image (`hotpocket/image/build-node.sh`): the instance image plus
+/// Node.js and glibc from Debian's packages.
+pub const HOTPOCKET_NODE_IMAGE: &str = "berth-hotpocket-node:latest";
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,6 +153,37 @@ pub fn ensure_hotpocket_image() {
             assert!(status.success(), "hotpocket/image/build.sh failed");
         }
     });
+}
+
+/// The Node.js instance image [`HOTPOCKET_NODE_IMAGE`], after [`ensure_hotpocket_image`]:
+/// `hotpocket/image/build-node.sh` runs once per process. It does nothing when the image
+/// exists and was built on the current [`HOTPOCKET_IMAGE`]; otherwise it downloads Debian's
+/// packages (network to the Debian mirror) and builds it. Returns the image's id, so that a
+/// later re-tag does not change what the caller runs.
+pub fn ensure_hotpocket_node_image() -> String {
+    static BUILT: OnceLock<String> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            ensure_hotpocket_image();
+            let status = Command::new(root().join("hotpocket/image/build-node.sh"))
+                .current_dir(root())
+                .status()
+                .unwrap();
+            assert!(status.success(), "hotpocket/image/build-node.sh failed");
+            let out = Command::new("docker")
+                .args([
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{.Id}}",
+                    HOTPOCKET_NODE_IMAGE,
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            stdout(&out).trim().to_owned()
+        })
+        .clone()
 }
 
 /// A finished command's stdout, lossily decoded.
