@@ -568,6 +568,14 @@ impl Machine {
                     .to_owned(),
             );
         }
+        if config.image == Some(berth_schemas::message::InstanceImage::Node)
+            && self.config.runtime.node_image.is_none()
+        {
+            return Err(
+                "contract settings: this host does not offer the node image (Node.js and glibc); pick a host that does, or the minimal image"
+                    .to_owned(),
+            );
+        }
         let min = u64::from(self.config.runtime.min_roundtime_ms.get());
         if let Some(roundtime) = config.roundtime_ms {
             if roundtime.get() < min {
@@ -934,6 +942,11 @@ impl Machine {
         spec.held_stopped = lease.held_stopped.is_some();
         if let Some(config) = &lease.contract_config {
             spec.contract_env = contract_env(config);
+            if config.image == Some(berth_schemas::message::InstanceImage::Node) {
+                if let Some(node) = &self.config.runtime.node_image {
+                    spec.image = node.clone();
+                }
+            }
         }
         spec
     }

@@ -22,7 +22,9 @@ use thiserror::Error;
 use crate::ledger::LedgerAction;
 
 /// The schema version this build writes; [`Store::open`] migrates older files up to it.
-pub const SCHEMA_VERSION: u32 = 3;
+/// It is the number of migrations, so that adding one cannot leave it behind.
+#[allow(clippy::cast_possible_truncation)]
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 const MIGRATIONS: [&str; 4] = [
     r#"

@@ -373,6 +373,52 @@ async fn cluster_settings_reach_the_instance_and_ones_the_host_cannot_honour_are
 }
 
 #[tokio::test]
+async fn the_node_image_is_run_when_asked_and_offered_and_refunded_when_not_offered() {
+    use berth_schemas::message::{ContractConfig, InstanceImage};
+    let node = || ContractConfig {
+        image: Some(InstanceImage::Node),
+        ..ContractConfig::default()
+    };
+    let tenant = key(1);
+    // Offered: the instance runs the host's node image.
+    let h = Harness::new_with(1, |c| {
+        c.runtime.node_image = Some("berth-hotpocket-node:latest".into())
+    });
+    h.offer_all().await;
+    let memo = acquire_memo_with(&public(&h.host_key), &tenant, Some(node()));
+    h.handle(purchase(1, BUYER, &h.token(0), PRICE, vec![memo], 1000))
+        .await;
+    let images: Vec<String> = h
+        .provisioner
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Create(spec) => Some(spec.image.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(images, ["berth-hotpocket-node:latest"]);
+    // Not offered: refunded in full with the reason.
+    let h = Harness::new(1);
+    h.offer_all().await;
+    let memo = acquire_memo_with(&public(&h.host_key), &tenant, Some(node()));
+    h.handle(purchase(1, BUYER, &h.token(0), PRICE, vec![memo], 1000))
+        .await;
+    h.machine.flush_outbox().await.unwrap();
+    let (to, amount, message) = h.ledger.payments().remove(0);
+    assert_eq!((to.as_str(), amount), (BUYER, PRICE));
+    let Message::AcquireErr(f) = &message else {
+        panic!("{message:?}")
+    };
+    assert!(
+        f.message.as_str().contains("does not offer the node image"),
+        "{}",
+        f.message.as_str()
+    );
+    assert_eq!(creates(&h), 0);
+}
+
+#[tokio::test]
 async fn a_failed_provisioning_is_refunded_cleaned_up_and_the_slot_reoffered() {
     let h = Harness::new(1);
     h.offer_all().await;

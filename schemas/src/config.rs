@@ -235,6 +235,11 @@ pub struct Runtime {
     /// Highest number of processes in one instance. Default 256.
     #[serde(default = "default_pids_limit")]
     pub pids_limit: NonZeroU64,
+    /// The Node.js and glibc instance image this host offers to purchases that ask for
+    /// `image = "node"` (built by `hotpocket/image/build-node.sh`, e.g.
+    /// `"berth-hotpocket-node:latest"`). Default none: such purchases are refunded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_image: Option<String>,
     /// Shortest consensus round a tenant may ask for, in ms; a purchase asking for less is
     /// refunded. Default 100.
     #[serde(default = "default_min_roundtime_ms")]
@@ -251,6 +256,7 @@ impl Default for Runtime {
             docker_host: None,
             image: default_image(),
             pids_limit: default_pids_limit(),
+            node_image: None,
             min_roundtime_ms: default_min_roundtime_ms(),
         }
     }
@@ -442,6 +448,14 @@ impl HostConfig {
         }
         if self.runtime.image.trim().is_empty() {
             return Err(invalid("runtime.image", "\"\"", "must not be empty"));
+        }
+        if self
+            .runtime
+            .node_image
+            .as_ref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(invalid("runtime.node_image", "\"\"", "must not be empty"));
         }
         if let Err(e) = cron::Schedule::from_str(&self.housekeeping.schedule) {
             return Err(invalid(

@@ -146,6 +146,43 @@ pub struct ContractConfig {
     /// answers. Excludes `unl` and `peers`, which the owner's request then gives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub await_cluster: bool,
+    /// The instance image to run the contract in; the host's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<InstanceImage>,
+}
+
+/// The instance images a tenant may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceImage {
+    /// The host's default image (the minimal one unless the host says otherwise): static
+    /// binaries only.
+    Minimal,
+    /// Node.js and glibc (`berth-hotpocket-node`): Evernode's usual Node.js bundles and
+    /// dynamically linked binaries.
+    Node,
+}
+
+impl InstanceImage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minimal => "minimal",
+            Self::Node => "node",
+        }
+    }
+}
+
+impl std::str::FromStr for InstanceImage {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "minimal" => Ok(Self::Minimal),
+            "node" => Ok(Self::Node),
+            other => Err(format!(
+                "`{other}` is not an instance image: minimal or node"
+            )),
+        }
+    }
 }
 
 impl ContractConfig {

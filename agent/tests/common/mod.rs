@@ -250,10 +250,17 @@ pub fn public(key: &SigningKey) -> PublicKey {
 
 impl Harness {
     pub fn new(slots: u32) -> Self {
+        Self::new_with(slots, |_| {})
+    }
+
+    /// A harness whose host config `edit` changed.
+    pub fn new_with(slots: u32, edit: impl FnOnce(&mut HostConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut host = config(slots.max(1));
+        edit(&mut host);
         Self::open(
             dir,
-            slots,
+            host,
             Arc::new(RecordingProvisioner::new(
                 PortRange::new(26201, 26300),
                 PortRange::new(22861, 22960),
@@ -273,12 +280,12 @@ impl Harness {
             ..
         } = self;
         drop(machine);
-        Self::open(dir, 0, provisioner, ledger)
+        Self::open(dir, config(1), provisioner, ledger)
     }
 
     fn open(
         dir: tempfile::TempDir,
-        slots: u32,
+        host: HostConfig,
         provisioner: Arc<RecordingProvisioner>,
         ledger: Arc<FakeLedger>,
     ) -> Self {
@@ -288,7 +295,7 @@ impl Harness {
             store,
             provisioner.clone(),
             ledger.clone(),
-            config(slots.max(1)),
+            host,
             HOST.parse().unwrap(),
             host_key.clone(),
             MachineSettings {

@@ -78,6 +78,7 @@ pub fn maximal_request() -> AcquireRequest {
             ),
             observer: true,
             await_cluster: false,
+            image: Some(berth_schemas::message::InstanceImage::Minimal),
         }),
     }
 }
