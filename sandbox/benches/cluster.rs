@@ -82,6 +82,7 @@ async fn run(sandbox: &Sandbox) -> Result<(), String> {
         allow_same_host: false,
         roundtime_ms: Some(500),
         threshold: Some(51),
+        image: None,
         max_price_drops: None,
         allow_silent: false,
         wait: Duration::from_secs(180),

@@ -430,6 +430,7 @@ async fn cluster_steps(
         allow_same_host: false,
         roundtime_ms: Some(500),
         threshold: Some(51),
+        image: None,
         max_price_drops: None,
         allow_silent: false,
         wait: env.wait,

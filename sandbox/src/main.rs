@@ -43,6 +43,10 @@ struct SandboxArgs {
     /// The instance image; build it with hotpocket/image/build.sh.
     #[arg(long, default_value = berth_provisioner::spec::HOTPOCKET_IMAGE)]
     image: String,
+    /// Offer this Node.js and glibc image to purchases that ask for it (`berth acquire
+    /// --image node`); build it with hotpocket/image/build-node.sh.
+    #[arg(long)]
+    node_image: Option<String>,
     /// Address the local ledger listens on (WebSocket and JSON-RPC).
     #[arg(long, default_value = "127.0.0.1:0")]
     ledger_listen: SocketAddr,
@@ -124,6 +128,7 @@ impl SandboxArgs {
             keep: self.keep,
             tenant_home: self.tenant_home.clone(),
             image: self.image.clone(),
+            node_image: self.node_image.clone(),
             ledger_listen: self.ledger_listen,
             close_interval: Duration::from_millis(self.close_ms),
             slots: self.slots,

@@ -53,6 +53,9 @@ pub struct SandboxOptions {
     pub tenant_home: Option<PathBuf>,
     /// The instance image; it must exist in the engine.
     pub image: String,
+    /// The Node.js and glibc image the hosts offer to purchases asking for it
+    /// (`runtime.node_image`); it must exist in the engine. `None`: not offered.
+    pub node_image: Option<String>,
     /// Where the ledger listens (WebSocket and JSON-RPC on one port).
     pub ledger_listen: SocketAddr,
     /// Time between ledger closes.
@@ -100,6 +103,7 @@ impl Default for SandboxOptions {
             keep: false,
             tenant_home: None,
             image: berth_provisioner::spec::HOTPOCKET_IMAGE.to_owned(),
+            node_image: None,
             ledger_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             close_interval: Duration::from_millis(1000),
             slots: 3,
@@ -187,8 +191,8 @@ pub enum SandboxError {
     NoDocker { endpoint: String, problem: String },
     #[error(
         "the instance image {image} is not in the Docker engine; build it from a source checkout \
-         with `hotpocket/image/build.sh` (or run scripts/sandbox.sh, which builds it), or pass \
-         --image"
+         with `hotpocket/image/build.sh` (the node image with `hotpocket/image/build-node.sh`; \
+         scripts/sandbox.sh builds the first), or pass --image"
     )]
     ImageMissing { image: String },
     #[error("docker engine: {step}")]
@@ -537,6 +541,7 @@ metrics = "127.0.0.1:0"
     ))?;
     config.host.data_dir = data_dir.to_owned();
     config.runtime.image = opts.image.clone();
+    config.runtime.node_image = opts.node_image.clone();
     config.validate()?;
     Ok(config)
 }
@@ -667,22 +672,22 @@ async fn start(
         .clone()
         .unwrap_or_else(|| format!("berth-sandbox-{}", std::process::id()));
     let first = connect_provisioner(opts, &namespace, localhost).await?;
-    let image = ImageSpec {
-        tag: opts.image.clone(),
-        context: Arc::new(NoBuild),
-    };
-    match first.ensure_image(&image).await {
-        Ok(_) => {}
-        Err(ProvisionError::ImageContext { .. }) => {
-            return Err(SandboxError::ImageMissing {
-                image: opts.image.clone(),
-            })
-        }
-        Err(source) => {
-            return Err(SandboxError::Docker {
-                step: "inspecting the instance image",
-                source: Box::new(source),
-            })
+    for tag in std::iter::once(&opts.image).chain(opts.node_image.as_ref()) {
+        let image = ImageSpec {
+            tag: tag.clone(),
+            context: Arc::new(NoBuild),
+        };
+        match first.ensure_image(&image).await {
+            Ok(_) => {}
+            Err(ProvisionError::ImageContext { .. }) => {
+                return Err(SandboxError::ImageMissing { image: tag.clone() })
+            }
+            Err(source) => {
+                return Err(SandboxError::Docker {
+                    step: "inspecting the instance image",
+                    source: Box::new(source),
+                })
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use berth_hotpocket_client::protocol::bundle::ClusterSpec;
-use berth_schemas::message::{ContractConfig, Ranged};
+use berth_schemas::message::{ContractConfig, InstanceImage, Ranged};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -146,6 +146,9 @@ pub struct ClusterRecord {
     pub roundtime_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u32>,
+    /// The nodes' instance image, when not the hosts' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<InstanceImage>,
     /// Nodes wanted.
     pub size: usize,
     pub allow_same_host: bool,
@@ -199,6 +202,7 @@ pub struct CreateOptions {
     pub allow_same_host: bool,
     pub roundtime_ms: Option<u64>,
     pub threshold: Option<u32>,
+    pub image: Option<InstanceImage>,
     pub max_price_drops: Option<u64>,
     pub allow_silent: bool,
     /// How long to wait for each host's answer and for the cluster to agree.
@@ -360,6 +364,7 @@ impl Clusters<'_> {
             contract_id,
             roundtime_ms: opts.roundtime_ms,
             threshold: opts.threshold,
+            image: opts.image,
             size: opts.nodes,
             allow_same_host: opts.allow_same_host,
             hosts: opts.hosts.clone(),
@@ -417,6 +422,7 @@ impl Clusters<'_> {
                 .map(|t| Ranged::new(u64::from(t)))
                 .transpose()
                 .map_err(|e| LeaseError::Build(format!("threshold: {e}")))?,
+            image: record.image,
             ..ContractConfig::default()
         };
         // 1. Every node bought: purchases in the record are finished, missing ones made.
@@ -1057,6 +1063,7 @@ impl Clusters<'_> {
             threshold: record
                 .threshold
                 .and_then(|t| Ranged::new(u64::from(t)).ok()),
+            image: record.image,
             ..ContractConfig::default()
         };
         let acquire = AcquireOptions {
@@ -1307,6 +1314,7 @@ mod tests {
             contract_id: "3f1c0d6e-5b7a-4c2e-9a51-0d2b7e8f9a10".into(),
             roundtime_ms: Some(500),
             threshold: Some(51),
+            image: None,
             size: 2,
             allow_same_host: false,
             hosts: vec![],
@@ -1329,6 +1337,7 @@ mod tests {
             contract_id: String::new(),
             roundtime_ms: None,
             threshold: None,
+            image: None,
             size: 3,
             allow_same_host: false,
             hosts: vec![],

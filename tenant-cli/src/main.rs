@@ -145,8 +145,13 @@ struct AcquireArgs {
     /// down: the price would wait for a refund until it comes back).
     #[arg(long)]
     allow_silent: bool,
+    /// The instance image: minimal (static binaries, the hosts' default) or node (Node.js
+    /// and glibc, for Evernode's usual Node.js bundles); a host that does not offer it
+    /// refunds the purchase.
+    #[arg(long)]
+    image: Option<berth_schemas::message::InstanceImage>,
     /// Resume an interrupted purchase by its transaction hash (printed when it started).
-    #[arg(long, value_name = "HASH", conflicts_with_all = ["host", "contract_id", "max_price", "allow_silent"])]
+    #[arg(long, value_name = "HASH", conflicts_with_all = ["host", "contract_id", "max_price", "allow_silent", "image"])]
     resume: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
@@ -238,6 +243,7 @@ impl PickArgs {
             allow_same_host: self.allow_same_host,
             roundtime_ms: None,
             threshold: None,
+            image: None,
             max_price_drops: self.max_price,
             allow_silent: self.allow_silent,
             wait: wait(&self.wait),
@@ -270,6 +276,9 @@ struct ClusterCreateArgs {
     /// Percent of the UNL that must agree for a ledger to close (1-100; default 80).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     threshold: Option<u32>,
+    /// The instance image of every node: minimal or node (Node.js and glibc).
+    #[arg(long)]
+    image: Option<berth_schemas::message::InstanceImage>,
     /// Highest price per moment to pay on each host, in drops.
     #[arg(long)]
     max_price: Option<u64>,
@@ -278,7 +287,7 @@ struct ClusterCreateArgs {
     allow_silent: bool,
     /// Finish an interrupted `cluster create` by the cluster's name: purchases already made
     /// are finished, never paid again.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["nodes", "name", "hosts", "roundtime", "threshold"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["nodes", "name", "hosts", "roundtime", "threshold", "image"])]
     resume: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
@@ -721,7 +730,12 @@ async fn lease_command(tenant: &Tenant, command: Command, json: bool) -> anyhow:
                         moments: args.moments,
                         wait: wait(&args.wait),
                         allow_silent: args.allow_silent,
-                        config: None,
+                        config: args
+                            .image
+                            .map(|image| berth_schemas::message::ContractConfig {
+                                image: Some(image),
+                                ..Default::default()
+                            }),
                         avoid_offers: Vec::new(),
                     };
                     tenant.acquire(host, &opts, &mut progress).await
@@ -856,6 +870,7 @@ async fn cluster_command(
                 allow_same_host: args.allow_same_host,
                 roundtime_ms: args.roundtime,
                 threshold: args.threshold,
+                image: args.image,
                 max_price_drops: args.max_price,
                 allow_silent: args.allow_silent,
                 wait: wait(&args.wait),
