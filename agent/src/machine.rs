@@ -597,8 +597,33 @@ impl Machine {
         slot: Option<u32>,
         why: Refusal,
     ) -> Result<Vec<Job>, MachineError> {
+        // The buyer's own mistake costs the host fees (this refund, and the burn, mint and
+        // offer that put the slot back on sale): its refund keeps them.
+        let buyers_mistake = matches!(
+            why.code,
+            ReasonCode::BadPayload | ReasonCode::BadAmount | ReasonCode::UnsupportedVersion
+        );
+        let fees = if buyers_mistake {
+            let transactions = if slot.is_some() { 4 } else { 1 };
+            self.config
+                .lease
+                .refusal_fee_drops
+                .saturating_mul(transactions)
+                .min(amount.saturating_sub(1))
+        } else {
+            0
+        };
+        let why = if fees > 0 {
+            Refusal {
+                code: why.code,
+                message: format!("{} ({fees} drops of fees kept)", why.message),
+            }
+        } else {
+            why
+        };
+        let refund = amount.saturating_sub(fees);
         let failure = self.failure(tx_hash, &why)?;
-        info!(purchase = %tx_hash, code = ?why.code, reason = %why.message, "purchase refused");
+        info!(purchase = %tx_hash, code = ?why.code, reason = %why.message, refund, fees, "purchase refused");
         self.store()
             .transaction_with(|tx| -> Result<_, MachineError> {
                 let outcome = format!("refused: {}", why.message);
@@ -609,7 +634,7 @@ impl Machine {
                     tx,
                     tx_hash,
                     buyer,
-                    amount,
+                    refund,
                     &Message::AcquireErr(failure),
                     OutboxState::Pending,
                 )?;

@@ -14,6 +14,9 @@ use common::*;
 
 const BUYER: &str = "rPT1Sjq2YGrBMTttX4GZHjKu9dyfzbpAYe";
 const OTHER: &str = "r3kmLJN5D28dHuH8vZNUZpMC43pEHpaocV";
+/// What a purchase refused for the buyer's mistake keeps: the answer, burn, mint and offer
+/// at the default `lease.refusal_fee_drops`.
+const REFUSAL_FEES: u64 = 4 * 12;
 
 fn creates(h: &Harness) -> usize {
     h.provisioner
@@ -207,7 +210,7 @@ async fn a_wrong_amount_is_refunded_and_the_token_reminted_and_reoffered() {
     }
     let payments = h.ledger.payments();
     assert_eq!(payments.len(), 1);
-    assert_eq!(payments[0].1, PRICE / 2);
+    assert_eq!(payments[0].1, PRICE / 2 - REFUSAL_FEES);
     assert_eq!(failure_code(&payments[0].2), ReasonCode::BadAmount);
     assert_eq!(creates(&h), 0);
     assert!(h.ledger.prepared.lock().unwrap().iter().any(|a| matches!(a,
@@ -257,7 +260,7 @@ async fn missing_and_undecryptable_memos_and_unknown_tokens_are_refunded_with_re
     let (_, amount, missing) = by_request(1);
     assert_eq!(
         (failure_code(&missing), amount),
-        (ReasonCode::BadPayload, PRICE)
+        (ReasonCode::BadPayload, PRICE - REFUSAL_FEES)
     );
     let (_, _, sealed) = by_request(2);
     assert_eq!(failure_code(&sealed), ReasonCode::BadPayload);
@@ -355,7 +358,7 @@ async fn cluster_settings_reach_the_instance_and_ones_the_host_cannot_honour_are
         (4, "an observer needs the unl"),
     ] {
         let (to, amount, message) = answer(n);
-        assert_eq!((to.as_str(), amount), (BUYER, PRICE));
+        assert_eq!((to.as_str(), amount), (BUYER, PRICE - REFUSAL_FEES));
         let Message::AcquireErr(f) = &message else {
             panic!("{message:?}")
         };
@@ -406,7 +409,15 @@ async fn the_node_image_is_run_when_asked_and_offered_and_refunded_when_not_offe
         .await;
     h.machine.flush_outbox().await.unwrap();
     let (to, amount, message) = h.ledger.payments().remove(0);
-    assert_eq!((to.as_str(), amount), (BUYER, PRICE));
+    assert_eq!((to.as_str(), amount), (BUYER, PRICE - REFUSAL_FEES));
+    let Message::AcquireErr(f) = &message else {
+        panic!("{message:?}")
+    };
+    assert!(
+        f.message.as_str().contains("48 drops of fees kept"),
+        "{}",
+        f.message.as_str()
+    );
     let Message::AcquireErr(f) = &message else {
         panic!("{message:?}")
     };

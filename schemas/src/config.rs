@@ -138,6 +138,18 @@ pub struct LeaseConfig {
     /// given after the ledger resumes closing. Default 300.
     #[serde(default = "default_grace_secs")]
     pub grace_secs: u32,
+    /// Drops kept per transaction a malformed purchase costs the host (its refund, and the
+    /// burn, mint and offer that put the slot back on sale): the refund of a purchase
+    /// refused for the buyer's own mistake (`bad_payload`, `bad_amount`,
+    /// `unsupported_version`) is the price less these fees. Refusals that are the host's
+    /// doing (no capacity, draining, provisioning) are refunded in full. Default 12; 0
+    /// refunds everything.
+    #[serde(default = "default_refusal_fee_drops")]
+    pub refusal_fee_drops: u64,
+}
+
+fn default_refusal_fee_drops() -> u64 {
+    12
 }
 
 /// `[resources]`: host totals given to instances, split evenly across slots.
