@@ -378,7 +378,7 @@ impl RoundLoop {
             Some(e) if e.seq_no == lcl.seq_no => {
                 // The tree is needed to serve peers; a state changed while the node was
                 // stopped shows here, and the node syncs it from the UNL.
-                let state_hash = self.state_hash()?;
+                let state_hash = self.state_hash().await?;
                 if state_hash != e.state_hash {
                     tracing::warn!(lcl = %lcl, "the state directory changed while the node was stopped");
                 }
@@ -427,7 +427,7 @@ impl RoundLoop {
             _ => {
                 // A new node (genesis), or a store from before executions were recorded:
                 // the state directory as it is is the result of the last closed ledger.
-                let state_hash = self.state_hash()?;
+                let state_hash = self.state_hash().await?;
                 let patch_hash = self.patch_hash();
                 let output_hash = ledger::hash_parts([state_hash.as_slice()]);
                 self.store.record_execution(
@@ -751,7 +751,7 @@ impl RoundLoop {
     }
 
     /// Switches to the state a sync brought: the node proposes from the next round on.
-    fn on_sync_done(&mut self, result: Result<SyncStats, SyncError>) -> Result<(), Stop> {
+    async fn on_sync_done(&mut self, result: Result<SyncStats, SyncError>) -> Result<(), Stop> {
         let Some(syncing) = self.syncing.take() else {
             return Ok(());
         };
@@ -768,7 +768,7 @@ impl RoundLoop {
             path: self.shared.fs.root.clone(),
             source,
         })?;
-        let state_hash = self.state_hash()?;
+        let state_hash = self.state_hash().await?;
         if state_hash != target.state {
             tracing::warn!(lcl = %target.lcl, "the state after a sync is not its target; syncing again");
             self.state_unknown = true;
@@ -980,7 +980,7 @@ impl RoundLoop {
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
             _ = tokio::time::sleep(sleep_for(wake, now)) => {}
             done = self.sync_done_rx.recv() => if let Some(done) = done {
-                self.on_sync_done(done)?;
+                self.on_sync_done(done).await?;
             },
             msg = self.user_rx.recv() => match msg {
                 Some(msg) => self.on_round_msg(msg),
@@ -1779,7 +1779,7 @@ impl RoundLoop {
             }
         }
 
-        let state_hash = self.state_hash()?;
+        let state_hash = self.state_hash().await?;
         let patch_hash = self.patch_hash();
         let mut leaves: Vec<(Option<String>, Hash)> = outputs
             .iter()
@@ -1910,15 +1910,28 @@ impl RoundLoop {
         }
     }
 
-    fn state_hash(&mut self) -> Result<Hash, NodeError> {
+    /// Re-hashes the state off the round loop's thread (file-system work blocks; the tree
+    /// never opens a FIFO or follows a link, see `state`).
+    async fn state_hash(&mut self) -> Result<Hash, NodeError> {
         let state_dir = self.shared.fs.state_dir();
-        let hash = self
-            .tree
-            .rehash(&state_dir)
-            .map_err(|source| NodeError::ContractDir {
-                path: state_dir,
-                source,
-            })?;
+        let mut tree = std::mem::take(&mut self.tree);
+        let dir = state_dir.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let hash = tree.rehash(&dir);
+            (tree, hash)
+        })
+        .await;
+        let hash = match joined {
+            Ok((tree, hash)) => {
+                self.tree = tree;
+                hash
+            }
+            Err(e) => Err(std::io::Error::other(format!("the state hasher failed: {e}"))),
+        }
+        .map_err(|source| NodeError::ContractDir {
+            path: state_dir,
+            source,
+        })?;
         self.refresh_read_view();
         Ok(hash)
     }
