@@ -487,7 +487,10 @@ impl NodeConfig {
         if self.user.memory_limit_bytes != 0 && self.user.memory_limit_bytes < 16 * 1024 * 1024 {
             return Err(invalid(
                 "user.memory_limit_bytes",
-                format!("{} is below 16 MiB (0: detect)", self.user.memory_limit_bytes),
+                format!(
+                    "{} is below 16 MiB (0: detect)",
+                    self.user.memory_limit_bytes
+                ),
             ));
         }
         if self.user.listen.parse::<std::net::IpAddr>().is_err() {
@@ -660,7 +663,10 @@ mod tests {
         assert_eq!(few_fds.max_sessions, 1024 - 256 - 64);
         let mut user = cfg.user.clone();
         user.memory_limit_bytes = 64 << 20;
-        assert_eq!(UserLimits::derive(&user, 64 << 30, 1 << 20).memory_bytes, 64 << 20);
+        assert_eq!(
+            UserLimits::derive(&user, 64 << 30, 1 << 20).memory_bytes,
+            64 << 20
+        );
     }
 
     #[test]

@@ -193,7 +193,10 @@ impl Shared {
             if !handle.privileged {
                 return Err(RegisterError::Duplicate(user.to_owned()));
             }
-            tracing::info!(user, "a privileged key logged in again; its older session is closed");
+            tracing::info!(
+                user,
+                "a privileged key logged in again; its older session is closed"
+            );
             old.kick.cancel();
             map.remove(user);
         }
@@ -503,11 +506,8 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
     )
     .await?;
     let peer_addr = net.local_addr();
-    let limits = crate::config::UserLimits::derive(
-        &cfg.user,
-        detected_memory_limit(),
-        descriptor_limit(),
-    );
+    let limits =
+        crate::config::UserLimits::derive(&cfg.user, detected_memory_limit(), descriptor_limit());
     tracing::info!(
         memory = limits.memory_bytes,
         max_msg = limits.max_msg_bytes,

@@ -1118,7 +1118,11 @@ impl RoundLoop {
             0 => DEFAULT_ROUND_INPUT_BYTES,
             n => n,
         };
-        let limit = if is_owner { limit } else { limit.min(pool_limit) };
+        let limit = if is_owner {
+            limit
+        } else {
+            limit.min(pool_limit)
+        };
         let size = input.input.len() as u64;
         let used = self.pool_bytes.get(&input.user).copied().unwrap_or(0);
         let count = self.pool_counts.get(&input.user).copied().unwrap_or(0);
@@ -1986,7 +1990,9 @@ impl RoundLoop {
                 self.tree = tree;
                 hash
             }
-            Err(e) => Err(std::io::Error::other(format!("the state hasher failed: {e}"))),
+            Err(e) => Err(std::io::Error::other(format!(
+                "the state hasher failed: {e}"
+            ))),
         }
         .map_err(|source| NodeError::ContractDir {
             path: state_dir,

@@ -93,7 +93,8 @@ pub async fn accept_loop(
         );
         tracker.spawn(async move {
             let _ip_slot = ip_slot;
-            let result = session(stream, acceptor, handshake, shared, round_tx, cancel, inner).await;
+            let result =
+                session(stream, acceptor, handshake, shared, round_tx, cancel, inner).await;
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %berth_log::chain(&e), "user session ended");
             }
@@ -118,7 +119,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     ) -> Poll<std::io::Result<()>> {
         let left = self.allowance.load(Ordering::Relaxed);
         if left == 0 {
-            return Poll::Ready(Err(std::io::Error::other("read limit of the connection reached")));
+            return Poll::Ready(Err(std::io::Error::other(
+                "read limit of the connection reached",
+            )));
         }
         let mut local = [0u8; 8192];
         let want = buf.remaining().min(left).min(local.len());
@@ -129,7 +132,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
                 buf.put_slice(part.filled());
                 let _ = self
                     .allowance
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(a.saturating_sub(n)));
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                        Some(a.saturating_sub(n))
+                    });
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -256,7 +261,10 @@ async fn session(
     };
     if let Err(e) = shared.register(&user, session_handle) {
         let _ = sink
-            .send(Message::Close(Some(close_frame(CloseCode::Again, &e.to_string()))))
+            .send(Message::Close(Some(close_frame(
+                CloseCode::Again,
+                &e.to_string(),
+            ))))
             .await;
         return Err(e.into());
     }
