@@ -317,7 +317,7 @@ pub fn make_special(path: &Path, kind: SpecialKind) -> std::io::Result<()> {
         SpecialKind::Socket => std::os::unix::net::UnixListener::bind(path).map(drop),
         SpecialKind::Unreadable => {
             std::fs::File::create(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0))
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000))
         }
     }
 }
