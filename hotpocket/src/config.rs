@@ -138,6 +138,19 @@ pub struct UserSection {
     pub max_bytes_per_msg: u64,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections (handshakes and sessions) one source address may hold.
+    #[serde(default = "default_max_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Handshakes (TLS, upgrade, challenge) in progress at once.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Seconds a session may stay silent (no frame from the user) before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// The memory the user-port limits are derived from (bytes); 0: the container's cgroup
+    /// limit (`memory.max`), else the machine's memory. See [`UserLimits`].
+    #[serde(default)]
+    pub memory_limit_bytes: u64,
 }
 
 fn default_listen() -> String {
@@ -148,6 +161,81 @@ fn default_max_msg() -> u64 {
 }
 fn default_max_connections() -> usize {
     1000
+}
+fn default_max_per_ip() -> usize {
+    64
+}
+fn default_max_handshakes() -> usize {
+    64
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+/// Bytes a connection may send before its user is logged in: the WebSocket upgrade request
+/// and the challenge answer (a few hundred bytes each).
+pub const HANDSHAKE_READ_BYTES: usize = 16 * 1024;
+/// What one open session costs besides its messages (TLS and WebSocket buffers, tasks).
+pub const SESSION_OVERHEAD_BYTES: u64 = 96 * 1024;
+/// Descriptors kept for everything but user connections (store, peers, contract runs).
+pub const FD_RESERVE: u64 = 256;
+/// Inputs one user may have pooled for the next ledgers.
+pub const MAX_USER_INPUTS_PER_ROUND: usize = 4096;
+
+/// The user port's limits, derived from the configured ones, the instance's memory and its
+/// descriptor limit, so that memory stays bounded under any mix of connections. With
+/// `budget = memory / 2`:
+/// - messages of the owner and UNL keys ≤ `min(max_bytes_per_msg, budget / 4)`;
+/// - sessions ≤ `min(max_connections, RLIMIT_NOFILE − 256 − max_handshakes,
+///   budget / 8 / 96 KiB)`, handshakes ≤ `max_handshakes`, each reading ≤ 16 KiB;
+/// - other users' messages ≤ `min(that, budget / 4 / (3 · sessions))` (a message is held
+///   about three times while it is decoded);
+/// - all users' pooled input bytes (the owner aside) ≤ `budget / 8`, and one user's ≤
+///   `min(round_limits.user_input_bytes or 64 MiB, budget / 8)`.
+///
+/// So the user port holds at most about `budget · 11/8` ≈ 69 % of the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimits {
+    pub memory_bytes: u64,
+    /// Largest message of the owner and UNL keys (and the WebSocket frame limit).
+    pub max_msg_bytes: usize,
+    /// Largest message of any other user.
+    pub user_msg_bytes: usize,
+    pub max_sessions: usize,
+    pub max_handshakes: usize,
+    pub max_per_ip: usize,
+    /// All users' pooled input bytes but the owner's.
+    pub pool_bytes: u64,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl UserLimits {
+    /// The limits for `memory` bytes of memory and `nofile` descriptors (no I/O).
+    pub fn derive(user: &UserSection, memory: u64, nofile: u64) -> UserLimits {
+        let memory = if user.memory_limit_bytes > 0 {
+            user.memory_limit_bytes
+        } else {
+            memory
+        };
+        let budget = memory / 2;
+        let max_msg = user.max_bytes_per_msg.min(budget / 4).max(1024);
+        let by_fd = nofile
+            .saturating_sub(FD_RESERVE)
+            .saturating_sub(user.max_handshakes as u64);
+        let by_mem = budget / 8 / SESSION_OVERHEAD_BYTES;
+        let sessions = (user.max_connections as u64).min(by_fd).min(by_mem).max(2);
+        let user_msg = (budget / 4 / (3 * sessions)).clamp(1024, max_msg);
+        UserLimits {
+            memory_bytes: memory,
+            max_msg_bytes: usize::try_from(max_msg).unwrap_or(usize::MAX),
+            user_msg_bytes: usize::try_from(user_msg).unwrap_or(usize::MAX),
+            max_sessions: usize::try_from(sessions).unwrap_or(usize::MAX),
+            max_handshakes: user.max_handshakes,
+            max_per_ip: user.max_connections_per_ip,
+            pool_bytes: budget / 8,
+            idle_timeout: std::time::Duration::from_secs(user.idle_timeout_secs),
+        }
+    }
 }
 
 /// `mesh` section: the peer port, the peers to dial, and the genesis hold.
@@ -280,6 +368,10 @@ impl NodeConfig {
                 listen: default_listen(),
                 max_bytes_per_msg: default_max_msg(),
                 max_connections: default_max_connections(),
+                max_connections_per_ip: default_max_per_ip(),
+                max_handshakes: default_max_handshakes(),
+                idle_timeout_secs: default_idle_timeout(),
+                memory_limit_bytes: 0,
             },
             mesh: MeshSection {
                 port: new.peer_port,
@@ -382,6 +474,24 @@ impl NodeConfig {
         }
         if self.user.max_connections == 0 {
             return Err(invalid("user.max_connections", "must be at least 1"));
+        }
+        if self.user.max_connections_per_ip == 0 {
+            return Err(invalid("user.max_connections_per_ip", "must be at least 1"));
+        }
+        if self.user.max_handshakes == 0 {
+            return Err(invalid("user.max_handshakes", "must be at least 1"));
+        }
+        if self.user.idle_timeout_secs == 0 {
+            return Err(invalid("user.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.user.memory_limit_bytes != 0 && self.user.memory_limit_bytes < 16 * 1024 * 1024 {
+            return Err(invalid(
+                "user.memory_limit_bytes",
+                format!(
+                    "{} is below 16 MiB (0: detect)",
+                    self.user.memory_limit_bytes
+                ),
+            ));
         }
         if self.user.listen.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(
@@ -526,6 +636,37 @@ mod tests {
         new.unl = vec!["ed1234".into()];
         let err = NodeConfig::create(&new).unwrap_err().to_string();
         assert!(err.contains("contract.unl"), "{err}");
+    }
+
+    #[test]
+    fn user_limits_follow_memory_and_descriptors() {
+        let cfg = NodeConfig::create(&NewNode {
+            contract_id: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+            owner_pubkey: owner(),
+            ..Default::default()
+        })
+        .unwrap();
+        let small = UserLimits::derive(&cfg.user, 256 << 20, 1 << 20);
+        assert_eq!(small.max_msg_bytes, 32 << 20);
+        assert_eq!(small.max_sessions, 170);
+        assert!(small.user_msg_bytes >= 60 * 1024 && small.user_msg_bytes < 70 * 1024);
+        assert_eq!(small.pool_bytes, 16 << 20);
+        let held = small.max_sessions as u64
+            * (SESSION_OVERHEAD_BYTES + 3 * small.user_msg_bytes as u64)
+            + 3 * small.max_msg_bytes as u64
+            + 2 * small.pool_bytes;
+        assert!(held < 256 << 20, "{held}");
+        let big = UserLimits::derive(&cfg.user, 64 << 30, 1 << 20);
+        assert_eq!(big.max_sessions, 1000);
+        assert_eq!(big.max_msg_bytes, 32 << 20);
+        let few_fds = UserLimits::derive(&cfg.user, 64 << 30, 1024);
+        assert_eq!(few_fds.max_sessions, 1024 - 256 - 64);
+        let mut user = cfg.user.clone();
+        user.memory_limit_bytes = 64 << 20;
+        assert_eq!(
+            UserLimits::derive(&user, 64 << 30, 1 << 20).memory_bytes,
+            64 << 20
+        );
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub type Outbound = Reply;
 pub struct SessionHandle {
     pub id: u64,
     pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the session (evicted for the owner or a UNL node, or replaced).
+    pub kick: CancellationToken,
+    /// The owner's or a UNL node's key: never evicted, always let in.
+    pub privileged: bool,
+    /// When the user last sent a frame (ms since the node started).
+    pub last_active: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Why a session was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("user {0} already has a session")]
+    Duplicate(String),
+    #[error("the node holds its limit of {0} sessions")]
+    Full(usize),
 }
 
 /// What the node tells `stat` about consensus.
@@ -81,8 +96,14 @@ pub struct Shared {
     pub lcl: RwLock<LclId>,
     pub contract: RwLock<crate::config::ContractSection>,
     pub sessions: Mutex<HashMap<String, SessionHandle>>,
+    /// Largest message of the owner and UNL keys (`limits.max_msg_bytes`).
     pub max_msg_bytes: usize,
-    pub max_connections: usize,
+    /// The user port's limits (see [`crate::config::UserLimits`]).
+    pub limits: crate::config::UserLimits,
+    /// When the node started (the sessions' clock for idleness).
+    pub started: std::time::Instant,
+    /// Connections (handshakes and sessions) per source address.
+    pub per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub wrapper: PathBuf,
     pub fs: ContractFs,
     pub read_slots: tokio::sync::Semaphore,
@@ -153,14 +174,67 @@ impl Shared {
         *lock(&self.sync) = status;
     }
 
-    /// Registers a session; false when the key already has one.
-    pub fn register(&self, user: &str, handle: SessionHandle) -> bool {
+    /// Whether a key is always let in: the owner's or a UNL node's.
+    pub fn is_privileged(&self, user: &str) -> bool {
+        user == self.owner_pubkey || self.contract().unl.iter().any(|k| k == user)
+    }
+
+    /// Milliseconds since the node started (the sessions' activity clock).
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a session. A privileged key (owner, UNL) always gets in: its older session
+    /// is replaced, and when the node is full the session idle longest among the others is
+    /// closed. Other keys get one session each while there is room.
+    pub fn register(&self, user: &str, handle: SessionHandle) -> Result<(), RegisterError> {
         let mut map = lock(&self.sessions);
-        if map.contains_key(user) || map.len() >= self.max_connections {
-            return false;
+        if let Some(old) = map.get(user) {
+            if !handle.privileged {
+                return Err(RegisterError::Duplicate(user.to_owned()));
+            }
+            tracing::info!(
+                user,
+                "a privileged key logged in again; its older session is closed"
+            );
+            old.kick.cancel();
+            map.remove(user);
+        }
+        if map.len() >= self.limits.max_sessions {
+            if !handle.privileged {
+                return Err(RegisterError::Full(self.limits.max_sessions));
+            }
+            let oldest = map
+                .iter()
+                .filter(|(_, h)| !h.privileged)
+                .min_by_key(|(_, h)| h.last_active.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(victim) => {
+                    tracing::info!(user = %victim, for_user = user, "node full: the session idle longest is closed for a privileged key");
+                    if let Some(h) = map.remove(&victim) {
+                        h.kick.cancel();
+                    }
+                }
+                None => return Err(RegisterError::Full(self.limits.max_sessions)),
+            }
         }
         map.insert(user.to_owned(), handle);
-        true
+        Ok(())
+    }
+
+    /// Counts a connection from `ip`; None when that address holds its limit.
+    pub fn admit_ip(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = lock(&self.per_ip);
+        let n = map.entry(ip).or_default();
+        if *n >= self.limits.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            shared: self.clone(),
+            ip,
+        })
     }
 
     /// Removes a session if it is still the registered one.
@@ -228,6 +302,63 @@ impl Shared {
             unl: contract.unl,
         }
     }
+}
+
+/// One connection counted against its source address until dropped.
+pub struct IpSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.shared.per_ip);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The memory the user-port limits follow: the cgroup's limit (`memory.max` of cgroup v2,
+/// `memory.limit_in_bytes` of v1) when one is set and readable, else the machine's memory
+/// (`MemTotal`), else 1 GiB.
+pub fn detected_memory_limit() -> u64 {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0 && *n < 1 << 60);
+    let total = || {
+        read("/proc/meminfo")?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    };
+    cgroup.or_else(total).unwrap_or(1 << 30)
+}
+
+/// The descriptor limit (`RLIMIT_NOFILE`), raised to its hard limit first when allowed.
+pub fn descriptor_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if matches!((lim.current, lim.maximum), (Some(c), Some(m)) if c < m) {
+        let raised = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            lim = raised;
+        }
+    }
+    lim.current.unwrap_or(1 << 20)
 }
 
 /// An input that passed the session's checks (format and signature).
@@ -375,6 +506,19 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
     )
     .await?;
     let peer_addr = net.local_addr();
+    let limits =
+        crate::config::UserLimits::derive(&cfg.user, detected_memory_limit(), descriptor_limit());
+    tracing::info!(
+        memory = limits.memory_bytes,
+        max_msg = limits.max_msg_bytes,
+        user_msg = limits.user_msg_bytes,
+        sessions = limits.max_sessions,
+        handshakes = limits.max_handshakes,
+        per_ip = limits.max_per_ip,
+        pool = limits.pool_bytes,
+        idle_secs = limits.idle_timeout.as_secs(),
+        "user port limits"
+    );
 
     let shared = Arc::new(Shared {
         contract_id: cfg.contract.id.clone(),
@@ -384,8 +528,10 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         lcl: RwLock::new(lcl),
         contract: RwLock::new(cfg.contract.clone()),
         sessions: Mutex::new(HashMap::new()),
-        max_msg_bytes: usize::try_from(cfg.user.max_bytes_per_msg).unwrap_or(usize::MAX),
-        max_connections: cfg.user.max_connections,
+        max_msg_bytes: limits.max_msg_bytes,
+        limits,
+        started: std::time::Instant::now(),
+        per_ip: Mutex::new(HashMap::new()),
         wrapper: opts.wrapper.clone(),
         fs,
         read_slots: tokio::sync::Semaphore::new(4),

@@ -157,6 +157,9 @@ fn build(
             NodeRef::Link(target) => {
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest)?
             }
+            // Read requests see no FIFOs, sockets, devices or unreadable files: none of
+            // them is opened by the node.
+            NodeRef::Special(_) => {}
             NodeRef::File(hash) => {
                 let reuse = prev.and_then(|p| {
                     let (h, stat) = p.files.get(&child)?;

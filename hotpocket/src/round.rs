@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bootstrap::{self, BootstrapInput, BootstrapReply};
 use crate::clock::Clock;
-use crate::config::{NodeConfig, DEFAULT_ROUND_INPUT_BYTES};
+use crate::config::{NodeConfig, DEFAULT_ROUND_INPUT_BYTES, MAX_USER_INPUTS_PER_ROUND};
 use crate::consensus::{
     self, agreed, stage_verdict, votes_needed, OwnView, RoundProposals, RoundTiming, StageVerdict,
 };
@@ -142,6 +142,10 @@ pub(crate) struct RoundLoop {
     me: NodeKey,
     pool: BTreeMap<Hash, Pooled>,
     pool_bytes: HashMap<String, u64>,
+    /// Pooled inputs per user.
+    pool_counts: HashMap<String, usize>,
+    /// Pooled input bytes of all users but the owner.
+    pool_total: u64,
     /// Highest nonce per user, pooled or in a ledger.
     nonces: HashMap<String, u64>,
     relay_batch: Vec<RelayedInput>,
@@ -262,6 +266,8 @@ impl RoundLoop {
             me,
             pool: BTreeMap::new(),
             pool_bytes: HashMap::new(),
+            pool_counts: HashMap::new(),
+            pool_total: 0,
             nonces: HashMap::new(),
             relay_batch: Vec::new(),
             relay_since: 0,
@@ -378,7 +384,7 @@ impl RoundLoop {
             Some(e) if e.seq_no == lcl.seq_no => {
                 // The tree is needed to serve peers; a state changed while the node was
                 // stopped shows here, and the node syncs it from the UNL.
-                let state_hash = self.state_hash()?;
+                let state_hash = self.state_hash().await?;
                 if state_hash != e.state_hash {
                     tracing::warn!(lcl = %lcl, "the state directory changed while the node was stopped");
                 }
@@ -427,7 +433,7 @@ impl RoundLoop {
             _ => {
                 // A new node (genesis), or a store from before executions were recorded:
                 // the state directory as it is is the result of the last closed ledger.
-                let state_hash = self.state_hash()?;
+                let state_hash = self.state_hash().await?;
                 let patch_hash = self.patch_hash();
                 let output_hash = ledger::hash_parts([state_hash.as_slice()]);
                 self.store.record_execution(
@@ -751,7 +757,7 @@ impl RoundLoop {
     }
 
     /// Switches to the state a sync brought: the node proposes from the next round on.
-    fn on_sync_done(&mut self, result: Result<SyncStats, SyncError>) -> Result<(), Stop> {
+    async fn on_sync_done(&mut self, result: Result<SyncStats, SyncError>) -> Result<(), Stop> {
         let Some(syncing) = self.syncing.take() else {
             return Ok(());
         };
@@ -768,7 +774,7 @@ impl RoundLoop {
             path: self.shared.fs.root.clone(),
             source,
         })?;
-        let state_hash = self.state_hash()?;
+        let state_hash = self.state_hash().await?;
         if state_hash != target.state {
             tracing::warn!(lcl = %target.lcl, "the state after a sync is not its target; syncing again");
             self.state_unknown = true;
@@ -980,7 +986,7 @@ impl RoundLoop {
             _ = cancel.cancelled() => return Err(Stop::Cancelled),
             _ = tokio::time::sleep(sleep_for(wake, now)) => {}
             done = self.sync_done_rx.recv() => if let Some(done) = done {
-                self.on_sync_done(done)?;
+                self.on_sync_done(done).await?;
             },
             msg = self.user_rx.recv() => match msg {
                 Some(msg) => self.on_round_msg(msg),
@@ -1006,6 +1012,13 @@ impl RoundLoop {
         if self.resumed_cluster_request(&input) {
             return;
         }
+        if let Some(reply) = self.refusal(&input) {
+            // Answered at once and never pooled, relayed or stored: what a user may not
+            // submit costs the node no disk.
+            tracing::info!(user = %input.user, reason = %reply.message, "input of a user who may not submit it refused unrecorded");
+            self.answer_now(&input, reply);
+            return;
+        }
         match self.check_input(&input) {
             Ok(()) => {
                 if self.relay_batch.is_empty() {
@@ -1020,7 +1033,26 @@ impl RoundLoop {
         }
     }
 
+    /// The answer to an input its user may not submit: anyone but the owner before a
+    /// contract is installed, and an installer request of anyone but the owner. None when
+    /// the input may go into a ledger. Judged on the node's contract as it is now.
+    fn refusal(&self, input: &SignedInput) -> Option<BootstrapReply> {
+        if input.user == self.shared.owner_pubkey {
+            return None;
+        }
+        let installed = !self.shared.contract().bin_path.is_empty();
+        match bootstrap::parse_request(&input.input, installed) {
+            Some(req) => Some(BootstrapReply::fail(reply_kind(&req), not_allowed(&req))),
+            None if !installed => Some(BootstrapReply::fail("error", "UserNotAllowed")),
+            None => None,
+        }
+    }
+
     fn add_to_pool(&mut self, input: SignedInput) {
+        *self.pool_counts.entry(input.user.clone()).or_default() += 1;
+        if input.user != self.shared.owner_pubkey {
+            self.pool_total += input.input.len() as u64;
+        }
         *self.pool_bytes.entry(input.user.clone()).or_default() += input.input.len() as u64;
         self.nonces.insert(input.user.clone(), input.nonce);
         self.pool.insert(input.hash, Pooled { input });
@@ -1030,6 +1062,18 @@ impl RoundLoop {
         let p = self.pool.remove(hash)?;
         if let Some(b) = self.pool_bytes.get_mut(&p.input.user) {
             *b = b.saturating_sub(p.input.input.len() as u64);
+            if *b == 0 {
+                self.pool_bytes.remove(&p.input.user);
+            }
+        }
+        if let Some(n) = self.pool_counts.get_mut(&p.input.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pool_counts.remove(&p.input.user);
+            }
+        }
+        if p.input.user != self.shared.owner_pubkey {
+            self.pool_total = self.pool_total.saturating_sub(p.input.input.len() as u64);
         }
         Some(p.input)
     }
@@ -1066,12 +1110,28 @@ impl RoundLoop {
         if input.nonce <= last {
             return Err(RejectReason::NonceExpired);
         }
+        // Bounds of what one round may pool, and so store: one user's inputs and bytes,
+        // and all users' bytes but the owner's (the memory-derived `pool_bytes`).
+        let is_owner = input.user == self.shared.owner_pubkey;
+        let pool_limit = self.shared.limits.pool_bytes;
         let limit = match contract.round_limits.user_input_bytes {
             0 => DEFAULT_ROUND_INPUT_BYTES,
             n => n,
         };
+        let limit = if is_owner {
+            limit
+        } else {
+            limit.min(pool_limit)
+        };
+        let size = input.input.len() as u64;
         let used = self.pool_bytes.get(&input.user).copied().unwrap_or(0);
-        if used + input.input.len() as u64 > limit {
+        let count = self.pool_counts.get(&input.user).copied().unwrap_or(0);
+        if used + size > limit || count >= MAX_USER_INPUTS_PER_ROUND {
+            tracing::debug!(user = %input.user, used, size, limit, count, max_inputs = MAX_USER_INPUTS_PER_ROUND, "input over the user's round limit");
+            return Err(RejectReason::RoundInputsOverflow);
+        }
+        if !is_owner && self.pool_total + size > pool_limit {
+            tracing::info!(user = %input.user, pooled = self.pool_total, size, limit = pool_limit, "input over the round's limit for all users");
             return Err(RejectReason::RoundInputsOverflow);
         }
         Ok(())
@@ -1164,6 +1224,10 @@ impl RoundLoop {
                         continue;
                     }
                     let asked = wanted.as_ref().is_some_and(|w| w.contains(&input.hash));
+                    if !asked && self.refusal(&input).is_some() {
+                        tracing::debug!(user = %input.user, "relayed input its user may not submit not pooled");
+                        continue;
+                    }
                     // An input the UNL already agreed on is pooled whatever this node's
                     // own view of its nonce: the ledger's rules decide at close.
                     match self.check_input(&input) {
@@ -1779,7 +1843,7 @@ impl RoundLoop {
             }
         }
 
-        let state_hash = self.state_hash()?;
+        let state_hash = self.state_hash().await?;
         let patch_hash = self.patch_hash();
         let mut leaves: Vec<(Option<String>, Hash)> = outputs
             .iter()
@@ -1910,15 +1974,30 @@ impl RoundLoop {
         }
     }
 
-    fn state_hash(&mut self) -> Result<Hash, NodeError> {
+    /// Re-hashes the state off the round loop's thread (file-system work blocks; the tree
+    /// never opens a FIFO or follows a link, see `state`).
+    async fn state_hash(&mut self) -> Result<Hash, NodeError> {
         let state_dir = self.shared.fs.state_dir();
-        let hash = self
-            .tree
-            .rehash(&state_dir)
-            .map_err(|source| NodeError::ContractDir {
-                path: state_dir,
-                source,
-            })?;
+        let mut tree = std::mem::take(&mut self.tree);
+        let dir = state_dir.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let hash = tree.rehash(&dir);
+            (tree, hash)
+        })
+        .await;
+        let hash = match joined {
+            Ok((tree, hash)) => {
+                self.tree = tree;
+                hash
+            }
+            Err(e) => Err(std::io::Error::other(format!(
+                "the state hasher failed: {e}"
+            ))),
+        }
+        .map_err(|source| NodeError::ContractDir {
+            path: state_dir,
+            source,
+        })?;
         self.refresh_read_view();
         Ok(hash)
     }

@@ -1,19 +1,24 @@
 //! The user port: TLS, WebSocket, the challenge handshake and one session per user key.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ed25519_dalek::{Signature, Signer, Verifier};
 use futures_util::{SinkExt, StreamExt};
 use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::HANDSHAKE_READ_BYTES;
 use crate::exec::{self, RunEnd};
 use crate::ledger::hash_parts;
 use crate::node::{RoundMsg, SessionHandle, Shared, SignedInput};
@@ -38,11 +43,15 @@ enum SessionError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("challenge response refused: {0}")]
     Challenge(&'static str),
-    #[error("user {0} already has a connection (or the node is full)")]
-    Duplicate(String),
+    #[error(transparent)]
+    Register(#[from] crate::node::RegisterError),
+    #[error("idle for {0:?}; session closed")]
+    Idle(Duration),
 }
 
-/// Accepts user connections until cancelled.
+/// Accepts user connections until cancelled. A connection gets a handshake slot
+/// (`user.max_handshakes`) and counts against its address (`user.max_connections_per_ip`);
+/// without either it is closed at once.
 pub async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -52,6 +61,7 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_handshakes));
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -65,6 +75,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let Some(ip_slot) = shared.admit_ip(peer.ip()) else {
+            tracing::debug!(%peer, limit = shared.limits.max_per_ip, "connection refused: its address holds its limit");
+            continue;
+        };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, limit = shared.limits.max_handshakes, "connection refused: too many handshakes in progress");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (acceptor, shared, round_tx, cancel, inner) = (
             acceptor.clone(),
@@ -74,33 +92,102 @@ pub async fn accept_loop(
             tracker.clone(),
         );
         tracker.spawn(async move {
-            if let Err(e) = session(stream, acceptor, shared, round_tx, cancel, inner).await {
+            let _ip_slot = ip_slot;
+            let result =
+                session(stream, acceptor, handshake, shared, round_tx, cancel, inner).await;
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %berth_log::chain(&e), "user session ended");
             }
         });
     }
 }
 
+/// A stream that reads at most `allowance` bytes, then fails: before login the whole
+/// handshake may read [`HANDSHAKE_READ_BYTES`]; after it, a user who is not privileged may
+/// read `user_msg_bytes` (plus a frame header's slack) per message. So no connection makes
+/// the node buffer more than its limit, whatever the WebSocket layer would accept.
+struct Metered<S> {
+    inner: S,
+    allowance: Arc<AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let left = self.allowance.load(Ordering::Relaxed);
+        if left == 0 {
+            return Poll::Ready(Err(std::io::Error::other(
+                "read limit of the connection reached",
+            )));
+        }
+        let mut local = [0u8; 8192];
+        let want = buf.remaining().min(left).min(local.len());
+        let mut part = ReadBuf::new(&mut local[..want]);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut part) {
+            Poll::Ready(Ok(())) => {
+                let n = part.filled().len();
+                buf.put_slice(part.filled());
+                let _ = self
+                    .allowance
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                        Some(a.saturating_sub(n))
+                    });
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Slack over a message's limit for WebSocket frame headers and a read chunk of the next.
+const FRAME_SLACK: usize = 16 * 1024;
+
 async fn session(
     stream: tokio::net::TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     shared: Arc<Shared>,
     round_tx: mpsc::Sender<RoundMsg>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), SessionError> {
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let tls = tokio::time::timeout_at(deadline, acceptor.accept(stream))
         .await
         .map_err(|_| SessionError::Timeout)?
         .map_err(SessionError::Tls)?;
+    let allowance = Arc::new(AtomicUsize::new(HANDSHAKE_READ_BYTES));
+    let metered = Metered {
+        inner: tls,
+        allowance: allowance.clone(),
+    };
     let ws_config = WebSocketConfig {
         max_message_size: Some(shared.max_msg_bytes),
         max_frame_size: Some(shared.max_msg_bytes),
         ..Default::default()
     };
-    let ws = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_async_with_config(tls, Some(ws_config)),
+    let ws = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_async_with_config(metered, Some(ws_config)),
     )
     .await
     .map_err(|_| SessionError::Timeout)??;
@@ -118,12 +205,13 @@ async fn session(
         challenge: challenge.clone(),
     };
     sink.send(Message::binary(json_bytes(&hello))).await?;
-    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_payload(&mut source))
+    let answer = tokio::time::timeout_at(deadline, next_payload(&mut source))
         .await
         .map_err(|_| SessionError::Timeout)??
         .ok_or(SessionError::Challenge("connection closed"))?;
     let response: UserChallengeResponse = serde_json::from_slice(&answer)
         .map_err(|_| SessionError::Challenge("not a challenge response"))?;
+    drop(answer);
     if response.kind != "user_challenge_response" {
         return Err(SessionError::Challenge("wrong message type"));
     }
@@ -152,17 +240,52 @@ async fn session(
         sink.send(Message::binary(json_bytes(&reply))).await?;
     }
 
+    let privileged = shared.is_privileged(&user);
+    // Each message of an ordinary user may read this much; the owner's and the UNL's only
+    // the WebSocket limit.
+    let per_message = if privileged {
+        usize::MAX
+    } else {
+        shared.limits.user_msg_bytes.saturating_add(FRAME_SLACK)
+    };
     let (tx, mut rx) = mpsc::channel::<Reply>(4096);
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    if !shared.register(&user, SessionHandle { id, tx: tx.clone() }) {
-        let _ = sink.close().await;
-        return Err(SessionError::Duplicate(user));
+    let kick = CancellationToken::new();
+    let last_active = Arc::new(AtomicU64::new(shared.uptime_ms()));
+    let session_handle = SessionHandle {
+        id,
+        tx: tx.clone(),
+        kick: kick.clone(),
+        privileged,
+        last_active: last_active.clone(),
+    };
+    if let Err(e) = shared.register(&user, session_handle) {
+        let _ = sink
+            .send(Message::Close(Some(close_frame(
+                CloseCode::Again,
+                &e.to_string(),
+            ))))
+            .await;
+        return Err(e.into());
     }
-    tracing::debug!(user, "user connected");
+    allowance.store(per_message, Ordering::Relaxed);
+    drop(handshake);
+    tracing::debug!(user, privileged, "user connected");
+    let idle = shared.limits.idle_timeout;
     let result = async {
+        let mut idle_at = tokio::time::Instant::now() + idle;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = kick.cancelled() => {
+                    let _ = sink.send(Message::Close(Some(close_frame(CloseCode::Again, "session closed for the node's owner or a UNL node, or replaced by a newer one")))).await;
+                    break;
+                }
+                _ = tokio::time::sleep_until(idle_at) => {
+                    let why = format!("idle for {} s (user.idle_timeout_secs)", idle.as_secs());
+                    let _ = sink.send(Message::Close(Some(close_frame(CloseCode::Away, &why)))).await;
+                    return Err(SessionError::Idle(idle));
+                }
                 out = rx.recv() => match out {
                     Some(msg) => {
                         // Queue everything waiting, then flush once.
@@ -177,10 +300,27 @@ async fn session(
                     }
                     None => break,
                 },
-                incoming = next_payload(&mut source) => match incoming? {
-                    Some(payload) => handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await,
-                    None => break,
-                },
+                incoming = next_payload(&mut source) => {
+                    let payload = match incoming {
+                        Ok(Some(payload)) => payload,
+                        Ok(None) => break,
+                        Err(e) => {
+                            if allowance.load(Ordering::Relaxed) == 0 {
+                                let why = format!(
+                                    "message larger than this node's limit of {} bytes for users",
+                                    shared.limits.user_msg_bytes
+                                );
+                                tracing::info!(user, limit = shared.limits.user_msg_bytes, "session closed: message over the limit");
+                                let _ = sink.send(Message::Close(Some(close_frame(CloseCode::Size, &why)))).await;
+                            }
+                            return Err(e);
+                        }
+                    };
+                    allowance.store(per_message, Ordering::Relaxed);
+                    idle_at = tokio::time::Instant::now() + idle;
+                    last_active.store(shared.uptime_ms(), Ordering::Relaxed);
+                    handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await;
+                }
             }
         }
         Ok::<(), SessionError>(())
@@ -190,6 +330,18 @@ async fn session(
     let _ = sink.close().await;
     tracing::debug!(user, "user disconnected");
     result
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> CloseFrame<'static> {
+    let mut reason = reason.to_owned();
+    // A close frame's reason is at most 123 bytes.
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 fn json_bytes<T: serde::Serialize>(msg: &T) -> Vec<u8> {
@@ -209,8 +361,8 @@ where
 {
     while let Some(msg) = source.next().await {
         match msg? {
-            Message::Binary(b) => return Ok(Some(b.to_vec())),
-            Message::Text(t) => return Ok(Some(t.as_bytes().to_vec())),
+            Message::Binary(b) => return Ok(Some(b)),
+            Message::Text(t) => return Ok(Some(t.into_bytes())),
             Message::Close(_) => return Ok(None),
             _ => {}
         }

@@ -39,6 +39,39 @@ pub enum NodeRef {
     File(Hash),
     /// A symbolic link and its target, which is its whole content.
     Link(Vec<u8>),
+    /// Something the node does not read: a FIFO, a socket, a device, or a regular file it
+    /// may not open. Hashed by its kind only, so one such file can neither block the round
+    /// loop (a FIFO opened for reading waits for a writer) nor stop it (`EACCES`).
+    Special(SpecialKind),
+}
+
+/// The kind of a [`NodeRef::Special`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    /// A regular file this node may not open for reading (mode 000 for a non-root node).
+    Unreadable,
+}
+
+impl SpecialKind {
+    /// The kind of a non-regular, non-directory, non-symlink file type; None for those.
+    pub fn of(kind: std::fs::FileType) -> Option<SpecialKind> {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            Some(SpecialKind::Fifo)
+        } else if kind.is_socket() {
+            Some(SpecialKind::Socket)
+        } else if kind.is_char_device() {
+            Some(SpecialKind::CharDevice)
+        } else if kind.is_block_device() {
+            Some(SpecialKind::BlockDevice)
+        } else {
+            None
+        }
+    }
 }
 
 /// One entry of a directory.
@@ -191,7 +224,7 @@ impl StateTree {
 
 /// Reads block `index` of the file at `path`, and returns it if its hash is `expect`.
 pub fn read_block(path: &Path, index: u32, expect: &Hash) -> Option<Vec<u8>> {
-    let mut file = std::fs::File::open(path).ok()?;
+    let mut file = open_regular(path).ok()?;
     file.seek(SeekFrom::Start(u64::from(index) * BLOCK_SIZE))
         .ok()?;
     let mut buf = Vec::with_capacity(BLOCK_SIZE as usize);
@@ -222,20 +255,40 @@ fn hash_dir_into(
             NodeRef::Link(std::fs::read_link(&full)?.as_os_str().as_bytes().to_vec())
         } else if meta.is_dir() {
             NodeRef::Dir(hash_dir_into(root, &child, cache, out)?)
+        } else if let Some(kind) = SpecialKind::of(meta.file_type()) {
+            tracing::debug!(path = %full.display(), ?kind, "special file in the state hashed by its kind");
+            NodeRef::Special(kind)
         } else {
             let stat = stat_key(&meta);
             let executable = meta.permissions().mode() & 0o111 != 0;
             let node = match cache.get(&child) {
                 Some(f) if f.stat == stat && f.manifest.executable == executable => f.clone(),
-                _ => {
-                    let manifest = hash_file(&full, executable)?;
-                    let hash = manifest.hash();
-                    FileNode {
-                        stat,
-                        manifest,
-                        hash,
+                _ => match hash_file(&full, executable) {
+                    Ok(manifest) => {
+                        let hash = manifest.hash();
+                        FileNode {
+                            stat,
+                            manifest,
+                            hash,
+                        }
                     }
-                }
+                    Err(HashFileError::Unreadable(e)) => {
+                        tracing::warn!(path = %full.display(), error = %e, "a state file this node may not read is hashed as unreadable");
+                        entries.push(DirEntry {
+                            name,
+                            node: NodeRef::Special(SpecialKind::Unreadable),
+                        });
+                        continue;
+                    }
+                    Err(HashFileError::NotRegular(kind)) => {
+                        entries.push(DirEntry {
+                            name,
+                            node: NodeRef::Special(kind),
+                        });
+                        continue;
+                    }
+                    Err(HashFileError::Io(e)) => return Err(e),
+                },
             };
             let hash = node.hash;
             out.files.insert(child, node);
@@ -248,9 +301,67 @@ fn hash_dir_into(
     Ok(hash)
 }
 
+/// Makes a special entry that state sync received (the kind is its whole content): a FIFO,
+/// a socket file, an empty mode-000 file for `Unreadable`, a device (which needs
+/// `CAP_MKNOD`; without it the sync fails with that error).
+pub fn make_special(path: &Path, kind: SpecialKind) -> std::io::Result<()> {
+    use rustix::fs::{FileType, Mode, CWD};
+    let node = |t: FileType| {
+        rustix::fs::mknodat(CWD, path, t, Mode::from_raw_mode(0o600), 0)
+            .map_err(std::io::Error::from)
+    };
+    match kind {
+        SpecialKind::Fifo => node(FileType::Fifo),
+        SpecialKind::CharDevice => node(FileType::CharacterDevice),
+        SpecialKind::BlockDevice => node(FileType::BlockDevice),
+        SpecialKind::Socket => std::os::unix::net::UnixListener::bind(path).map(drop),
+        SpecialKind::Unreadable => {
+            std::fs::File::create(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000))
+        }
+    }
+}
+
+/// Why a state file was not hashed as a regular file.
+#[derive(Debug, thiserror::Error)]
+pub enum HashFileError {
+    #[error("the file may not be opened: {0}")]
+    Unreadable(std::io::Error),
+    #[error("not a regular file but a {0:?}")]
+    NotRegular(SpecialKind),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens a state file for reading without ever blocking or following a link:
+/// `O_NONBLOCK | O_NOFOLLOW`, then checks on the open descriptor that it is a regular file
+/// (the name may have been swapped for a FIFO since it was listed).
+pub fn open_regular(path: &Path) -> Result<std::fs::File, HashFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NONBLOCK.bits() | rustix::fs::OFlags::NOFOLLOW.bits();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => HashFileError::Unreadable(e),
+            _ => HashFileError::Io(e),
+        })?;
+    let kind = file.metadata()?.file_type();
+    if let Some(special) = SpecialKind::of(kind) {
+        return Err(HashFileError::NotRegular(special));
+    }
+    if !kind.is_file() {
+        return Err(HashFileError::Io(std::io::Error::other(
+            "not a regular file",
+        )));
+    }
+    Ok(file)
+}
+
 /// Hashes a file block by block.
-pub fn hash_file(path: &Path, executable: bool) -> std::io::Result<FileManifest> {
-    let mut file = std::fs::File::open(path)?;
+pub fn hash_file(path: &Path, executable: bool) -> Result<FileManifest, HashFileError> {
+    let mut file = open_regular(path)?;
     let mut blocks = Vec::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; BLOCK_SIZE as usize];
@@ -329,6 +440,32 @@ mod tests {
         let listing = tree.listing(Path::new("")).unwrap();
         assert_eq!(dir_hash(listing), root);
         assert_eq!(tree.locate(&root), Some(&Location::Dir(PathBuf::new())));
+    }
+
+    #[test]
+    fn fifos_and_sockets_are_hashed_by_kind_without_being_opened_and_copied_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("a"), b"one").unwrap();
+        let plain = StateTree::default().rehash(&state).unwrap();
+        // A FIFO with no writer: opening it for reading without O_NONBLOCK waits forever.
+        make_special(&state.join("pipe"), SpecialKind::Fifo).unwrap();
+        make_special(&state.join("sock"), SpecialKind::Socket).unwrap();
+        let mut tree = StateTree::default();
+        let with_special = tree.rehash(&state).unwrap();
+        assert_ne!(plain, with_special);
+        let listing = tree.listing(Path::new("")).unwrap();
+        assert_eq!(listing[1].node, NodeRef::Special(SpecialKind::Fifo));
+        assert_eq!(listing[2].node, NodeRef::Special(SpecialKind::Socket));
+        assert!(matches!(
+            hash_file(&state.join("pipe"), false),
+            Err(HashFileError::NotRegular(SpecialKind::Fifo))
+        ));
+        // The copy an upload starts from is made without opening them, and hashes alike.
+        let copy = dir.path().join("copy");
+        crate::fsutil::copy_tree(&state, &copy).unwrap();
+        assert_eq!(StateTree::default().rehash(&copy).unwrap(), with_special);
     }
 
     #[test]

@@ -584,6 +584,10 @@ impl Placer<'_> {
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest)
                         .map_err(io_err(self.name, &dest))?;
                 }
+                NodeRef::Special(kind) => {
+                    let dest = self.root.join(&child);
+                    crate::state::make_special(&dest, *kind).map_err(io_err(self.name, &dest))?;
+                }
                 NodeRef::File(h) => {
                     let mine = self
                         .sources

@@ -20,10 +20,17 @@ async fn stranger_gets_user_not_allowed_before_install() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::create(dir.path(), &key(1), 200);
     let stranger = node.connect(&key(7)).await;
-    let reply = stranger
-        .upload_bundle(&bundle("echo-contract", basic_config()))
-        .await
-        .unwrap();
+    // A small bundle: a stranger's message is bounded by `user_msg_bytes`, far below a
+    // debug build of the echo contract on a small machine.
+    let small = zip_of(&[
+        (
+            "contract.config",
+            basic_config().to_string().into_bytes(),
+            0o644,
+        ),
+        ("contract", b"#!/bin/sh\ncat\n".to_vec(), 0o755),
+    ]);
+    let reply = stranger.upload_bundle(&small).await.unwrap();
     assert_eq!(reply.status, "fail");
     assert_eq!(reply.message, "UserNotAllowed");
     let status = stranger.bootstrap_status().await.unwrap();

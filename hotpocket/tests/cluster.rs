@@ -1329,12 +1329,14 @@ async fn the_owner_adds_an_observer_to_a_running_cluster_then_removes_an_origina
         .await;
     // No contract: the installer answers the input. Its answer is JSON, which a JSON-mode
     // client receives re-encoded; in BSON mode the output bytes, and so `unl_sig`, check.
+    // The owner's input: a stranger's, before install, is answered at once by one node and
+    // never goes into a ledger.
     let opts = ConnectOptions {
         output_grace: Duration::from_secs(8),
         protocol: Protocol::Bson,
         ..ConnectOptions::default()
     };
-    let user = Client::connect(&cluster.members[fresh].addr, key(9), opts)
+    let user = Client::connect(&cluster.members[fresh].addr, key(OWNER), opts)
         .await
         .unwrap();
     let out = user.submit_and_wait(b"hello").await.unwrap();

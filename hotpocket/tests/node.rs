@@ -85,10 +85,11 @@ async fn one_connection_per_user_key() {
     let dir = tempfile::tempdir().unwrap();
     let owner = key(1);
     let node = Node::create(dir.path(), &owner, 200);
-    let _first = node.connect(&owner).await;
+    let user = key(3);
+    let _first = node.connect(&user).await;
     let second = berth_hotpocket_client::client::Client::connect(
         &node.addr,
-        owner.clone(),
+        user.clone(),
         berth_hotpocket_client::client::ConnectOptions::default(),
     )
     .await;
@@ -97,7 +98,16 @@ async fn one_connection_per_user_key() {
         "a second connection with the same key is refused"
     );
     // Another key still connects.
-    let _other = node.connect(&key(3)).await;
+    let _other = node.connect(&key(4)).await;
+    // The owner always gets in: a newer login replaces its older session (which may be a
+    // half-dead one), so it is never locked out by its own stale connection.
+    let old = node.connect(&owner).await;
+    let new = node.connect(&owner).await;
+    new.lcl().await.unwrap();
+    assert!(
+        old.lcl().await.is_err(),
+        "the owner's older session is closed"
+    );
 }
 
 #[tokio::test]
