@@ -124,7 +124,10 @@ async fn bad_requests_are_refunded_with_reasons_on_localnet() {
     // The buyer's mistake: the refund keeps the four fees it cost the host (answer, burn,
     // mint, offer), at the default 12 drops each.
     assert_eq!((*amount, f.code), (PRICE - 48, ReasonCode::BadPayload));
-    assert!(f.message.as_str().contains("48 drops of fees kept"), "{f:?}");
+    assert!(
+        f.message.as_str().contains("48 drops of fees kept"),
+        "{f:?}"
+    );
     // A purchase sealed to another key: refunded, bad_payload.
     let (_, offer1) = w.offered(1, 0).await;
     let stranger = SigningKey::from_bytes(&[9; 32]);

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{hash_parts, Hash, LclId};
 
-/// The version this node speaks (and the only one it accepts).
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// The version this node speaks (and the only one it accepts). 3 since state listings name
+/// special files (`Special`).
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 /// Most input hashes a proposal may carry.
 pub const MAX_PROPOSAL_INPUTS: usize = 65_536;
 /// Largest NPL message a contract may send (hp-nodejs-contract's own cap).
