@@ -6,29 +6,35 @@ use std::process::Command;
 
 use berth_e2e::{berth_bin, counter_bundle, docker_available, ports};
 
-#[test]
-fn sandbox_demo_runs_the_whole_tenant_flow_and_leaves_nothing_behind() {
-    if !docker_available() {
-        return;
-    }
-    let bundle = counter_bundle();
+/// Runs `berth --json sandbox --demo <args>` with the counter bundle on ports from `base`;
+/// returns its report (it must have succeeded) and its stderr.
+fn run_demo(args: &[&str], base: u16) -> (serde_json::Value, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let (user, peer) = ports(27300);
+    let (user, peer) = ports(base);
     let out = Command::new(berth_bin())
         .args(["--json", "sandbox", "--demo", "--bundle"])
-        .arg(bundle)
+        .arg(counter_bundle())
+        .args(args)
         .args(["--user-ports", &user, "--peer-ports", &peer])
         .env("BERTH_HOME", tmp.path().join("home"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "demo failed: {:?}\n{stdout}\n{stderr}",
+        "demo {args:?} failed: {:?}\n{stdout}\n{stderr}",
         out.status
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+#[test]
+fn sandbox_demo_runs_the_whole_tenant_flow_and_leaves_nothing_behind() {
+    if !docker_available() {
+        return;
+    }
+    let (report, stderr) = run_demo(&[], 27300);
     assert_eq!(report["ok"], true, "{report}");
     let steps: Vec<&str> = report["steps"]
         .as_array()
@@ -82,24 +88,7 @@ fn sandbox_cluster_demo_creates_signs_replaces_and_terminates() {
     if !docker_available() {
         return;
     }
-    let bundle = counter_bundle();
-    let tmp = tempfile::tempdir().unwrap();
-    let (user, peer) = ports(27500);
-    let out = Command::new(berth_bin())
-        .args(["--json", "sandbox", "--demo", "--cluster", "3", "--bundle"])
-        .arg(bundle)
-        .args(["--user-ports", &user, "--peer-ports", &peer])
-        .env("BERTH_HOME", tmp.path().join("home"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "cluster demo failed: {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (report, _) = run_demo(&["--cluster", "3"], 27500);
     let steps: Vec<&str> = report["steps"]
         .as_array()
         .unwrap()

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use berth_hotpocket_client::protocol::bundle::ClusterSpec;
+use berth_hotpocket_client::protocol::bundle::{BootstrapReply, ClusterSpec};
 use berth_schemas::message::{ContractConfig, InstanceImage, Ranged};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -273,6 +273,24 @@ pub struct CreateTimings {
 pub struct Created {
     pub cluster: ClusterView,
     pub timings: CreateTimings,
+}
+
+/// Closes the connection to node `i` and returns the installer's answer it gave; a transport
+/// error names the node.
+async fn closed_answer(
+    record: &ClusterRecord,
+    i: usize,
+    node: Instance,
+    reply: Result<BootstrapReply, InstanceError>,
+) -> Result<BootstrapReply, ClusterError> {
+    let addr = node.addr().to_owned();
+    node.close().await;
+    reply.map_err(|e| ClusterError::Instance {
+        cluster: record.name.clone(),
+        node: i + 1,
+        addr,
+        source: Box::new(e),
+    })
 }
 
 fn check_name(name: &str) -> Result<(), ClusterError> {
@@ -752,14 +770,7 @@ impl Clusters<'_> {
     ) -> Result<(), ClusterError> {
         let node = self.connect(record, i).await?;
         let reply = node.set_cluster(spec).await;
-        let addr = node.addr().to_owned();
-        node.close().await;
-        let reply = reply.map_err(|e| ClusterError::Instance {
-            cluster: record.name.clone(),
-            node: i + 1,
-            addr,
-            source: Box::new(e),
-        })?;
+        let reply = closed_answer(record, i, node, reply).await?;
         if reply.status != "ok" {
             return Err(ClusterError::Refused {
                 cluster: record.name.clone(),
@@ -810,14 +821,7 @@ impl Clusters<'_> {
             i + 1
         ));
         let reply = node.upload(zip).await;
-        let addr = node.addr().to_owned();
-        node.close().await;
-        let reply = reply.map_err(|e| ClusterError::Instance {
-            cluster: record.name.clone(),
-            node: i + 1,
-            addr,
-            source: Box::new(e),
-        })?;
+        let reply = closed_answer(record, i, node, reply).await?;
         if reply.status != "ok" {
             return Err(ClusterError::BundleRefused {
                 cluster: record.name.clone(),
