@@ -42,6 +42,8 @@ pub enum ClientError {
     Send(tokio_tungstenite::tungstenite::Error),
     #[error("the connection to the node closed")]
     Closed,
+    #[error("the node closed the connection: {0}")]
+    ClosedByNode(String),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("input rejected: {0}")]
@@ -193,6 +195,8 @@ struct Inbox {
     read_waiters: HashMap<String, oneshot::Sender<Vec<u8>>>,
     unmatched: Vec<Reply>,
     closed: bool,
+    /// The reason in the node's close frame, when it gave one.
+    close_reason: Option<String>,
 }
 
 struct Inner {
@@ -247,11 +251,23 @@ fn now_ms() -> u64 {
 }
 
 async fn next_payload(source: &mut SplitStream<Ws>) -> Option<Vec<u8>> {
+    next_frame(source, &mut None).await
+}
+
+/// The next message's payload; `None` once the connection closed, with the reason of the
+/// node's close frame (when it gave one) in `reason`.
+async fn next_frame(source: &mut SplitStream<Ws>, reason: &mut Option<String>) -> Option<Vec<u8>> {
     while let Some(msg) = source.next().await {
         match msg {
             Ok(Message::Binary(b)) => return Some(b.to_vec()),
             Ok(Message::Text(t)) => return Some(t.as_bytes().to_vec()),
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(frame)) => {
+                *reason = frame
+                    .map(|f| f.reason.to_string())
+                    .filter(|r| !r.is_empty());
+                return None;
+            }
+            Err(_) => return None,
             Ok(_) => {}
         }
     }
@@ -449,6 +465,14 @@ impl Client {
         })
     }
 
+    /// Why the connection is gone: the node's close reason when it gave one.
+    fn closed_error(&self) -> ClientError {
+        match self.inner.inbox().close_reason.clone() {
+            Some(reason) => ClientError::ClosedByNode(reason),
+            None => ClientError::Closed,
+        }
+    }
+
     /// Waits for the status of an input.
     pub async fn wait_status(&self, input_hash: &str) -> Result<InputOutcome, ClientError> {
         let rx = {
@@ -457,7 +481,7 @@ impl Client {
                 return Ok(outcome);
             }
             if inbox.closed {
-                return Err(ClientError::Closed);
+                return Err(self.closed_error());
             }
             let (tx, rx) = oneshot::channel();
             inbox.status_waiters.insert(input_hash.to_owned(), tx);
@@ -466,7 +490,7 @@ impl Client {
         tokio::time::timeout(self.opts.timeout, rx)
             .await
             .map_err(|_| ClientError::Timeout("an input status"))?
-            .map_err(|_| ClientError::Closed)
+            .map_err(|_| self.closed_error())
     }
 
     /// Waits up to `grace` for this user's outputs of a ledger (empty when none came).
@@ -647,7 +671,8 @@ impl Client {
 }
 
 async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Protocol) {
-    while let Some(payload) = next_payload(&mut source).await {
+    let mut close_reason = None;
+    while let Some(payload) = next_frame(&mut source, &mut close_reason).await {
         let Some(msg) = Reply::decode(protocol, &payload) else {
             continue;
         };
@@ -776,6 +801,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
     }
     let mut inbox = inner.inbox();
     inbox.closed = true;
+    inbox.close_reason = close_reason;
     inbox.status_waiters.clear();
     inbox.lcl_waiters.clear();
     inbox.stat_waiters.clear();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use berth_hotpocket_client::client::ClientError;
 use berth_tenant::book::{Book, BookError, LeaseRecord};
 use berth_tenant::cluster::{ClusterView, Clusters, CreateOptions};
 use berth_tenant::hosts::{self, Filter, HostView};
@@ -508,7 +509,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reply = node.upload(&zip).await;
             progress.set_position(zip.len() as u64);
             progress.finish();
-            let reply = reply?;
+            let reply = match reply {
+                Ok(reply) => reply,
+                // A node takes large messages from its owner only: it closes a connection that
+                // sends another user's bundle (the close may cut the upload short).
+                Err(e) if closed_during_upload(&e) => {
+                    return Err(anyhow::Error::from(e).context(
+                        "the node closed the connection during the upload: it takes a bundle this large from the instance's owner only; use the owner's keys (`berth keys show`)",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            };
             node.close().await;
             if json {
                 print_json(&reply)?;
@@ -590,6 +601,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The node closed the connection (or the send failed) during an upload: what a node does
+/// to a bundle over its limit for users other than the owner.
+fn closed_during_upload(e: &InstanceError) -> bool {
+    matches!(e, InstanceError::Request { source, .. } if matches!(
+        **source,
+        ClientError::Send(_) | ClientError::Closed | ClientError::ClosedByNode(_)
+    ))
 }
 
 async fn connect(url: &str, keys: &Keys, conn: &ConnArgs) -> anyhow::Result<Instance> {
