@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
 use crate::protocol::bundle::RoundLimits;
 use crate::protocol::contract::{ContractArgs, UnlEntry, UserEntry};
@@ -257,6 +258,7 @@ pub async fn run_contract(
     let mut child = command.spawn().map_err(io("starting the contract"))?;
     // The child holds its ends now; drop ours so EOF arrives when the contract exits.
     drop(command);
+    let log_tasks = forward_output(&mut child, "contract");
     let control_task = {
         let fd = control_parent
             .try_clone()
@@ -286,6 +288,7 @@ pub async fn run_contract(
     };
     // No group kill after a normal exit: once the leader is reaped its id may be reused.
     // Descendants that keep output sockets open are cut off by the reader timeout below.
+    finish_output(log_tasks).await;
     drop(control_parent);
     drop(npl);
     if let Some(task) = npl_task {
@@ -446,11 +449,37 @@ fn wrapped_command(cmd: &ContractCommand) -> tokio::process::Command {
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .envs(&cmd.environment)
         .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        // Read by the runtime and passed on within a budget (`contract_log`).
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     command
+}
+
+/// Passes a child's stdout and stderr on to the log within the budget (`contract_log`).
+fn forward_output(child: &mut tokio::process::Child, who: &'static str) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        tasks.push(crate::contract_log::forward(out, who, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tasks.push(crate::contract_log::forward(err, who, "stderr"));
+    }
+    tasks
+}
+
+/// Waits briefly for the log forwarders to see the end of their pipes; a descendant that
+/// keeps a pipe open is cut off.
+async fn finish_output(tasks: Vec<JoinHandle<()>>) {
+    for mut task in tasks {
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
 }
 
 fn exit_kind(status: std::process::ExitStatus) -> RunEnd {
@@ -564,11 +593,12 @@ pub async fn run_script(
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(io("starting a script"))?;
+    let log_tasks = forward_output(&mut child, "script");
     let pid = child.id();
     let result = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => {
@@ -581,5 +611,6 @@ pub async fn run_script(
             None
         }
     };
+    finish_output(log_tasks).await;
     Ok(result)
 }

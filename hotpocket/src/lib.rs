@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod consensus;
+pub mod contract_log;
 pub mod exec;
 mod fsutil;
 pub mod image;

@@ -293,6 +293,57 @@ async fn a_fifo_and_an_unreadable_file_in_the_state_neither_block_nor_stop_the_n
     assert!(alive(&mut node));
 }
 
+#[tokio::test]
+async fn a_contract_flooding_its_output_reaches_the_log_only_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner_key = key(1);
+    Node::create(dir.path(), &owner_key, 200).stop();
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let node = Node::start_with_stderr(dir.path(), log.into());
+    // 20 MB to stdout and a 100 kB line to stderr on every run, then the echo contract.
+    let flood = b"#!/bin/sh\nyes flooding-the-log | head -c 20000000\nhead -c 100000 /dev/zero | tr '\\0' x >&2\necho >&2\nexec ./echo \"$@\"\n".to_vec();
+    let zip = zip_of(&[
+        (
+            "contract.config",
+            serde_json::json!({"bin_path": "contract", "version": "1.0"})
+                .to_string()
+                .into_bytes(),
+            0o644,
+        ),
+        ("contract", flood, 0o755),
+        (
+            "echo",
+            std::fs::read(example_bin("echo-contract")).unwrap(),
+            0o755,
+        ),
+    ]);
+    let owner = install_bundle(&node, &owner_key, &zip).await;
+    for _ in 0..2 {
+        let out = owner.submit_and_wait(b"still here").await.unwrap();
+        assert!(!out.outputs.is_empty(), "the contract still answers");
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // Two runs wrote 40 MB; the log holds the burst and a few seconds of the rate.
+    assert!(
+        log.len() < 2_000_000,
+        "{} bytes of log for 40 MB of contract output",
+        log.len()
+    );
+    assert!(log.contains("flooding-the-log"), "some of it passes");
+    assert!(
+        !log.lines()
+            .any(|l| l.len() > 2 * berth_hotpocket::contract_log::MAX_LINE + 512),
+        "long lines are cut"
+    );
+    node.stop();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("over the log budget"),
+        "the dropped bytes are reported"
+    );
+}
+
 async fn install_bundle(node: &Node, owner: &SigningKey, zip: &[u8]) -> Client {
     install(node, owner, zip).await
 }

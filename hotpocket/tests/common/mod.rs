@@ -71,13 +71,18 @@ impl Node {
 
     /// Starts a node on an existing dir.
     pub fn start(dir: &Path) -> Node {
+        Self::start_with_stderr(dir, Stdio::inherit())
+    }
+
+    /// Starts a node on an existing dir, its stderr (its log) to `stderr`.
+    pub fn start_with_stderr(dir: &Path, stderr: Stdio) -> Node {
         let mut child = Command::new(hotpocket_bin())
             .args(["run", "--state-dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1", "--user-port", "0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
