@@ -38,6 +38,9 @@ pub struct Config {
     /// Where to persist the chain; in memory when `None`.
     pub data_dir: Option<PathBuf>,
     pub fees: Fees,
+    /// How long a connection may take to send an HTTP request's headers, and a JSON-RPC
+    /// request its body, before it is closed.
+    pub http_timeout: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             close_interval: Duration::from_millis(1000),
             data_dir: None,
             fees: Fees::default(),
+            http_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -109,18 +113,15 @@ impl Localnet {
         let app = Router::new()
             .route("/", get(ws_upgrade).post(json_rpc))
             .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+            .layer(axum::Extension(BodyTimeout(cfg.http_timeout)))
             .with_state(state);
-        let c = cancel.clone();
-        tracker.spawn(async move {
-            let serve = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { c.cancelled().await });
-            if let Err(e) = serve.await {
-                warn!(error = %berth_log::chain(&e), "localnet server stopped");
-            }
-        });
+        tracker.spawn(serve(
+            listener,
+            app,
+            cfg.http_timeout,
+            cancel.clone(),
+            tracker.clone(),
+        ));
         if !cfg.close_interval.is_zero() {
             let n = node.clone();
             let c = cancel.clone();
@@ -480,11 +481,84 @@ fn subscribe(
     Ok(out)
 }
 
+/// How long a JSON-RPC request's body may take to arrive.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeout(Duration);
+
+/// Accepts connections until `cancel`, each served by hyper with a deadline for the request
+/// headers (a half-sent request is dropped, as rippled does), WebSocket upgrades allowed.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors and the like: wait and go on.
+                    warn!(error = %e, "localnet: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "localnet: connection ended");
+            }
+        });
+    }
+}
+
 async fn json_rpc(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(st): State<AppState>,
-    body: axum::body::Bytes,
+    axum::Extension(BodyTimeout(timeout)): axum::Extension<BodyTimeout>,
+    request: axum::extract::Request,
 ) -> Response {
+    let read = axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES);
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Unable to read request: {e}"),
+            )
+                .into_response()
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+                .into_response()
+        }
+    };
     let req: Json = match serde_json::from_slice(&body) {
         Ok(j) => j,
         Err(e) => {

@@ -349,6 +349,55 @@ async fn a_foreign_network_id_and_oversized_or_odd_memos_are_refused_as_rippled_
 }
 
 #[tokio::test]
+async fn half_sent_http_requests_are_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let net = start_with(berth_localnet::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        close_interval: std::time::Duration::ZERO,
+        http_timeout: std::time::Duration::from_millis(300),
+        ..berth_localnet::Config::default()
+    })
+    .await;
+    let addr = net
+        .url()
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    // Headers that never end: the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("closed long before 10 s");
+    let answer = String::from_utf8_lossy(&buf[..read.unwrap_or(0)]).into_owned();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // A body that never arrives in full: 408 naming the deadline.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"method\"",
+    )
+    .await
+    .unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("answered long before 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+    // The server still answers others.
+    let mut c = Client::connect(&net.url()).await;
+    c.ok(json!({"command": "server_info"})).await;
+    net.shutdown().await;
+}
+
+#[tokio::test]
 async fn garbage_requests_get_rippled_style_errors_and_the_connection_survives() {
     let net = start().await;
     let mut c = Client::connect(&net.url()).await;
