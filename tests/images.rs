@@ -48,6 +48,20 @@ fn a_node_bundle_and_a_dynamically_linked_binary_run_in_an_instance_the_agent_ma
             .any(|l| l.starts_with(node_image) && l.contains(name)),
         "{listed}"
     );
+    // The node's secret is not in the container's environment (`docker inspect`).
+    let container = listed
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap()
+        .to_owned();
+    let env = Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Env}}", &container])
+        .output()
+        .unwrap();
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    assert!(env.contains("HP_USER_PORT"), "{env}");
+    assert!(!env.contains("HP_NODE_SECRET"), "{env}");
 
     // An Evernode-style Node.js bundle: the example beside its contract.config.
     let tmp = tempfile::tempdir().unwrap();

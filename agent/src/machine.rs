@@ -951,9 +951,11 @@ impl Machine {
             user: lease.user_port,
             peer: lease.peer_port,
         };
+        // Every instance takes its identity from `assign` (a file in its state volume), never
+        // from its environment, where `docker inspect` would show the node's secret.
         let mut spec = if lease.pooled {
             // The container was made for the pool: its labels name the instance, not the
-            // lease, and it takes its identity from `assign`. Reconcile must see it as is.
+            // lease. Reconcile must see it as is.
             self.base_spec(&lease.instance, &lease.instance, identity, ports)
                 .awaiting_assignment()
         } else {
@@ -963,6 +965,7 @@ impl Machine {
                 identity,
                 ports,
             )
+            .awaiting_assignment()
         };
         spec.held_stopped = lease.held_stopped.is_some();
         if let Some(config) = &lease.contract_config {
@@ -1071,7 +1074,13 @@ impl Machine {
     async fn bring_up(&self, lease: &Lease) -> Result<(), ProvisionError> {
         let spec = self.spec(lease);
         if !lease.pooled {
-            return self.create_and_start(&spec).await;
+            // Identity first, then start: the runtime finds it at once.
+            match self.provisioner.create(&spec).await {
+                Ok(()) | Err(ProvisionError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.provisioner.assign(&spec).await?;
+            return self.provisioner.start(&spec.name).await;
         }
         match self.provisioner.assign(&spec).await {
             Err(ProvisionError::NotFound { .. }) => {

@@ -159,16 +159,24 @@ async fn a_purchase_with_an_empty_pool_creates_its_instance_with_recording_provi
     assert_eq!(lease.instance, instance_of(1));
     let created = p.creates();
     assert_eq!(created.len(), 1);
-    assert!(!created[0].awaits_assignment);
-    assert!(created[0]
+    // Made for the lease, but handed its identity the same way as a pooled one: through
+    // its state volume before it starts, never in its environment (no secret in
+    // `docker inspect`).
+    assert!(created[0].awaits_assignment);
+    assert!(!created[0]
         .env()
         .iter()
-        .any(|e| e.starts_with("HP_OWNER_PUBKEY=ed")));
-    assert!(!p
-        .provisioner
-        .calls()
+        .any(|e| e.starts_with("HP_NODE_SECRET")));
+    let calls = p.provisioner.calls();
+    let assigned = calls
         .iter()
-        .any(|c| matches!(c, Call::Assign(_))));
+        .position(|c| matches!(c, Call::Assign(_)))
+        .expect("assigned");
+    let started = calls
+        .iter()
+        .position(|c| matches!(c, Call::Start(_)))
+        .expect("started");
+    assert!(assigned < started, "identity before start: {calls:?}");
 }
 
 #[tokio::test]
