@@ -11,6 +11,7 @@
 //!   spawn N               start up to N sleeping threads, print `spawned <k>`
 //!   fill DIR MIB          write MIB mebibytes into DIR/fill.bin
 //!   status                print uid, effective capabilities, no_new_privs, root writability
+//!   connect IP:PORT       try a TCP connection for 2 s; print `connected` or `unreachable`
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
@@ -22,8 +23,9 @@ fn main() {
         Some("spawn") => spawn(&args[1..]),
         Some("fill") => fill(&args[1..]),
         Some("status") => status(),
+        Some("connect") => connect(&args[1..]),
         _ => {
-            eprintln!("usage: probe run|alloc|spawn|fill|status");
+            eprintln!("usage: probe run|alloc|spawn|fill|status|connect");
             2
         }
     };
@@ -166,6 +168,23 @@ fn fill(args: &[String]) -> i32 {
     let _ = file.sync_all();
     println!("filled {mib}");
     0
+}
+
+fn connect(args: &[String]) -> i32 {
+    let Some(addr) = args.first().and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {
+        eprintln!("usage: probe connect IP:PORT");
+        return 2;
+    };
+    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+        Ok(_) => {
+            println!("connected");
+            0
+        }
+        Err(error) => {
+            println!("unreachable: {error}");
+            1
+        }
+    }
 }
 
 fn status() -> i32 {

@@ -165,7 +165,14 @@ pub struct ProvisionerConfig {
     pub disk_quota: DiskQuotaPolicy,
     /// Seconds an instance has to stop before it is killed.
     pub stop_timeout_secs: u32,
+    /// The Docker network instances join: a bridge without inter-container traffic
+    /// (`enable_icc=false`), made when missing and shared by every namespace, so that no
+    /// instance reaches another directly, only through the ports they publish.
+    pub network: String,
 }
+
+/// The network instances join unless the config names another.
+pub const DEFAULT_NETWORK: &str = "berth-instances";
 
 impl ProvisionerConfig {
     /// A configuration with the default limits, for the given namespace, resources and ranges.
@@ -187,6 +194,7 @@ impl ProvisionerConfig {
             tmpfs_mib: 16,
             disk_quota: DiskQuotaPolicy::Auto,
             stop_timeout_secs: 10,
+            network: DEFAULT_NETWORK.to_owned(),
         }
     }
 

@@ -87,6 +87,47 @@ impl DockerProvisioner {
         &self.docker
     }
 
+    /// Makes the instances' network (a bridge with `enable_icc=false`) when it is missing.
+    /// Another provisioner making it at the same time is fine.
+    async fn ensure_network(&self) -> Result<(), ProvisionError> {
+        let name = &self.config.network;
+        let engine = |source| ProvisionError::EngineNamespace {
+            namespace: self.config.namespace.clone(),
+            op: Operation::Create,
+            source,
+        };
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => return Err(engine(error)),
+        }
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
+            )])),
+            labels: Some(HashMap::from([(
+                labels::MANAGED.to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(
+                    network = name,
+                    "made the instances' network (no inter-container traffic)"
+                );
+                Ok(())
+            }
+            // Made meanwhile by another provisioner.
+            Err(_) if self.docker.inspect_network(name, None).await.is_ok() => Ok(()),
+            Err(error) => Err(engine(error)),
+        }
+    }
+
     /// The gateway address of Docker's default `bridge` network: an address of this machine
     /// that containers on the bridge reach (published ports included). `None` when the
     /// engine names none.
@@ -209,7 +250,7 @@ impl DockerProvisioner {
             // docker-init as PID 1: forwards SIGTERM to the runtime and reaps zombies.
             init: Some(true),
             privileged: Some(false),
-            network_mode: Some("bridge".to_owned()),
+            network_mode: Some(self.config.network.clone()),
             ipc_mode: Some("private".to_owned()),
             cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
             runtime: self.config.runtime.clone(),
@@ -346,6 +387,7 @@ impl DockerProvisioner {
         existing: &[InstanceSummary],
     ) -> Result<(), ProvisionError> {
         spec.validate()?;
+        self.ensure_network().await?;
         for (range, port, field) in [
             (self.config.user_ports, spec.ports.user, "user port"),
             (self.config.peer_ports, spec.ports.peer, "peer port"),

@@ -79,7 +79,10 @@ async fn limits_and_hardening_are_in_effect() {
     assert_eq!(host.readonly_rootfs, Some(true));
     assert_eq!(host.init, Some(true));
     assert_eq!(host.privileged, Some(false));
-    assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+    assert_eq!(
+        host.network_mode.as_deref(),
+        Some(berth_provisioner::config::DEFAULT_NETWORK)
+    );
     assert_eq!(host.pid_mode.as_deref().unwrap_or(""), "");
     assert_eq!(host.ipc_mode.as_deref(), Some("private"));
     assert_eq!(
@@ -705,4 +708,49 @@ async fn a_pooled_instance_waits_for_its_assignment_and_runs_with_that_identity(
         h.provisioner.assign(&spec).await,
         Err(ProvisionError::NotFound { .. })
     ));
+}
+
+#[tokio::test]
+async fn instances_cannot_reach_each_other_directly() {
+    let config = common::config("isolate", 29600, common::resources(2));
+    let Some(h) = Harness::new(config).await else {
+        return;
+    };
+    let specs = h.specs("iso", 2).await;
+    for spec in &specs {
+        h.provisioner.create(spec).await.unwrap();
+        h.provisioner.start(&spec.name).await.unwrap();
+    }
+    assert!(h.wait_answering(specs[1].ports.user, 20).await);
+    // Both on the instances' network, which has no inter-container traffic.
+    let network = h
+        .docker
+        .inspect_network(berth_provisioner::config::DEFAULT_NETWORK, None)
+        .await
+        .unwrap();
+    let icc = network
+        .options
+        .unwrap_or_default()
+        .get("com.docker.network.bridge.enable_icc")
+        .cloned();
+    assert_eq!(icc.as_deref(), Some("false"));
+    let other = h
+        .docker
+        .inspect_container(&h.provisioner.container_name(&specs[1].name), None)
+        .await
+        .unwrap();
+    let ip = other
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(berth_provisioner::config::DEFAULT_NETWORK).cloned())
+        .and_then(|n| n.ip_address)
+        .unwrap();
+    // The other instance listens inside its container on the user port it publishes.
+    let target = format!("{ip}:{}", specs[1].ports.user);
+    let (code, out) = h
+        .exec(&specs[0].name, &["/probe", "connect", &target])
+        .await;
+    assert_eq!(code, 1, "{target}: {out}");
+    assert!(out.contains("unreachable"), "{out}");
+    common::cleanup(&h.docker, &h.provisioner.config().namespace).await;
 }
