@@ -46,18 +46,18 @@ impl Bucket {
         }
     }
 
-    /// Whether `len` bytes may pass at `now`; when they may, also how many bytes were
-    /// dropped before them (to report once).
-    pub fn take(&mut self, len: usize, now: Instant) -> Result<u64, ()> {
+    /// Whether `len` bytes may pass at `now`: `Some(bytes dropped before them)` (to report
+    /// once) when they may, `None` when they are dropped.
+    pub fn take(&mut self, len: usize, now: Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= len as f64 {
             self.tokens -= len as f64;
-            Ok(std::mem::take(&mut self.dropped))
+            Some(std::mem::take(&mut self.dropped))
         } else {
             self.dropped += len as u64;
-            Err(())
+            None
         }
     }
 
@@ -99,7 +99,7 @@ where
                 }
                 bucket.take(read + LINE_OVERHEAD, Instant::now())
             };
-            if let Ok(dropped) = passed {
+            if let Some(dropped) = passed {
                 if dropped > 0 {
                     tracing::warn!(
                         dropped,
@@ -144,6 +144,7 @@ async fn read_line_capped<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 
@@ -151,18 +152,18 @@ mod tests {
     fn the_bucket_passes_a_burst_then_the_rate_and_counts_what_it_dropped() {
         let start = Instant::now();
         let mut bucket = Bucket::new(1000, 5000, start);
-        assert_eq!(bucket.take(5000, start), Ok(0));
-        assert!(bucket.take(10, start).is_err());
-        assert!(bucket.take(20, start).is_err());
+        assert_eq!(bucket.take(5000, start), Some(0));
+        assert!(bucket.take(10, start).is_none());
+        assert!(bucket.take(20, start).is_none());
         // Half a second later: 500 bytes of room; the report names the 30 dropped.
         let later = start + Duration::from_millis(500);
-        assert_eq!(bucket.take(400, later), Ok(30));
-        assert_eq!(bucket.take(100, later), Ok(0));
-        assert!(bucket.take(1, later).is_err());
+        assert_eq!(bucket.take(400, later), Some(30));
+        assert_eq!(bucket.take(100, later), Some(0));
+        assert!(bucket.take(1, later).is_none());
         // Room never exceeds the burst.
         let much_later = later + Duration::from_secs(3600);
-        assert_eq!(bucket.take(5000, much_later), Ok(1));
-        assert!(bucket.take(1, much_later).is_err());
+        assert_eq!(bucket.take(5000, much_later), Some(1));
+        assert!(bucket.take(1, much_later).is_none());
     }
 
     #[tokio::test]
