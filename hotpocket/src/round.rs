@@ -874,6 +874,24 @@ impl RoundLoop {
 
     /// Asks a peer on the UNL's ledger for the ledgers this node missed (at most once a
     /// round, or at once when the last batch was followed).
+    /// A UNL node proposing on a later ledger than this node's: the others may have closed
+    /// a ledger this node missed (a peer died between the stage-3 proposals), while no
+    /// majority proposes on it yet. Asking that node for the ledgers is safe: each comes
+    /// with its proof and is taken only if `threshold` % of the UNL signed it.
+    fn catch_up_with_a_peer_ahead(&mut self, start: u64) {
+        let mine = self.exec.lcl.seq_no;
+        let ahead = self.rounds.get(&start).and_then(|props| {
+            props
+                .from_unl(self.unl())
+                .filter(|p| p.node != self.me && p.lcl.seq_no > mine)
+                .map(|p| LclId::from(p.lcl))
+                .max_by_key(|lcl| lcl.seq_no)
+        });
+        if let Some(lcl) = ahead {
+            self.request_ledgers(lcl);
+        }
+    }
+
     fn request_ledgers(&mut self, majority: LclId) {
         if self.behind_goal.is_none_or(|g| g.seq_no < majority.seq_no) {
             self.behind_goal = Some(majority);
@@ -1407,6 +1425,7 @@ impl RoundLoop {
                         break;
                     }
                     StageVerdict::NotEnoughPeers { have, need } => {
+                        self.catch_up_with_a_peer_ahead(start);
                         if self.clock.now_ms() >= give_up {
                             self.set_status(
                                 false,
@@ -1450,6 +1469,7 @@ impl RoundLoop {
                     return self.close(p, stage3, true, cancel).await;
                 }
                 Err(why) => {
+                    self.catch_up_with_a_peer_ahead(start);
                     if self.clock.now_ms() >= deadline {
                         self.set_status(false, why.to_string());
                         return Ok(());
