@@ -7,29 +7,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use berth_hotpocket::image::IMAGE_TAG;
 use berth_hotpocket_client::client::{Client, ConnectOptions};
 use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// Builds the image and bundles when missing.
 fn ensure_image() -> PathBuf {

@@ -24,22 +24,6 @@ use berth_hotpocket_client::protocol::pubkey_hex;
 use common::*;
 use serde_json::{json, Value};
 
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 /// Whether the tests can run: the engine answers (or they skip, see the module doc).
 fn engine() -> bool {
     match docker(&["version", "--format", "{{.Server.Version}}"]) {

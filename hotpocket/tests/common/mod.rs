@@ -10,6 +10,23 @@ use berth_hotpocket_client::client::{Client, ConnectOptions};
 use berth_hotpocket_client::protocol::pubkey_hex;
 use ed25519_dalek::SigningKey;
 
+/// Runs `docker <args>`: its trimmed stdout, or an error naming the command and its stderr.
+pub fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 pub const CONTRACT_ID: &str = "3c349abe-4d70-4f50-9fa6-018f1f2530ab";
 
 pub fn hotpocket_bin() -> PathBuf {
