@@ -575,7 +575,8 @@ impl Clusters<'_> {
             let wanted = record.size - have;
             let hosts = self.pick_hosts(record, registry, opts, wanted).await?;
             let mut spend = 0u64;
-            let acquire = AcquireOptions {
+            let peer_hosts = self.peer_hosts(registry).await?;
+            let mut acquire = AcquireOptions {
                 contract_id: Some(
                     record
                         .contract_id
@@ -589,7 +590,6 @@ impl Clusters<'_> {
                 config: Some(config.clone()),
                 avoid_offers: Vec::new(),
             };
-            let mut acquire = acquire;
             for host in &hosts {
                 let pending = self
                     .tenant
@@ -604,7 +604,7 @@ impl Clusters<'_> {
                     purchase: pending.signed.hash.clone(),
                     lease: pending.lease.clone(),
                     state: NodeState::Buying,
-                    peer_host: self.peer_host_of(registry, host).await?,
+                    peer_host: peer_hosts.get(host).cloned(),
                 });
                 self.save(record)?;
             }
@@ -701,19 +701,19 @@ impl Clusters<'_> {
         Ok(lease)
     }
 
-    /// The `peer_address` in `host`'s registration, if it names one.
-    async fn peer_host_of(
+    /// The `peer_address` of each registered host that names one, from one read of the
+    /// registry.
+    async fn peer_hosts(
         &self,
         registry: &str,
-        host: &str,
-    ) -> Result<Option<String>, ClusterError> {
+    ) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
         let listed = hosts::list(self.tenant.client(), registry)
             .await
             .map_err(LeaseError::from)?;
         Ok(listed
             .into_iter()
-            .find(|h| h.address == host)
-            .and_then(|h| h.peer_address))
+            .filter_map(|h| Some((h.address, h.peer_address?)))
+            .collect())
     }
 
     /// The cluster request for the nodes in the UNL (members and joining nodes named in
@@ -1090,7 +1090,7 @@ impl Clusters<'_> {
             purchase: pending.signed.hash.clone(),
             lease: pending.lease.clone(),
             state: NodeState::Buying,
-            peer_host: self.peer_host_of(registry, &host).await?,
+            peer_host: self.peer_hosts(registry).await?.remove(&host),
         });
         self.save(&record)?;
         progress(&format!(
