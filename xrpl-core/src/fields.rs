@@ -127,6 +127,8 @@ fields! {
     OperationLimit: UInt32 = 29;
     SetFlag: UInt32 = 33;
     ClearFlag: UInt32 = 34;
+    SignerQuorum: UInt32 = 35;
+    SignerListID: UInt32 = 38;
     TicketCount: UInt32 = 40;
     TicketSequence: UInt32 = 41;
     NFTokenTaxon: UInt32 = 42;
@@ -242,6 +244,7 @@ pub static TRANSACTION_TYPES: &[(&str, u16)] = &[
 pub static LEDGER_ENTRY_TYPES: &[(&str, u16)] = &[
     ("NFTokenOffer", 0x37),
     ("NFTokenPage", 0x50),
+    ("SignerList", 0x53),
     ("AccountRoot", 0x61),
     ("DirectoryNode", 0x64),
 ];

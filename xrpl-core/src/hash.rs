@@ -6,6 +6,8 @@ use sha2::{Digest, Sha512};
 pub const PREFIX_TRANSACTION_ID: [u8; 4] = *b"TXN\0";
 /// Prefix of a single-signing payload: `STX\0`.
 pub const PREFIX_TX_SIGN: [u8; 4] = *b"STX\0";
+/// Prefix of a multi-signing payload: `SMT\0`.
+pub const PREFIX_TX_MULTISIGN: [u8; 4] = *b"SMT\0";
 /// Prefix of a ledger header hash: `LWR\0`.
 pub const PREFIX_LEDGER_MASTER: [u8; 4] = *b"LWR\0";
 /// Prefix of a transaction-with-metadata leaf: `SND\0`.

@@ -20,6 +20,11 @@ pub fn owner_dir(account: &[u8; 20]) -> [u8; 32] {
     keylet(u16::from(b'O'), &[account])
 }
 
+/// The SignerList of an account (rippled keeps one, with SignerListID 0).
+pub fn signer_list(account: &[u8; 20]) -> [u8; 32] {
+    keylet(u16::from(b'S'), &[account, &0u32.to_be_bytes()])
+}
+
 /// An NFTokenOffer created by `owner` with transaction sequence `sequence`.
 pub fn nft_offer(owner: &[u8; 20], sequence: u32) -> [u8; 32] {
     keylet(0x0071, &[owner, &sequence.to_be_bytes()])

@@ -50,6 +50,9 @@ ter! {
     temINVALID_FLAG = -276, "The transaction has an invalid flag.";
     temREDUNDANT = -275, "The transaction is redundant.";
     temDISABLED = -273, "The transaction requires logic that is currently disabled.";
+    temBAD_SIGNER = -272, "Malformed: No signer may duplicate account or other signers.";
+    temBAD_QUORUM = -271, "Malformed: Quorum is unreachable.";
+    temBAD_WEIGHT = -270, "Malformed: Weight must be a positive value.";
     temBAD_NFTOKEN_TRANSFER_FEE = -262, "Malformed: The NFToken transfer fee must be between 1 and 5000, inclusive.";
     tefFAILURE = -199, "Failed to apply.";
     tefALREADY = -198, "The exact transaction was already in this ledger.";
@@ -57,6 +60,10 @@ ter! {
     tefPAST_SEQ = -190, "This sequence number has already passed.";
     tefMASTER_DISABLED = -188, "Master key is disabled.";
     tefMAX_LEDGER = -187, "Ledger sequence too high.";
+    tefBAD_SIGNATURE = -186, "A signature is provided for a non-signer.";
+    tefBAD_QUORUM = -185, "Signatures provided do not meet the quorum.";
+    tefNOT_MULTI_SIGNING = -184, "Account has no appropriate list of multi-signers.";
+    tefBAD_AUTH_MASTER = -183, "Auth for unclaimed account needs correct master key.";
     tefNFTOKEN_IS_NOT_TRANSFERABLE = -179, "The specified NFToken is not transferable.";
     terINSUF_FEE_B = -97, "Account balance can't pay fee.";
     terNO_ACCOUNT = -96, "The source account does not exist.";
@@ -72,6 +79,7 @@ ter! {
     tecNO_PERMISSION = 139, "No permission to perform requested operation.";
     tecNO_ENTRY = 140, "No matching entry found.";
     tecINSUFFICIENT_RESERVE = 141, "Insufficient reserve to complete requested operation.";
+    tecNEED_MASTER_KEY = 142, "The operation requires the use of the Master Key.";
     tecDST_TAG_NEEDED = 143, "A destination tag is required.";
     tecEXPIRED = 148, "Expiration time is passed.";
     tecNO_SUITABLE_NFTOKEN_PAGE = 155, "A suitable NFToken page could not be located.";
