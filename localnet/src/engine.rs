@@ -8,9 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_xrpl_core::fields::{FieldType, FIELDS};
+use berth_xrpl_core::fields::{Field, FieldType, FIELDS};
 use berth_xrpl_core::index::{self, nftoken_parts};
 use berth_xrpl_core::keys::{account_id_of, public_key_type};
+use berth_xrpl_core::tx::{MAX_MULTI_SIGNERS, MIN_MULTI_SIGNERS};
 use berth_xrpl_core::{Amount, StObject, Ter, Value};
 use serde_json::{Map, Value as Json};
 
@@ -60,6 +61,8 @@ const LSF_DEFAULT_RIPPLE: u32 = 0x0080_0000;
 const LSF_DEPOSIT_AUTH: u32 = 0x0100_0000;
 const LSF_DISALLOW_INCOMING_NFT_OFFER: u32 = 0x0400_0000;
 const LSF_SELL_NFTOKEN: u32 = 0x0000_0001;
+/// A SignerList that costs one owner count (the MultiSignReserve amendment's lists).
+const LSF_ONE_OWNER_COUNT: u32 = 0x0001_0000;
 
 // Transaction flags.
 const TF_FULLY_CANONICAL_SIG: u32 = 0x8000_0000;
@@ -71,12 +74,14 @@ const NFT_PAGE_SIZE: usize = 32;
 const ENTRY_ACCOUNT_ROOT: u16 = 0x61;
 const ENTRY_NFT_OFFER: u16 = 0x37;
 const ENTRY_NFT_PAGE: u16 = 0x50;
+const ENTRY_SIGNER_LIST: u16 = 0x53;
 
 /// The transaction types localnet applies.
 pub const SUPPORTED_TYPES: &[&str] = &[
     "Payment",
     "AccountSet",
     "SetRegularKey",
+    "SignerListSet",
     "NFTokenMint",
     "NFTokenBurn",
     "NFTokenCreateOffer",
@@ -162,6 +167,7 @@ pub fn check_format(tx: &StObject) -> Result<&'static str, String> {
         "NFTokenBurn" => &["NFTokenID"],
         "NFTokenCreateOffer" => &["NFTokenID", "Amount"],
         "NFTokenCancelOffer" => &["NFTokenOffers"],
+        "SignerListSet" => &["SignerQuorum"],
         _ => &[],
     };
     for f in required {
@@ -169,13 +175,172 @@ pub fn check_format(tx: &StObject) -> Result<&'static str, String> {
             return Err(format!("Field '{f}' is required but missing."));
         }
     }
-    if tx.blob("SigningPubKey").is_some_and(|k| k.is_empty()) || tx.contains("Signers") {
-        return Err("multi-signed transactions are not supported by localnet".into());
+    // Inner objects have templates too (rippled's InnerObjectFormats).
+    for (array, inner, fields) in [
+        (
+            "Signers",
+            "Signer",
+            &["Account", "SigningPubKey", "TxnSignature"][..],
+        ),
+        (
+            "SignerEntries",
+            "SignerEntry",
+            &["Account", "SignerWeight"][..],
+        ),
+    ] {
+        if let Some(Value::Array(items)) = tx.get(array) {
+            for (f, o) in items.iter().filter(|(f, _)| f.name == inner) {
+                if let Some(missing) = fields.iter().find(|n| !o.contains(n)) {
+                    return Err(format!(
+                        "{}: Field '{missing}' is required but missing.",
+                        f.name
+                    ));
+                }
+            }
+        }
     }
-    if !tx.contains("TxnSignature") {
+    let multi_signed = tx.blob("SigningPubKey").is_some_and(|k| k.is_empty());
+    if !multi_signed && !tx.contains("TxnSignature") {
         return Err("Field 'TxnSignature' is required but missing.".into());
     }
     Ok(ty)
+}
+
+/// One entry of a signer list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignerEntry {
+    pub account: [u8; 20],
+    pub weight: u16,
+    /// `WalletLocator`: a tag the ExpandedSignerList amendment lets an entry carry.
+    pub tag: Option<Key>,
+}
+
+/// The `SignerEntries` of a transaction or a SignerList, sorted by account (rippled's
+/// `SignerEntries::deserialize`): anything but complete `SignerEntry` objects is
+/// `temMALFORMED`.
+pub fn signer_entries(obj: &StObject) -> Result<Vec<SignerEntry>, Ter> {
+    let Some(Value::Array(items)) = obj.get("SignerEntries") else {
+        return Err(Ter::temMALFORMED);
+    };
+    let mut out = items
+        .iter()
+        .map(|(f, e)| {
+            if f.name != "SignerEntry" {
+                return Err(Ter::temMALFORMED);
+            }
+            Ok(SignerEntry {
+                account: e.account("Account").ok_or(Ter::temMALFORMED)?,
+                weight: e.u16("SignerWeight").ok_or(Ter::temMALFORMED)?,
+                tag: e.hash256("WalletLocator"),
+            })
+        })
+        .collect::<Result<Vec<_>, Ter>>()?;
+    out.sort_by_key(|e| e.account);
+    Ok(out)
+}
+
+/// rippled's `SetSignerList::validateQuorumAndSignerEntries` (with ExpandedSignerList):
+/// 1 to 32 entries, no account twice, none the owner, every weight positive, and the
+/// weights together reach the quorum. `entries` are sorted by account.
+pub fn check_signer_list(
+    quorum: u32,
+    entries: &[SignerEntry],
+    owner: &[u8; 20],
+) -> Result<(), Ter> {
+    if !(MIN_MULTI_SIGNERS..=MAX_MULTI_SIGNERS).contains(&entries.len()) {
+        return Err(Ter::temMALFORMED);
+    }
+    if entries.windows(2).any(|w| w[0].account == w[1].account) {
+        return Err(Ter::temBAD_SIGNER);
+    }
+    let mut total: u64 = 0;
+    for e in entries {
+        if e.weight == 0 {
+            return Err(Ter::temBAD_WEIGHT);
+        }
+        total += u64::from(e.weight);
+        if e.account == *owner {
+            return Err(Ter::temBAD_SIGNER);
+        }
+    }
+    if quorum == 0 || total < u64::from(quorum) {
+        return Err(Ter::temBAD_QUORUM);
+    }
+    Ok(())
+}
+
+/// rippled's `Transactor::checkMultiSign`: the `Signers` of a transaction by `account`
+/// against the account's signer list. Signers and list are both sorted by account, so
+/// one walk matches them. Each signer must be on the list and sign with its own master
+/// key (when that account exists, not disabled), its regular key, or, for an account
+/// not in the ledger (a phantom), the key its AccountID derives from; their weights
+/// must reach the quorum. The signatures themselves are checked before (see
+/// `berth_xrpl_core::tx::verify_signatures`).
+pub fn check_multi_sign(
+    state: &State,
+    account: &[u8; 20],
+    signers: &[(&'static Field, StObject)],
+) -> Result<(), Ter> {
+    let list = state
+        .get(&index::signer_list(account))
+        .ok_or(Ter::tefNOT_MULTI_SIGNING)?;
+    let entries = signer_entries(list)?;
+    let mut i = 0;
+    let mut weight: u64 = 0;
+    for (_, signer) in signers {
+        let id = signer.account("Account").ok_or(Ter::tefBAD_SIGNATURE)?;
+        while entries.get(i).is_some_and(|e| e.account < id) {
+            i += 1;
+        }
+        let entry = entries
+            .get(i)
+            .filter(|e| e.account == id)
+            .ok_or(Ter::tefBAD_SIGNATURE)?;
+        let key = signer
+            .blob("SigningPubKey")
+            .filter(|k| public_key_type(k).is_some())
+            .ok_or(Ter::tefBAD_SIGNATURE)?;
+        let root = state.account(&id);
+        if account_id_of(key) == id {
+            // The master key, or a phantom account's key: a phantom always passes.
+            if root.is_some_and(|r| get_u32(r, "Flags") & LSF_DISABLE_MASTER != 0) {
+                return Err(Ter::tefMASTER_DISABLED);
+            }
+        } else {
+            let regular = root.and_then(|r| r.account("RegularKey"));
+            if regular != Some(account_id_of(key)) {
+                return Err(Ter::tefBAD_SIGNATURE);
+            }
+        }
+        weight += u64::from(entry.weight);
+    }
+    if weight < u64::from(get_u32(list, "SignerQuorum")) {
+        return Err(Ter::tefBAD_QUORUM);
+    }
+    Ok(())
+}
+
+/// The signers of a multi-signed transaction (none for a single-signed one).
+fn tx_signers(tx: &StObject) -> &[(&'static Field, StObject)] {
+    match tx.get("Signers") {
+        Some(Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+/// rippled's `Transactor::checkSingleSign` (with fixMasterKeyAsRegularKey).
+fn check_single_sign(acct: &StObject, account: &[u8; 20], key: &[u8]) -> Result<(), Ter> {
+    let signer = account_id_of(key);
+    if acct.account("RegularKey") == Some(signer) {
+        return Ok(());
+    }
+    if signer != *account {
+        return Err(Ter::tefBAD_AUTH);
+    }
+    if get_u32(acct, "Flags") & LSF_DISABLE_MASTER != 0 {
+        return Err(Ter::tefMASTER_DISABLED);
+    }
+    Ok(())
 }
 
 /// A copy-on-write view of the state that one transaction changes.
@@ -490,23 +655,19 @@ fn apply_inner(
     if tx.u32("LastLedgerSequence").is_some_and(|l| l < env.seq) {
         return Err(Ter::tefMAX_LEDGER);
     }
-    if fee < env.fees.base {
+    // Each signature of a multi-signed transaction costs one more base fee.
+    let signers = tx_signers(tx);
+    if fee < env.fees.base * (1 + signers.len() as i64) {
         return Err(Ter::telINSUF_FEE_P);
     }
     let prior_balance = balance(acct);
     if fee > prior_balance {
         return Err(Ter::terINSUF_FEE_B);
     }
-    let signer = tx
-        .blob("SigningPubKey")
-        .map(account_id_of)
-        .ok_or(Ter::temBAD_SIGNATURE)?;
-    if signer == account {
-        if get_u32(acct, "Flags") & LSF_DISABLE_MASTER != 0 {
-            return Err(Ter::tefMASTER_DISABLED);
-        }
-    } else if acct.account("RegularKey") != Some(signer) {
-        return Err(Ter::tefBAD_AUTH);
+    match tx.blob("SigningPubKey") {
+        _ if tx.contains("Signers") => check_multi_sign(base, &account, signers)?,
+        Some(key) if !key.is_empty() => check_single_sign(acct, &account, key)?,
+        _ => return Err(Ter::temBAD_SIGNATURE),
     }
 
     // Fee and sequence: kept whatever the transaction's own result.
@@ -532,6 +693,7 @@ fn apply_inner(
             "Payment" => payment(&mut ctx),
             "AccountSet" => account_set(&mut ctx),
             "SetRegularKey" => set_regular_key(&mut ctx),
+            "SignerListSet" => signer_list_set(&mut ctx),
             "NFTokenMint" => nft_mint(&mut ctx),
             "NFTokenBurn" => nft_burn(&mut ctx),
             "NFTokenCreateOffer" => nft_create_offer(&mut ctx),
@@ -581,9 +743,10 @@ fn preflight(ty: &str, tx: &StObject) -> Result<(), Ter> {
     if tx.contains("TicketSequence") {
         return Err(Ter::temDISABLED);
     }
+    // An empty SigningPubKey is a multi-signed transaction's.
     if tx
         .blob("SigningPubKey")
-        .is_none_or(|k| public_key_type(k).is_none())
+        .is_none_or(|k| !k.is_empty() && public_key_type(k).is_none())
     {
         return Err(Ter::temBAD_SIGNATURE);
     }
@@ -658,6 +821,20 @@ fn preflight(ty: &str, tx: &StObject) -> Result<(), Ter> {
         }
         "SetRegularKey" if tx.account("RegularKey") == account => {
             return Err(Ter::temBAD_REGKEY);
+        }
+        "SignerListSet" => {
+            // A quorum with entries sets the list; quorum 0 without entries deletes it.
+            match (
+                tx.u32("SignerQuorum").unwrap_or(0),
+                tx.contains("SignerEntries"),
+            ) {
+                (0, false) => {}
+                (quorum, true) if quorum != 0 => {
+                    let owner = account.ok_or(Ter::temBAD_SRC_ACCOUNT)?;
+                    check_signer_list(quorum, &signer_entries(tx)?, &owner)?;
+                }
+                _ => return Err(Ter::temMALFORMED),
+            }
         }
         "NFTokenMint" => {
             if let Some(fee) = tx.u16("TransferFee") {
@@ -787,8 +964,17 @@ fn account_set(c: &mut Ctx<'_, '_>) -> Result<(), Ter> {
     };
     let set = c.tx.u32("SetFlag").unwrap_or(0);
     let clear = c.tx.u32("ClearFlag").unwrap_or(0);
-    if set == 4 && !me.contains("RegularKey") {
-        return Err(Ter::tecNO_ALTERNATIVE_KEY);
+    if set == 4 && flags & LSF_DISABLE_MASTER == 0 {
+        // Only the master key may disable itself, and only with another way to sign.
+        let with_master =
+            c.tx.blob("SigningPubKey")
+                .is_some_and(|k| !k.is_empty() && account_id_of(k) == c.account);
+        if !with_master {
+            return Err(Ter::tecNEED_MASTER_KEY);
+        }
+        if !me.contains("RegularKey") && c.sb.get(&index::signer_list(&c.account)).is_none() {
+            return Err(Ter::tecNO_ALTERNATIVE_KEY);
+        }
     }
     if let Some(f) = asf(set) {
         flags |= f;
@@ -858,13 +1044,76 @@ fn set_regular_key(c: &mut Ctx<'_, '_>) -> Result<(), Ter> {
     match c.tx.account("RegularKey") {
         Some(k) => me.set("RegularKey", Value::AccountId(k)),
         None => {
-            if get_u32(&me, "Flags") & LSF_DISABLE_MASTER != 0 {
+            if get_u32(&me, "Flags") & LSF_DISABLE_MASTER != 0
+                && c.sb.get(&index::signer_list(&c.account)).is_none()
+            {
                 return Err(Ter::tecNO_ALTERNATIVE_KEY);
             }
             me.remove("RegularKey");
         }
     }
     c.sb.put_account(&c.account, me);
+    Ok(())
+}
+
+/// Removes an account's signer list, if any, with the owner count it cost.
+fn remove_signer_list(sb: &mut Sandbox<'_>, owner: &[u8; 20]) {
+    let key = index::signer_list(owner);
+    let Some(list) = sb.get(&key) else { return };
+    let cost = if get_u32(&list, "Flags") & LSF_ONE_OWNER_COUNT != 0 {
+        1
+    } else {
+        // A list made before MultiSignReserve cost 2 plus one per entry.
+        2 + signer_entries(&list).map_or(0, |e| e.len() as i64)
+    };
+    sb.erase(key);
+    sb.adjust_owner_count(owner, -cost);
+}
+
+fn signer_list_set(c: &mut Ctx<'_, '_>) -> Result<(), Ter> {
+    if !c.tx.contains("SignerEntries") {
+        // Deleting the list: only when the account can still sign otherwise.
+        let me = c.me()?;
+        if get_u32(&me, "Flags") & LSF_DISABLE_MASTER != 0 && !me.contains("RegularKey") {
+            return Err(Ter::tecNO_ALTERNATIVE_KEY);
+        }
+        remove_signer_list(c.sb, &c.account);
+        return Ok(());
+    }
+    let entries = signer_entries(c.tx)?;
+    // A replaced list gives its reserve back before the new one is counted.
+    remove_signer_list(c.sb, &c.account);
+    let owner_count = get_u32(&c.me()?, "OwnerCount");
+    // Checked against the balance before the fee, as rippled does.
+    if c.prior_balance < c.env.fees.reserve(owner_count + 1) {
+        return Err(Ter::tecINSUFFICIENT_RESERVE);
+    }
+    #[allow(clippy::expect_used)]
+    let f = berth_xrpl_core::fields::field("SignerEntry").expect("SignerEntry is a known field");
+    let items = entries
+        .iter()
+        .map(|e| {
+            let mut o = StObject::new();
+            o.set("Account", Value::AccountId(e.account));
+            o.set("SignerWeight", Value::UInt16(e.weight));
+            if let Some(t) = e.tag {
+                o.set("WalletLocator", Value::Hash256(t));
+            }
+            (f, o)
+        })
+        .collect();
+    let mut list = StObject::new();
+    list.set("LedgerEntryType", Value::UInt16(ENTRY_SIGNER_LIST));
+    list.set("Flags", Value::UInt32(LSF_ONE_OWNER_COUNT));
+    list.set("OwnerNode", Value::UInt64(0));
+    list.set(
+        "SignerQuorum",
+        Value::UInt32(c.tx.u32("SignerQuorum").unwrap_or(0)),
+    );
+    list.set("SignerListID", Value::UInt32(0));
+    list.set("SignerEntries", Value::Array(items));
+    c.sb.put(index::signer_list(&c.account), list);
+    c.sb.adjust_owner_count(&c.account, 1);
     Ok(())
 }
 
@@ -1302,4 +1551,333 @@ fn build_meta(
         Value::UInt8(u8::try_from(ter.code()).unwrap_or(0)),
     );
     meta
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use berth_xrpl_core::tx::{multisign, sign, sign_for, verify_signatures};
+    use berth_xrpl_core::{KeyPair, KeyType};
+
+    const ENV: Env = Env {
+        seq: 5,
+        parent_close_time: 0,
+        fees: Fees {
+            base: 10,
+            reserve_base: 10_000_000,
+            reserve_inc: 2_000_000,
+        },
+    };
+
+    fn root(id: [u8; 20], drops: i64) -> StObject {
+        let mut a = StObject::new();
+        a.set("LedgerEntryType", Value::UInt16(ENTRY_ACCOUNT_ROOT));
+        a.set("Account", Value::AccountId(id));
+        a.set("Flags", Value::UInt32(0));
+        a.set("OwnerCount", Value::UInt32(0));
+        a.set("Sequence", Value::UInt32(1));
+        set_balance(&mut a, drops);
+        a
+    }
+
+    fn put_root(state: &mut State, acct: StObject) {
+        let id = acct.account("Account").unwrap();
+        state.put(index::account_root(&id), Some(acct));
+    }
+
+    /// Applies a transaction to the state; returns the result and keeps the changes.
+    fn run(state: &mut State, tx: &StObject) -> Ter {
+        let blob = tx.to_bytes();
+        let hash = berth_xrpl_core::hash::transaction_id(&blob);
+        match apply(state, &ENV, tx, &hash, 0) {
+            Outcome::Rejected(t) => t,
+            Outcome::Included(a) => {
+                for (k, v) in a.changes {
+                    state.put(k, v);
+                }
+                a.ter
+            }
+        }
+    }
+
+    fn payment(from: &[u8; 20], seq: u32, fee: i64) -> StObject {
+        let mut tx = StObject::new();
+        tx.set("TransactionType", Value::UInt16(0));
+        tx.set("Account", Value::AccountId(*from));
+        tx.set("Destination", Value::AccountId([0xEE; 20]));
+        tx.set("Amount", Value::Amount(Amount::Drops(20_000_000)));
+        tx.set("Fee", Value::Amount(Amount::Drops(fee)));
+        tx.set("Sequence", Value::UInt32(seq));
+        tx
+    }
+
+    fn signer_list_set(owner: &KeyPair, seq: u32, quorum: u32, who: &[[u8; 20]]) -> StObject {
+        let f = berth_xrpl_core::fields::field("SignerEntry").unwrap();
+        let mut tx = StObject::new();
+        tx.set("TransactionType", Value::UInt16(12));
+        tx.set("Account", Value::AccountId(owner.account_id()));
+        tx.set("Fee", Value::Amount(Amount::Drops(10)));
+        tx.set("Sequence", Value::UInt32(seq));
+        tx.set("SignerQuorum", Value::UInt32(quorum));
+        let entries = who
+            .iter()
+            .map(|a| {
+                let mut e = StObject::new();
+                e.set("Account", Value::AccountId(*a));
+                e.set("SignerWeight", Value::UInt16(1));
+                (f, e)
+            })
+            .collect::<Vec<_>>();
+        if !entries.is_empty() {
+            tx.set("SignerEntries", Value::Array(entries));
+        }
+        sign(&mut tx, owner);
+        tx
+    }
+
+    /// An owner with a 2-of-3 list; signer 0 exists with a regular key, signer 1 is a
+    /// phantom (no account), signer 2 exists and signs with its master key.
+    struct Setup {
+        state: State,
+        owner: KeyPair,
+        signers: Vec<KeyPair>,
+        regular: KeyPair,
+    }
+
+    fn setup() -> Setup {
+        let owner = KeyPair::generate(KeyType::Ed25519);
+        let mut signers: Vec<KeyPair> = (0..3)
+            .map(|_| KeyPair::generate(KeyType::Secp256k1))
+            .collect();
+        signers.sort_by_key(KeyPair::account_id);
+        let regular = KeyPair::generate(KeyType::Ed25519);
+        let mut state = State::default();
+        put_root(&mut state, root(owner.account_id(), 100_000_000));
+        let mut s0 = root(signers[0].account_id(), 50_000_000);
+        s0.set("RegularKey", Value::AccountId(regular.account_id()));
+        put_root(&mut state, s0);
+        put_root(&mut state, root(signers[2].account_id(), 50_000_000));
+        let ids: Vec<[u8; 20]> = signers.iter().map(KeyPair::account_id).collect();
+        let t = signer_list_set(&owner, 1, 2, &ids);
+        assert_eq!(run(&mut state, &t), Ter::tesSUCCESS);
+        Setup {
+            state,
+            owner,
+            signers,
+            regular,
+        }
+    }
+
+    #[test]
+    fn signer_list_costs_one_owner_count_and_is_owned() {
+        let s = setup();
+        let a = s.state.account(&s.owner.account_id()).unwrap();
+        assert_eq!(get_u32(a, "OwnerCount"), 1);
+        let key = index::signer_list(&s.owner.account_id());
+        assert_eq!(s.state.owned(&s.owner.account_id()), vec![key]);
+        let list = s.state.get(&key).unwrap();
+        assert_eq!(get_u32(list, "Flags"), LSF_ONE_OWNER_COUNT);
+        assert_eq!(get_u32(list, "SignerQuorum"), 2);
+        assert_eq!(signer_entries(list).unwrap().len(), 3);
+        // Quorum 0 without entries deletes it and gives the owner count back.
+        let mut state = s.state.clone();
+        assert_eq!(
+            run(&mut state, &signer_list_set(&s.owner, 2, 0, &[])),
+            Ter::tesSUCCESS
+        );
+        assert!(state.get(&key).is_none());
+        let a = state.account(&s.owner.account_id()).unwrap();
+        assert_eq!(get_u32(a, "OwnerCount"), 0);
+    }
+
+    #[test]
+    fn signer_list_preflight_codes_are_rippleds() {
+        let owner = KeyPair::generate(KeyType::Ed25519);
+        let me = owner.account_id();
+        let e = |a: u8, w: u16| SignerEntry {
+            account: [a; 20],
+            weight: w,
+            tag: None,
+        };
+        assert_eq!(check_signer_list(2, &[e(1, 1), e(2, 1)], &me), Ok(()));
+        assert_eq!(
+            check_signer_list(3, &[e(1, 1), e(2, 1)], &me),
+            Err(Ter::temBAD_QUORUM)
+        );
+        assert_eq!(
+            check_signer_list(0, &[e(1, 1)], &me),
+            Err(Ter::temBAD_QUORUM)
+        );
+        assert_eq!(
+            check_signer_list(1, &[e(1, 1), e(1, 1)], &me),
+            Err(Ter::temBAD_SIGNER)
+        );
+        assert_eq!(
+            check_signer_list(1, &[e(1, 0), e(2, 1)], &me),
+            Err(Ter::temBAD_WEIGHT)
+        );
+        assert_eq!(check_signer_list(1, &[], &me), Err(Ter::temMALFORMED));
+        let many: Vec<SignerEntry> = (1..=33).map(|i| e(i, 1)).collect();
+        assert_eq!(check_signer_list(1, &many, &me), Err(Ter::temMALFORMED));
+        let own = SignerEntry {
+            account: me,
+            weight: 1,
+            tag: None,
+        };
+        assert_eq!(check_signer_list(1, &[own], &me), Err(Ter::temBAD_SIGNER));
+        // Through the engine: quorum with no entries, entries with quorum 0.
+        let mut state = State::default();
+        put_root(&mut state, root(me, 100_000_000));
+        assert_eq!(
+            run(&mut state, &signer_list_set(&owner, 1, 1, &[])),
+            Ter::temMALFORMED
+        );
+        assert_eq!(
+            run(&mut state, &signer_list_set(&owner, 1, 0, &[[1; 20]])),
+            Ter::temMALFORMED
+        );
+        // Too poor for one more owner count: 10 XRP reserve + 2 XRP.
+        let mut poor = State::default();
+        put_root(&mut poor, root(me, 11_000_000));
+        assert_eq!(
+            run(&mut poor, &signer_list_set(&owner, 1, 1, &[[1; 20]])),
+            Ter::tecINSUFFICIENT_RESERVE
+        );
+    }
+
+    /// One signature: the signer account and the key it signs with.
+    type Signing<'a> = ([u8; 20], &'a KeyPair);
+
+    /// Signs `tx` by the chosen signers.
+    fn multi(tx: &StObject, by: &[Signing<'_>]) -> StObject {
+        let mut tx = tx.clone();
+        let signers = by.iter().map(|(a, k)| sign_for(&tx, k, a)).collect();
+        multisign(&mut tx, signers);
+        assert_eq!(verify_signatures(&tx), Ok(()));
+        tx
+    }
+
+    #[test]
+    fn phantom_regular_and_master_keys_sign_and_the_quorum_counts() {
+        let s = setup();
+        let me = s.owner.account_id();
+        let id = |i: usize| s.signers[i].account_id();
+        // Phantom signer 1 with its own key, signer 2 with its master key.
+        let mut state = s.state.clone();
+        let tx = multi(
+            &payment(&me, 2, 30),
+            &[(id(1), &s.signers[1]), (id(2), &s.signers[2])],
+        );
+        assert_eq!(run(&mut state, &tx), Ter::tesSUCCESS);
+        // Signer 0 with its regular key, and the phantom.
+        let mut state = s.state.clone();
+        let tx = multi(
+            &payment(&me, 2, 30),
+            &[(id(0), &s.regular), (id(1), &s.signers[1])],
+        );
+        assert_eq!(run(&mut state, &tx), Ter::tesSUCCESS);
+        // Checked against the ledger alone: who signs for which account, with which key.
+        let stranger = KeyPair::generate(KeyType::Ed25519);
+        let cases: [(&str, Vec<Signing<'_>>, Ter); 4] = [
+            (
+                "one signer of weight 1 is short of quorum 2",
+                vec![(id(2), &s.signers[2])],
+                Ter::tefBAD_QUORUM,
+            ),
+            (
+                "signer 0 has a regular key but signs with another key",
+                vec![(id(0), &stranger), (id(2), &s.signers[2])],
+                Ter::tefBAD_SIGNATURE,
+            ),
+            (
+                "a phantom must sign with the key its AccountID derives from",
+                vec![(id(1), &stranger), (id(2), &s.signers[2])],
+                Ter::tefBAD_SIGNATURE,
+            ),
+            (
+                "someone not on the list",
+                vec![(stranger.account_id(), &stranger), (id(2), &s.signers[2])],
+                Ter::tefBAD_SIGNATURE,
+            ),
+        ];
+        for (what, by, want) in cases {
+            let tx = multi(&payment(&me, 2, 30), &by);
+            let got = check_multi_sign(&s.state, &me, tx_signers(&tx));
+            assert_eq!(got, Err(want), "{what}");
+        }
+        // A signer account whose master key is disabled.
+        let mut state = s.state.clone();
+        let mut s2 = state.account(&id(2)).unwrap().clone();
+        s2.set("Flags", Value::UInt32(LSF_DISABLE_MASTER));
+        put_root(&mut state, s2);
+        let tx = multi(
+            &payment(&me, 2, 30),
+            &[(id(1), &s.signers[1]), (id(2), &s.signers[2])],
+        );
+        assert_eq!(run(&mut state, &tx), Ter::tefMASTER_DISABLED);
+        // An account without a list is not multi-signing.
+        let tx = multi(&payment(&id(2), 1, 30), &[(id(1), &s.signers[1])]);
+        assert_eq!(
+            check_multi_sign(&s.state, &id(2), tx_signers(&tx)),
+            Err(Ter::tefNOT_MULTI_SIGNING)
+        );
+    }
+
+    #[test]
+    fn each_signature_costs_a_base_fee() {
+        let s = setup();
+        let me = s.owner.account_id();
+        let by = [
+            (s.signers[1].account_id(), &s.signers[1]),
+            (s.signers[2].account_id(), &s.signers[2]),
+        ];
+        let mut state = s.state.clone();
+        let tx = multi(&payment(&me, 2, 29), &by);
+        assert_eq!(run(&mut state, &tx), Ter::telINSUF_FEE_P);
+        let tx = multi(&payment(&me, 2, 30), &by);
+        assert_eq!(run(&mut state, &tx), Ter::tesSUCCESS);
+        let a = state.account(&me).unwrap();
+        assert_eq!(balance(a), 100_000_000 - 10 - 30 - 20_000_000);
+    }
+
+    #[test]
+    fn disabling_the_master_key_needs_it_and_another_way_to_sign() {
+        let s = setup();
+        let me = s.owner.account_id();
+        let mut state = s.state.clone();
+        let account_set = |seq: u32, set: u32| {
+            let mut tx = StObject::new();
+            tx.set("TransactionType", Value::UInt16(3));
+            tx.set("Account", Value::AccountId(me));
+            tx.set("Fee", Value::Amount(Amount::Drops(10)));
+            tx.set("Sequence", Value::UInt32(seq));
+            tx.set("SetFlag", Value::UInt32(set));
+            tx
+        };
+        let ids = |i: usize| (s.signers[i].account_id(), &s.signers[i]);
+        // Multi-signed: not the master key.
+        let mut t = multi(&account_set(2, 4), &[ids(1), ids(2)]);
+        t.set("Fee", Value::Amount(Amount::Drops(30)));
+        let t = multi(&t, &[ids(1), ids(2)]);
+        assert_eq!(run(&mut state, &t), Ter::tecNEED_MASTER_KEY);
+        let mut t = account_set(3, 4);
+        sign(&mut t, &s.owner);
+        assert_eq!(run(&mut state, &t), Ter::tesSUCCESS);
+        let mut t = payment(&me, 4, 10);
+        sign(&mut t, &s.owner);
+        assert_eq!(run(&mut state, &t), Ter::tefMASTER_DISABLED);
+        // The list is now the only way to sign: it may not be deleted.
+        let t = signer_list_set(&s.owner, 4, 0, &[]);
+        let mut t = multi(&t, &[ids(1), ids(2)]);
+        t.set("Fee", Value::Amount(Amount::Drops(30)));
+        let t = multi(&t, &[ids(1), ids(2)]);
+        assert_eq!(run(&mut state, &t), Ter::tecNO_ALTERNATIVE_KEY);
+        // Without a list or regular key the master key may not be disabled.
+        let mut bare = State::default();
+        put_root(&mut bare, root(me, 100_000_000));
+        let mut t = account_set(1, 4);
+        sign(&mut t, &s.owner);
+        assert_eq!(run(&mut bare, &t), Ter::tecNO_ALTERNATIVE_KEY);
+    }
 }

@@ -398,7 +398,7 @@ pub fn handle(node: &Arc<Node>, method: &str, params: &Map<String, Json>, api: u
             Ok(obj(json!({"ledger_current_index": node.current_seq()})))
         }
         "ledger" => ledger(node, params, api),
-        "account_info" => account_info(node, params),
+        "account_info" => account_info(node, params, api),
         "account_objects" => account_objects(node, params),
         "account_nfts" => account_nfts(node, params),
         "account_tx" => account_tx(node, params, api),
@@ -406,6 +406,7 @@ pub fn handle(node: &Arc<Node>, method: &str, params: &Map<String, Json>, api: u
         "nft_buy_offers" => nft_offers(node, params, false),
         "tx" => tx(node, params, api),
         "submit" => submit(node, params),
+        "submit_multisigned" => submit_multisigned(node, params),
         "wallet_fund" => wallet_fund(node, params),
         _ => Err(RpcError::unknown_command()),
     }
@@ -534,8 +535,14 @@ fn view(node: &Arc<Node>, params: &Map<String, Json>) -> Result<crate::node::Led
     node.view(sel).ok_or_else(RpcError::lgr_not_found)
 }
 
-fn account_info(node: &Arc<Node>, params: &Map<String, Json>) -> RpcResult {
+fn account_info(node: &Arc<Node>, params: &Map<String, Json>, api: u32) -> RpcResult {
     let id = param_account(params, "account")?;
+    let signer_lists = match params.get("signer_lists") {
+        None => false,
+        Some(Json::Bool(b)) => *b,
+        Some(_) if api >= 2 => return Err(RpcError::invalid_params("Invalid parameters.")),
+        Some(_) => false,
+    };
     let v = view(node, params)?;
     let key = index::account_root(&id);
     let acct = v.state.get(&key).ok_or_else(|| {
@@ -546,7 +553,27 @@ fn account_info(node: &Arc<Node>, params: &Map<String, Json>) -> RpcResult {
     })?;
     let flags = acct.u32("Flags").unwrap_or(0);
     let mut out = Map::new();
-    out.insert("account_data".into(), entry_json(&key, acct));
+    let mut data = entry_json(&key, acct);
+    if signer_lists {
+        // An array, for the several lists rippled may one day keep; in `account_data`
+        // for API version 1, beside it from version 2 on.
+        let list_key = index::signer_list(&id);
+        let lists: Vec<Json> = v
+            .state
+            .get(&list_key)
+            .map(|l| entry_json(&list_key, l))
+            .into_iter()
+            .collect();
+        match (api, &mut data) {
+            (1, Json::Object(d)) => {
+                d.insert("signer_lists".into(), Json::Array(lists));
+            }
+            _ => {
+                out.insert("signer_lists".into(), Json::Array(lists));
+            }
+        }
+    }
+    out.insert("account_data".into(), data);
     out.insert(
         "account_flags".into(),
         json!({
@@ -588,6 +615,7 @@ fn account_objects(node: &Arc<Node>, params: &Map<String, Json>) -> RpcResult {
         Some("nft_offer") => Some(0x37),
         Some("nft_page") => Some(0x50),
         Some("account") => Some(0x61),
+        Some("signer_list") => Some(0x53),
         Some(other) => {
             return Err(RpcError::invalid_params(format!(
                 "Invalid field 'type': {other:?} is not a type localnet keeps"
@@ -865,10 +893,10 @@ pub fn submit_blob(node: &Arc<Node>, blob: Vec<u8>) -> RpcResult {
             engine::SUPPORTED_TYPES.join(", ")
         )));
     }
-    if !xtx::check_signature(&tx) {
-        return Err(RpcError::invalid_transaction(
-            "fails local checks: Invalid signature.",
-        ));
+    if let Err(reason) = xtx::verify_signatures(&tx) {
+        return Err(RpcError::invalid_transaction(format!(
+            "fails local checks: {reason}"
+        )));
     }
     if let Some(reason) = engine::memo_problem(&tx) {
         return Err(RpcError::invalid_transaction(format!(
@@ -923,6 +951,115 @@ fn submit(node: &Arc<Node>, params: &Map<String, Json>) -> RpcResult {
     let blob = hex::decode(s)
         .map_err(|_| RpcError::invalid_params("Invalid field 'tx_blob', not hex."))?;
     submit_blob(node, blob)
+}
+
+/// `submit_multisigned`: a multi-signed transaction as `tx_json`, checked the way
+/// rippled's `transactionSubmitMultiSigned` does (fields, then the Signers sorted by
+/// account, no duplicates, not the transaction's account), then submitted as `submit`
+/// does.
+fn submit_multisigned(node: &Arc<Node>, params: &Map<String, Json>) -> RpcResult {
+    let missing = |f: &str| RpcError::invalid_params(format!("Missing field '{f}'."));
+    let tx_json = params.get("tx_json").ok_or_else(|| missing("tx_json"))?;
+    let fields = tx_json
+        .as_object()
+        .ok_or_else(|| RpcError::invalid_params("Invalid field 'tx_json', not object."))?;
+    for f in [
+        "Sequence",
+        "SigningPubKey",
+        "Account",
+        "TransactionType",
+        "Fee",
+    ] {
+        if !fields.contains_key(f) {
+            return Err(missing(&format!("tx_json.{f}")));
+        }
+    }
+    if fields.get("SigningPubKey") != Some(&json!("")) {
+        return Err(RpcError::invalid_params(
+            "When multi-signing 'tx_json.SigningPubKey' must be empty.",
+        ));
+    }
+    let account = fields
+        .get("Account")
+        .and_then(Json::as_str)
+        .and_then(|a| decode_account_id(a).ok())
+        .ok_or_else(|| RpcError::new("srcActMalformed", 65, "Source account is malformed."))?;
+    let current = node
+        .view(LedgerSel::Current)
+        .ok_or_else(|| RpcError::internal("no open ledger"))?;
+    if current.state.account(&account).is_none() {
+        return Err(RpcError::new(
+            "srcActNotFound",
+            67,
+            "Source account not found.",
+        ));
+    }
+    let mut tx =
+        StObject::from_json(tx_json).map_err(|e| RpcError::invalid_params(e.to_string()))?;
+    if tx.contains("TxnSignature") {
+        return Err(RpcError::new(
+            "signingMalformed",
+            63,
+            "Signing of transaction is malformed.",
+        ));
+    }
+    match tx.amount("Fee") {
+        Some(Amount::Drops(d)) if *d > 0 => {}
+        Some(Amount::Drops(_)) => {
+            return Err(RpcError::invalid_params(
+                "Invalid Fee field.  Fees must be greater than zero.",
+            ))
+        }
+        _ => {
+            return Err(RpcError::invalid_params(
+                "Invalid Fee field.  Fees must be specified in XRP.",
+            ))
+        }
+    }
+    let mut signers = match tx.remove("Signers") {
+        Some(Value::Array(items)) => items,
+        _ => return Err(missing("tx_json.Signers")),
+    };
+    if signers.is_empty() {
+        return Err(RpcError::invalid_params(
+            "tx_json.Signers array may not be empty.",
+        ));
+    }
+    // A Signer object has these three fields and no others.
+    let well_formed = signers.iter().all(|(f, o)| {
+        f.name == "Signer"
+            && o.fields().count() == 3
+            && ["Account", "SigningPubKey", "TxnSignature"]
+                .iter()
+                .all(|n| o.contains(n))
+    });
+    if !well_formed {
+        return Err(RpcError::invalid_params(
+            "Signers array may only contain Signer entries.",
+        ));
+    }
+    signers.sort_by_key(|(_, o)| o.account("Account"));
+    if let Some(w) = signers
+        .windows(2)
+        .find(|w| w[0].1.account("Account") == w[1].1.account("Account"))
+    {
+        let dup = w[0].1.account("Account").unwrap_or_default();
+        return Err(RpcError::invalid_params(format!(
+            "Duplicate Signers:Signer:Account entries ({}) are not allowed.",
+            encode_account_id(&dup)
+        )));
+    }
+    if signers
+        .iter()
+        .any(|(_, o)| o.account("Account") == Some(account))
+    {
+        return Err(RpcError::invalid_params(format!(
+            "A Signer may not be the transaction's Account ({}).",
+            encode_account_id(&account)
+        )));
+    }
+    tx.set("Signers", Value::Array(signers));
+    submit_blob(node, tx.to_bytes())
 }
 
 /// Localnet's convenience: a payment from the genesis account, signed by the server.

@@ -127,16 +127,23 @@ impl State {
             .collect()
     }
 
-    /// Keys of objects an account owns (offers and NFT pages).
+    /// Keys of objects an account owns (offers, NFT pages and its signer list).
     pub fn owned(&self, account: &[u8; 20]) -> Vec<Key> {
         let a = pad_account(account);
-        self.indexes
+        let mut keys: Vec<Key> = self
+            .indexes
             .range(IndexEntry::Owned(a, [0; 32])..=IndexEntry::Owned(a, [0xFF; 32]))
             .filter_map(|e| match e {
                 IndexEntry::Owned(_, k) => Some(*k),
                 IndexEntry::TokenOffer(..) => None,
             })
-            .collect()
+            .collect();
+        // A SignerList names no owner; its key is the owner's keylet.
+        let list = index::signer_list(account);
+        if self.objects.contains_key(&list) {
+            keys.push(list);
+        }
+        keys
     }
 
     /// Every object, in key order.

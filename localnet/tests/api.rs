@@ -530,11 +530,21 @@ async fn regular_key_signs_and_master_can_be_disabled() {
         )
         .await;
     assert_eq!(result_of(&t), "tesSUCCESS");
+    // Only the master key may disable itself (rippled's tecNEED_MASTER_KEY).
     let seq = c.sequence(&alice.address()).await;
     let r = c
         .submit_result(&regular, json!({"TransactionType": "AccountSet", "Account": alice.address(), "SetFlag": 4, "Sequence": seq}))
         .await;
+    assert_eq!(r, "tecNEED_MASTER_KEY");
+    c.close_ledger().await;
+    let r = c
+        .submit_result(
+            &alice,
+            json!({"TransactionType": "AccountSet", "SetFlag": 4}),
+        )
+        .await;
     assert_eq!(r, "tesSUCCESS");
+    c.close_ledger().await;
     let r = c
         .submit_result(
             &alice,
@@ -542,6 +552,11 @@ async fn regular_key_signs_and_master_can_be_disabled() {
         )
         .await;
     assert_eq!(r, "tefMASTER_DISABLED");
+    let seq = c.sequence(&alice.address()).await;
+    let r = c
+        .submit_result(&regular, json!({"TransactionType": "AccountSet", "Account": alice.address(), "Domain": "AA", "Sequence": seq}))
+        .await;
+    assert_eq!(r, "tesSUCCESS");
     net.shutdown().await;
 }
 

@@ -11,7 +11,6 @@ import sys
 
 from xrpl.clients import JsonRpcClient, WebsocketClient
 from xrpl.core.addresscodec import decode_classic_address
-from xrpl.core.binarycodec import encode
 from xrpl.core.keypairs import derive_classic_address
 from xrpl.models.requests import AccountInfo, AccountNFTs, NFTSellOffers, Subscribe, Tx
 from xrpl.models.transactions import (
@@ -30,25 +29,7 @@ from xrpl.utils import get_balance_changes, get_nftoken_id, str_to_hex, xrp_to_d
 from xrpl.wallet import Wallet
 from xrpl.constants import CryptoAlgorithm
 
-GENESIS_SEED = "snoPBrXtMeMyMHUVTgbuqAfg1SUTb"
-out = {"checks": []}
-
-
-def fail(msg):
-    print(json.dumps(out, indent=1))
-    print("MISMATCH: " + msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, what):
-    if not cond:
-        fail(what)
-    out["checks"].append(what)
-
-
-def local_hash(signed):
-    blob = bytes.fromhex(encode(signed.to_xrpl()))
-    return hashlib.sha512(b"TXN\x00" + blob).digest()[:32].hex().upper()
+from interop_common import GENESIS_SEED, check, fail, local_hash, out
 
 
 def offer_index(address, sequence):
