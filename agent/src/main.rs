@@ -257,6 +257,11 @@ fn run(config: HostConfig, keys: berth_agent::setup::HostKeys) -> Result<()> {
         let provisioner = berth_provisioner::DockerProvisioner::connect(provisioner_config)
             .await
             .context("cannot connect to the Docker engine")?;
+        // Before anything is sold: a host set to block private egress does not start open.
+        provisioner
+            .secure_network()
+            .await
+            .context("cannot set up the instances' network")?;
         berth_agent::run::run(
             config,
             keys,

@@ -27,9 +27,10 @@ use std::time::Duration;
 use berth_mb_xrpl::history::account_history;
 use berth_mb_xrpl::{Client, ClientConfig, StreamEvent, SubmitConfig, Submitter};
 use berth_provisioner::{
-    HostResources, InstanceState, PortRange, Provisioner, ProvisionerConfig, ReconcileAction,
+    EgressPolicy, HostResources, InstanceState, PortRange, Provisioner, ProvisionerConfig,
+    ReconcileAction,
 };
-use berth_schemas::config::HostConfig;
+use berth_schemas::config::{HostConfig, PrivateEgress};
 use berth_schemas::field::AccountAddress;
 use berth_schemas::memo::Message;
 use berth_schemas::message::{Heartbeat, HostInfo};
@@ -186,6 +187,12 @@ pub fn provisioner_config(config: &HostConfig) -> ProvisionerConfig {
         PortRange::new(config.ports.peer.first, config.ports.peer.last),
     );
     provisioner.pids_limit = i64::try_from(config.runtime.pids_limit.get()).unwrap_or(i64::MAX);
+    provisioner.egress = match config.runtime.private_egress {
+        PrivateEgress::Block => EgressPolicy::Block,
+        PrivateEgress::BlockIfPossible => EgressPolicy::BlockIfPossible,
+        PrivateEgress::Allow => EgressPolicy::Allow,
+    };
+    provisioner.egress_allow = config.runtime.egress_allow.clone();
     provisioner
 }
 

@@ -192,6 +192,7 @@ pub async fn prepare_bundle(
     staged: StagedBundle,
     fs: &ContractFs,
     limits: &BootstrapSection,
+    jail: &crate::exec::Jail,
 ) -> Result<PreparedBundle, BundleError> {
     let staged = staged.0;
     let next = fs.next();
@@ -203,7 +204,7 @@ pub async fn prepare_bundle(
         copy_tree(&staged.dir, &next).map_err(io("copying the bundle"))?;
         if staged.has_install {
             let secs = limits.install_timeout_secs;
-            match crate::exec::run_script(&next, "install.sh", &[], Duration::from_secs(secs))
+            match crate::exec::run_script(jail, &next, "install.sh", &[], Duration::from_secs(secs))
                 .await?
             {
                 Some(0) => {}
@@ -259,9 +260,10 @@ pub async fn install_bundle(
     fs: &ContractFs,
     limits: &BootstrapSection,
     contract: &mut ContractSection,
+    jail: &crate::exec::Jail,
 ) -> Result<(), BundleError> {
     let staged = stage_bundle(zip_bytes, fs, limits)?;
-    let prepared = prepare_bundle(staged, fs, limits).await?;
+    let prepared = prepare_bundle(staged, fs, limits, jail).await?;
     commit_bundle(prepared, fs, contract)
 }
 

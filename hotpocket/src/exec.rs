@@ -2,7 +2,8 @@
 //! memory file with `[offset, length]` per user, a length-prefixed output socket per user,
 //! control and NPL sockets, `exec_timeout` enforced by killing the process group, and the
 //! `round_limits` applied by a small wrapper (`hotpocket exec-contract`) that sets rlimits on
-//! itself and then execs the contract.
+//! itself, hides the node's own files with Landlock (`crate::confine`), and then execs the
+//! contract ([`Jail`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,8 +45,8 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> ExecError {
 /// How the contract is started.
 #[derive(Debug, Clone)]
 pub struct ContractCommand {
-    /// The `hotpocket` executable, used as the rlimit wrapper.
-    pub wrapper: PathBuf,
+    /// How the contract is started and confined.
+    pub jail: Jail,
     /// Working directory: the contract's state directory.
     pub state_dir: PathBuf,
     pub bin_path: String,
@@ -420,40 +421,66 @@ fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), ExecError> {
     })
 }
 
-/// The contract's command line; through the rlimit wrapper only when a limit is set.
-fn wrapped_command(cmd: &ContractCommand) -> tokio::process::Command {
-    let program = cmd.state_dir.join(&cmd.bin_path);
-    let limited = cmd.limits.proc_cpu_seconds > 0
-        || cmd.limits.proc_mem_bytes > 0
-        || cmd.limits.proc_ofd_count > 0;
-    let mut command = if limited {
-        let mut command = tokio::process::Command::new(&cmd.wrapper);
+/// How contract processes (the contract, `install.sh`, `post_exec.sh`) are started: through
+/// `hotpocket exec-contract`, which applies the round's rlimits and, where the kernel offers
+/// Landlock, hides the node's directory from them (`crate::confine`), then execs.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    /// The `hotpocket` executable.
+    pub wrapper: PathBuf,
+    /// The node's directory (absolute), hidden from contract processes except their working
+    /// directory and `../patch.cfg`; None where Landlock is unavailable (the node said so at
+    /// start).
+    pub hide: Option<PathBuf>,
+}
+
+impl Jail {
+    /// `program` (then the caller's arguments) run in `cwd` through the wrapper, with `limits`.
+    fn command(&self, cwd: &Path, limits: &ProcLimits, program: &Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.wrapper);
         command
             .arg("exec-contract")
             .arg("--cpu-seconds")
-            .arg(cmd.limits.proc_cpu_seconds.to_string())
+            .arg(limits.cpu_seconds.to_string())
             .arg("--mem-bytes")
-            .arg(cmd.limits.proc_mem_bytes.to_string())
+            .arg(limits.mem_bytes.to_string())
             .arg("--open-files")
-            .arg(cmd.limits.proc_ofd_count.to_string())
-            .arg("--")
-            .arg(program);
+            .arg(limits.open_files.to_string());
+        if let Some(hide) = &self.hide {
+            command.arg("--hide").arg(hide).arg("--writable").arg(cwd);
+            if let Some(contract_fs) = cwd.parent() {
+                command.arg("--rw-file").arg(contract_fs.join("patch.cfg"));
+            }
+        }
         command
-    } else {
-        tokio::process::Command::new(program)
+            .arg("--")
+            .arg(program)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        command
+    }
+}
+
+/// The contract's command line, through the wrapper.
+fn wrapped_command(cmd: &ContractCommand) -> tokio::process::Command {
+    let limits = ProcLimits {
+        cpu_seconds: cmd.limits.proc_cpu_seconds,
+        mem_bytes: cmd.limits.proc_mem_bytes,
+        open_files: cmd.limits.proc_ofd_count,
     };
+    let mut command = cmd
+        .jail
+        .command(&cmd.state_dir, &limits, &cmd.state_dir.join(&cmd.bin_path));
+    // Read by the runtime and passed on within a budget (`contract_log`).
     command
         .args(cmd.bin_args.split_whitespace())
-        .current_dir(&cmd.state_dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .envs(&cmd.environment)
-        .stdin(Stdio::piped())
-        // Read by the runtime and passed on within a budget (`contract_log`).
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stdin(Stdio::piped());
     command
 }
 
@@ -580,23 +607,14 @@ pub fn exec_with_limits(limits: ProcLimits, program: &str, args: &[String]) -> s
 /// Runs `/bin/sh <script> <args…>` in `dir` with a timeout (install.sh, post_exec.sh);
 /// returns the exit code, or None when it timed out and was killed.
 pub async fn run_script(
+    jail: &Jail,
     dir: &Path,
     script: &str,
     args: &[String],
     timeout: Duration,
 ) -> Result<Option<i32>, ExecError> {
-    let mut command = tokio::process::Command::new("/bin/sh");
-    command
-        .arg(script)
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut command = jail.command(dir, &ProcLimits::default(), Path::new("/bin/sh"));
+    command.arg(script).args(args).stdin(Stdio::null());
     let mut child = command.spawn().map_err(io("starting a script"))?;
     let log_tasks = forward_output(&mut child, "script");
     let pid = child.id();

@@ -19,6 +19,7 @@ use berth_hotpocket_client::protocol;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod confine;
 pub mod consensus;
 pub mod contract_log;
 pub mod exec;

@@ -138,7 +138,8 @@ enum Command {
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
     },
-    /// Internal: apply round limits to this process and exec the contract.
+    /// Internal: apply round limits and the file-system confinement to this process and exec
+    /// the contract (or a bootstrap script).
     #[command(hide = true)]
     ExecContract {
         #[arg(long, default_value_t = 0)]
@@ -147,6 +148,16 @@ enum Command {
         mem_bytes: u64,
         #[arg(long, default_value_t = 0)]
         open_files: u64,
+        /// The node directory to hide (Landlock); only `--writable` and `--rw-file` in it stay
+        /// reachable.
+        #[arg(long)]
+        hide: Option<PathBuf>,
+        /// The directory the process may change (its working directory).
+        #[arg(long, requires = "hide")]
+        writable: Option<PathBuf>,
+        /// A file in the hidden directory the process may read and write (`patch.cfg`).
+        #[arg(long = "rw-file", requires = "hide")]
+        rw_files: Vec<PathBuf>,
         program: String,
         args: Vec<String>,
     },
@@ -158,10 +169,31 @@ fn main() -> ExitCode {
         cpu_seconds,
         mem_bytes,
         open_files,
+        hide,
+        writable,
+        rw_files,
         program,
         args,
     } = cli.command
     {
+        if let Some(hidden) = hide {
+            let writable = match writable.map_or_else(std::env::current_dir, Ok) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    eprintln!("hotpocket: confining contract `{program}`: working directory: {e}");
+                    return ExitCode::from(126);
+                }
+            };
+            let confinement = berth_hotpocket::confine::Confinement {
+                hidden,
+                writable,
+                rw_files,
+            };
+            if let Err(e) = berth_hotpocket::confine::confine_self(&confinement) {
+                eprintln!("hotpocket: confining contract `{program}`: {e}");
+                return ExitCode::from(126);
+            }
+        }
         let limits = ProcLimits {
             cpu_seconds,
             mem_bytes,

@@ -36,6 +36,11 @@ pub enum NodeError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Peer(#[from] crate::peer::net::PeerError),
+    #[error("node directory `{}`", path.display())]
+    NodeDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("binding the user port {addr}")]
     Bind {
         addr: String,
@@ -104,7 +109,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Connections (handshakes and sessions) per source address.
     pub per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
-    pub wrapper: PathBuf,
+    /// How contract processes are started and confined.
+    pub jail: crate::exec::Jail,
     pub fs: ContractFs,
     pub read_slots: tokio::sync::Semaphore,
     pub net: PeerNet,
@@ -274,7 +280,7 @@ impl Shared {
             contract.round_limits.exec_timeout
         };
         ContractCommand {
-            wrapper: self.wrapper.clone(),
+            jail: self.jail.clone(),
             state_dir: self.fs.state_dir(),
             bin_path: contract.bin_path.clone(),
             bin_args: contract.bin_args.clone(),
@@ -451,6 +457,34 @@ fn max_peer_frame(cfg: &NodeConfig) -> usize {
 }
 
 /// Builds the node (store, TLS, user and peer ports) and spawns its tasks.
+/// How this node starts contract processes: through its own executable, hiding the node
+/// directory from them where the kernel offers Landlock (logged either way).
+fn jail(opts: &StartOptions) -> Result<crate::exec::Jail, NodeError> {
+    let abi = crate::confine::probe();
+    let hide = if abi > 0 {
+        let dir = opts
+            .state_dir
+            .canonicalize()
+            .map_err(|source| NodeError::NodeDir {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
+        tracing::info!(landlock_abi = abi, node_dir = %dir.display(),
+            "contract confinement: the contract may change only its state and ../patch.cfg");
+        Some(dir)
+    } else {
+        tracing::warn!(
+            "contract confinement unavailable (no Landlock in this kernel, or refused by the \
+             seccomp profile): the contract can reach the node's own files"
+        );
+        None
+    };
+    Ok(crate::exec::Jail {
+        wrapper: opts.wrapper.clone(),
+        hide,
+    })
+}
+
 pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, NodeError> {
     cfg.validate()?;
     let signing_key = cfg.signing_key()?;
@@ -532,7 +566,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         limits,
         started: std::time::Instant::now(),
         per_ip: Mutex::new(HashMap::new()),
-        wrapper: opts.wrapper.clone(),
+        jail: jail(&opts)?,
         fs,
         read_slots: tokio::sync::Semaphore::new(4),
         net,

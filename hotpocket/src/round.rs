@@ -2139,6 +2139,7 @@ impl RoundLoop {
                     staged,
                     &self.shared.fs,
                     &bootstrap_cfg,
+                    &self.shared.jail,
                 )
                 .await
                 {
@@ -2570,7 +2571,7 @@ impl RoundLoop {
             .shared
             .contract_command(&self.shared.contract())
             .timeout;
-        match exec::run_script(&dir, "post_exec.sh", &args, timeout).await {
+        match exec::run_script(&self.shared.jail, &dir, "post_exec.sh", &args, timeout).await {
             Ok(Some(0)) => {
                 if let Err(e) = std::fs::remove_file(dir.join("post_exec.sh")) {
                     tracing::warn!(error = %berth_log::chain(&e), "removing post_exec.sh failed");

@@ -32,6 +32,25 @@ fn alive(node: &mut Node) -> bool {
     node.child.try_wait().unwrap().is_none()
 }
 
+/// A bundle whose contract is the shell script `contract` (which may `exec ./echo`, the echo
+/// example beside it), with `install.sh` when given.
+fn script_bundle(contract: Vec<u8>, install: Option<Vec<u8>>) -> Vec<u8> {
+    let config = serde_json::json!({"bin_path": "contract", "version": "1.0"});
+    let mut files = vec![
+        ("contract.config", config.to_string().into_bytes(), 0o644),
+        ("contract", contract, 0o755),
+        (
+            "echo",
+            std::fs::read(example_bin("echo-contract")).unwrap(),
+            0o755,
+        ),
+    ];
+    if let Some(install) = install {
+        files.push(("install.sh", install, 0o755));
+    }
+    zip_of(&files)
+}
+
 /// A throw-away key from a counter.
 fn throwaway(i: u32) -> SigningKey {
     let mut seed = [0u8; 32];
@@ -294,6 +313,59 @@ async fn a_fifo_and_an_unreadable_file_in_the_state_neither_block_nor_stop_the_n
 }
 
 #[tokio::test]
+async fn the_contract_and_install_sh_cannot_touch_the_nodes_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner_key = key(1);
+    let node = Node::create(dir.path(), &owner_key, 200);
+    // Each step writes what it could do into its own state; the contract then echoes.
+    let attempts = |label: &str, node_dir: &str| {
+        format!(
+            "r=\"{label}\"\n\
+             if echo pwn >> {node_dir}/hp.cfg 2>/dev/null; then r=\"$r hp.cfg:written\"; else r=\"$r hp.cfg:denied\"; fi\n\
+             if cat {node_dir}/hp.cfg >/dev/null 2>&1; then r=\"$r hp.cfg-read:yes\"; else r=\"$r hp.cfg-read:denied\"; fi\n\
+             if echo pwn >> {node_dir}/ledger.sqlite 2>/dev/null; then r=\"$r ledger:written\"; else r=\"$r ledger:denied\"; fi\n\
+             if ls {node_dir}/tls >/dev/null 2>&1; then r=\"$r tls:listed\"; else r=\"$r tls:denied\"; fi\n\
+             if echo ok > own-file; then r=\"$r own:written\"; fi\n"
+        )
+    };
+    let install = format!(
+        "#!/bin/sh\n{}echo \"$r\" > install-probe.txt\n",
+        attempts("install", "../..")
+    );
+    let contract = format!(
+        "#!/bin/sh\n{}\
+         if cp ../patch.cfg p && cat p > ../patch.cfg; then r=\"$r patch.cfg:rewritten\"; fi\n\
+         echo \"$r\" > contract-probe.txt\nexec ./echo \"$@\"\n",
+        attempts("contract", "../..")
+    );
+    let zip = script_bundle(contract.into_bytes(), Some(install.into_bytes()));
+    let owner = install_bundle(&node, &owner_key, &zip).await;
+    let out = owner.submit_and_wait(b"after the attempts").await.unwrap();
+    assert!(
+        !out.outputs.is_empty(),
+        "the contract still runs and answers"
+    );
+    let state = dir.path().join("contract_fs/state");
+    let install_probe = std::fs::read_to_string(state.join("install-probe.txt")).unwrap();
+    assert_eq!(
+        install_probe.trim(),
+        "install hp.cfg:denied hp.cfg-read:denied ledger:denied tls:denied own:written"
+    );
+    let contract_probe = std::fs::read_to_string(state.join("contract-probe.txt")).unwrap();
+    assert_eq!(
+        contract_probe.trim(),
+        "contract hp.cfg:denied hp.cfg-read:denied ledger:denied tls:denied own:written \
+         patch.cfg:rewritten"
+    );
+    // The node rewrote hp.cfg itself (the installed contract's section); nothing else did.
+    let hp_cfg = std::fs::read_to_string(dir.path().join("hp.cfg")).unwrap();
+    assert!(!hp_cfg.contains("pwn"), "{hp_cfg}");
+    // The node's own files still work: more ledgers close and answer.
+    let again = owner.submit_and_wait(b"again").await.unwrap();
+    assert!(again.ledger_seq_no > out.ledger_seq_no);
+}
+
+#[tokio::test]
 async fn a_contract_flooding_its_output_reaches_the_log_only_within_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let owner_key = key(1);
@@ -303,21 +375,7 @@ async fn a_contract_flooding_its_output_reaches_the_log_only_within_the_budget()
     let node = Node::start_with_stderr(dir.path(), log.into());
     // 20 MB to stdout and a 100 kB line to stderr on every run, then the echo contract.
     let flood = b"#!/bin/sh\nyes flooding-the-log | head -c 20000000\nhead -c 100000 /dev/zero | tr '\\0' x >&2\necho >&2\nexec ./echo \"$@\"\n".to_vec();
-    let zip = zip_of(&[
-        (
-            "contract.config",
-            serde_json::json!({"bin_path": "contract", "version": "1.0"})
-                .to_string()
-                .into_bytes(),
-            0o644,
-        ),
-        ("contract", flood, 0o755),
-        (
-            "echo",
-            std::fs::read(example_bin("echo-contract")).unwrap(),
-            0o755,
-        ),
-    ]);
+    let zip = script_bundle(flood, None);
     let owner = install_bundle(&node, &owner_key, &zip).await;
     for _ in 0..2 {
         let out = owner.submit_and_wait(b"still here").await.unwrap();

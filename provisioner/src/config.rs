@@ -169,6 +169,11 @@ pub struct ProvisionerConfig {
     /// (`enable_icc=false`), made when missing and shared by every namespace, so that no
     /// instance reaches another directly, only through the ports they publish.
     pub network: String,
+    /// Whether instances may reach private and link-local networks (see [`crate::egress`]).
+    /// Default: blocked where the rules can be installed.
+    pub egress: crate::egress::EgressPolicy,
+    /// Private networks instances may still reach when they are blocked.
+    pub egress_allow: Vec<crate::egress::Ipv4Net>,
 }
 
 /// The network instances join unless the config names another.
@@ -195,6 +200,8 @@ impl ProvisionerConfig {
             disk_quota: DiskQuotaPolicy::Auto,
             stop_timeout_secs: 10,
             network: DEFAULT_NETWORK.to_owned(),
+            egress: crate::egress::EgressPolicy::BlockIfPossible,
+            egress_allow: Vec::new(),
         }
     }
 

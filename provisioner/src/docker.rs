@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{DiskQuotaPolicy, InstanceLimits, ProvisionerConfig};
+use crate::egress::{self, EgressPolicy, EgressStatus};
 use crate::error::{is_conflict, is_not_found, is_not_modified, Operation, ProvisionError};
 use crate::image::{ensure_image, ImageOutcome, ImageSpec};
 use crate::ports::{self, InstancePorts};
@@ -37,6 +38,8 @@ pub struct DockerProvisioner {
     limits: InstanceLimits,
     storage_driver: String,
     disk_mode: DiskQuotaMode,
+    /// What was done about instances' egress, once per provisioner (`secure_network`).
+    egress: std::sync::Arc<tokio::sync::OnceCell<EgressStatus>>,
 }
 
 impl DockerProvisioner {
@@ -80,11 +83,92 @@ impl DockerProvisioner {
             limits,
             storage_driver,
             disk_mode,
+            egress: Default::default(),
         })
     }
 
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Makes the instances' network and, as `config.egress` says, the rules that keep
+    /// instances off private and link-local networks ([`crate::egress`]). Done once per
+    /// provisioner; later calls return what the first one did. `Block` fails when the rules
+    /// cannot be installed; `BlockIfPossible` reports it in the status.
+    pub async fn secure_network(&self) -> Result<EgressStatus, ProvisionError> {
+        self.ensure_network().await?;
+        self.egress
+            .get_or_try_init(|| async {
+                let policy = self.config.egress;
+                if policy == EgressPolicy::Allow {
+                    return Ok(EgressStatus::NotFiltered);
+                }
+                let installed = match self.bridge_of(&self.config.network).await {
+                    Ok(bridge) => egress::install(
+                        &egress::SystemIptables,
+                        &bridge,
+                        &self.config.egress_allow,
+                    )
+                    .await
+                    .map(|()| bridge),
+                    Err(e) => Err(e.to_string()),
+                };
+                match installed {
+                    Ok(bridge) => {
+                        let status = EgressStatus::Filtered {
+                            bridge,
+                            allowed: self.config.egress_allow.clone(),
+                        };
+                        tracing::info!(network = self.config.network, %status, "instances' egress");
+                        Ok(status)
+                    }
+                    Err(reason) if policy == EgressPolicy::BlockIfPossible => {
+                        tracing::warn!(network = self.config.network, reason,
+                            "instances can reach private networks: the egress rules could not be installed");
+                        Ok(EgressStatus::Failed { reason })
+                    }
+                    Err(reason) => Err(ProvisionError::Egress {
+                        network: self.config.network.clone(),
+                        reason,
+                    }),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    async fn inspect_network(
+        &self,
+        name: &str,
+    ) -> Result<bollard::models::NetworkInspect, ProvisionError> {
+        self.docker
+            .inspect_network(name, None)
+            .await
+            .map_err(|source| ProvisionError::EngineNamespace {
+                namespace: self.config.namespace.clone(),
+                op: Operation::Inspect,
+                source,
+            })
+    }
+
+    /// The Linux bridge of a Docker network: its `bridge.name` option, else `br-<id prefix>`.
+    async fn bridge_of(&self, network: &str) -> Result<String, ProvisionError> {
+        let inspected = self.inspect_network(network).await?;
+        if let Some(name) = inspected
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name"))
+        {
+            return Ok(name.clone());
+        }
+        let id = inspected.id.unwrap_or_default();
+        match id.get(..12) {
+            Some(prefix) => Ok(format!("br-{prefix}")),
+            None => Err(ProvisionError::Egress {
+                network: network.to_owned(),
+                reason: format!("the engine gave the network an unexpected id `{id}`"),
+            }),
+        }
     }
 
     /// Makes the instances' network (a bridge with `enable_icc=false`) when it is missing.
@@ -132,15 +216,7 @@ impl DockerProvisioner {
     /// that containers on the bridge reach (published ports included). `None` when the
     /// engine names none.
     pub async fn bridge_gateway(&self) -> Result<Option<std::net::IpAddr>, ProvisionError> {
-        let network = self
-            .docker
-            .inspect_network("bridge", None)
-            .await
-            .map_err(|source| ProvisionError::EngineNamespace {
-                namespace: self.config.namespace.clone(),
-                op: Operation::Inspect,
-                source,
-            })?;
+        let network = self.inspect_network("bridge").await?;
         Ok(network
             .ipam
             .and_then(|ipam| ipam.config)
@@ -387,7 +463,7 @@ impl DockerProvisioner {
         existing: &[InstanceSummary],
     ) -> Result<(), ProvisionError> {
         spec.validate()?;
-        self.ensure_network().await?;
+        self.secure_network().await?;
         for (range, port, field) in [
             (self.config.user_ports, spec.ports.user, "user port"),
             (self.config.peer_ports, spec.ports.peer, "peer port"),

@@ -77,6 +77,8 @@ pub enum ProvisionError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("cannot keep the instances of network {network} off private networks: {reason} (set runtime.private_egress = \"allow\" to run without)")]
+    Egress { network: String, reason: String },
     #[error("instance {instance} does not exist")]
     NotFound { instance: String },
     #[error("instance {instance} already exists")]

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod docker;
+pub mod egress;
 pub mod error;
 #[cfg(feature = "test-support")]
 pub mod fake;
@@ -23,6 +24,7 @@ pub mod spec;
 
 pub use config::{DiskQuotaPolicy, HostResources, InstanceLimits, PortRange, ProvisionerConfig};
 pub use docker::DockerProvisioner;
+pub use egress::{EgressPolicy, EgressStatus};
 pub use error::{ConfigError, Operation, ProvisionError};
 #[cfg(feature = "test-support")]
 pub use fake::{Call, RecordingProvisioner};

@@ -754,3 +754,114 @@ async fn instances_cannot_reach_each_other_directly() {
     assert!(out.contains("unreachable"), "{out}");
     common::cleanup(&h.docker, &h.provisioner.config().namespace).await;
 }
+
+/// A private address outside Docker: a network namespace behind a veth pair, host side
+/// `10.214.<n>.1/30`, namespace side `10.214.<n>.2/30` (nothing listens there, so a
+/// connection that gets through is refused by the namespace's kernel). Removed when dropped.
+struct PrivateNet {
+    ns: String,
+    peer: String,
+}
+
+impl PrivateNet {
+    fn create(n: u8) -> PrivateNet {
+        let id = std::process::id() % 100_000;
+        let ns = format!("berth-egress-{id}");
+        let (host, inner) = (format!("bge{id}h"), format!("bge{id}n"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (host_ip, inner_ip) = (format!("10.214.{n}.1/30"), format!("10.214.{n}.2/30"));
+        run(&["netns", "add", &ns]);
+        let net = PrivateNet {
+            ns: ns.clone(),
+            peer: format!("10.214.{n}.2"),
+        };
+        run(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
+        run(&["link", "set", &inner, "netns", &ns]);
+        run(&["addr", "add", &host_ip, "dev", &host]);
+        run(&["link", "set", &host, "up"]);
+        run(&[
+            "netns", "exec", &ns, "ip", "addr", "add", &inner_ip, "dev", &inner,
+        ]);
+        run(&["netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
+        run(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        let gateway = format!("10.214.{n}.1");
+        run(&[
+            "netns", "exec", &ns, "ip", "route", "add", "default", "via", &gateway,
+        ]);
+        net
+    }
+}
+
+impl Drop for PrivateNet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and so both.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn instances_cannot_reach_private_networks_unless_the_host_allows_them() {
+    let mut config = common::config("egress", 22000, common::resources(1));
+    config.egress = berth_provisioner::EgressPolicy::Block;
+    let Some(h) = Harness::new(config.clone()).await else {
+        return;
+    };
+    let private = PrivateNet::create(77);
+    let spec = h.specs("eg", 1).await.remove(0);
+    h.provisioner.create(&spec).await.unwrap();
+    h.provisioner.start(&spec.name).await.unwrap();
+    assert!(h.wait_answering(spec.ports.user, 20).await);
+    let status = h.provisioner.secure_network().await.unwrap();
+    assert!(
+        matches!(status, berth_provisioner::EgressStatus::Filtered { .. }),
+        "{status}"
+    );
+    let target = format!("{}:9", private.peer);
+    let probe = ["/probe", "connect", target.as_str()];
+    let connect = || h.exec(&spec.name, &probe);
+
+    // Blocked: the host answers "prohibited" for the private address.
+    let (code, out) = connect().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("unreachable") && !out.contains("refused"),
+        "{out}"
+    );
+
+    // The host allows that network: the packet now reaches the namespace, whose kernel
+    // refuses the connection (nothing listens), so the path is open.
+    let mut allowing = config.clone();
+    allowing.egress_allow = vec!["10.214.77.0/30".parse().unwrap()];
+    let again = berth_provisioner::DockerProvisioner::connect(allowing)
+        .await
+        .unwrap();
+    again.secure_network().await.unwrap();
+    let (code, out) = connect().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refused"),
+        "reached the allowed network: {out}"
+    );
+
+    // And back to the default: blocked again.
+    let blocking = berth_provisioner::DockerProvisioner::connect(config)
+        .await
+        .unwrap();
+    blocking.secure_network().await.unwrap();
+    let (_, out) = connect().await;
+    assert!(!out.contains("refused"), "{out}");
+    common::cleanup(&h.docker, &h.provisioner.config().namespace).await;
+}

@@ -934,6 +934,8 @@ async fn connect_provisioner(
     let mut provisioner_config = provisioner_config(&draft);
     provisioner_config.namespace = namespace.to_owned();
     provisioner_config.host_ip = address;
+    // The sandbox also runs without root (no iptables): block where it can, say so otherwise.
+    provisioner_config.egress = berth_provisioner::EgressPolicy::BlockIfPossible;
     let endpoint =
         || std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_DOCKER_SOCKET.to_owned());
     match tokio::time::timeout(

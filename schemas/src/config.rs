@@ -256,6 +256,26 @@ pub struct Runtime {
     /// refunded. Default 100.
     #[serde(default = "default_min_roundtime_ms")]
     pub min_roundtime_ms: NonZeroU32,
+    /// Whether instances may reach private and link-local networks (RFC 1918, 100.64.0.0/10,
+    /// 169.254.0.0/16 …) through the host: `"block"` (default) installs firewall rules for the
+    /// instances' network at start and refuses to start when it cannot (it needs root and
+    /// iptables); `"block-if-possible"` warns instead; `"allow"` installs none.
+    #[serde(default)]
+    pub private_egress: PrivateEgress,
+    /// Private networks instances may still reach when they are blocked, e.g.
+    /// `["192.168.1.0/24"]` when a ledger node or cluster peers are on the host's LAN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<ipnet::Ipv4Net>,
+}
+
+/// `runtime.private_egress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrivateEgress {
+    #[default]
+    Block,
+    BlockIfPossible,
+    Allow,
 }
 
 fn default_min_roundtime_ms() -> NonZeroU32 {
@@ -270,6 +290,8 @@ impl Default for Runtime {
             pids_limit: default_pids_limit(),
             node_image: None,
             min_roundtime_ms: default_min_roundtime_ms(),
+            private_egress: PrivateEgress::default(),
+            egress_allow: Vec::new(),
         }
     }
 }

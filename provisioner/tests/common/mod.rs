@@ -37,15 +37,19 @@ pub struct Harness {
     pub namespace: String,
 }
 
+/// A test namespace's config. Egress is left unfiltered: the iptables chain is one for the
+/// whole engine, and only the egress test may rewrite it while the others run.
 pub fn config(tag: &str, base_port: u16, resources: HostResources) -> ProvisionerConfig {
     let namespace = format!("bpt-{}-{tag}", std::process::id());
     let slots = u16::try_from(resources.instances).unwrap();
-    ProvisionerConfig::new(
+    let mut config = ProvisionerConfig::new(
         namespace,
         resources,
         PortRange::new(base_port, base_port + slots + 9),
         PortRange::new(base_port + 50, base_port + 50 + slots + 9),
-    )
+    );
+    config.egress = berth_provisioner::EgressPolicy::Allow;
+    config
 }
 
 pub fn resources(instances: u32) -> HostResources {
