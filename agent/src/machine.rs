@@ -1178,13 +1178,25 @@ impl Machine {
             Ok(()) => {
                 crate::failpoint::hit("acquire-started");
                 let answer = self.acquire_ok(&lease)?;
-                self.store().transaction(|tx| -> Result<_, StoreError> {
-                    tx.set_lease_state(id, LeaseState::Active)?;
+                let active = self.store().transaction(|tx| -> Result<_, StoreError> {
                     tx.enqueue(answer_key(&lease.purchase_tx), &answer)?;
-                    Ok(())
+                    // A termination may have come while the instance was being made.
+                    if !is_state(tx, id, LeaseState::Provisioning)? {
+                        return Ok(false);
+                    }
+                    tx.set_lease_state(id, LeaseState::Active)?;
+                    Ok(true)
                 })?;
-                info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
-                Ok(())
+                if active {
+                    info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
+                    return Ok(());
+                }
+                // Terminated while its instance was being made: the purchase is answered all
+                // the same, and the instance goes with the lease (its end job may have run
+                // already, before the instance existed).
+                info!(purchase = %lease.purchase_tx, instance = %lease.instance, "lease ended while its instance was made; destroying it");
+                self.destroy(&lease.instance).await?;
+                self.end(id).await
             }
             Err(e) => {
                 self.record_error("provision", &e);
@@ -1195,7 +1207,10 @@ impl Machine {
                 let failure = self.failure(&lease.purchase_tx, &why)?;
                 self.store()
                     .transaction_with(|tx| -> Result<_, MachineError> {
-                        tx.begin_ending(id, None, "provisioning failed")?;
+                        // A lease terminated meanwhile keeps its termination's answer.
+                        if is_state(tx, id, LeaseState::Provisioning)? {
+                            tx.begin_ending(id, None, "provisioning failed")?;
+                        }
                         self.answer(
                             tx,
                             &lease.purchase_tx,
@@ -1259,16 +1274,15 @@ impl Machine {
             return Ok(());
         }
         crate::failpoint::hit("end-begun");
-        self.provisioner
-            .destroy(&lease.instance)
-            .await
-            .map_err(|source| MachineError::Provision {
-                instance: lease.instance.clone(),
-                source,
-            })?;
+        self.destroy(&lease.instance).await?;
         crate::failpoint::hit("end-destroyed");
         self.store()
             .transaction_with(|tx| -> Result<_, MachineError> {
+                // Two jobs may end one lease (its end job and a provisioning job that found
+                // it terminated): the slot is recycled once.
+                if !is_state(tx, id, LeaseState::Ending)? {
+                    return Ok(());
+                }
                 tx.set_lease_state(id, LeaseState::Ended)?;
                 if let Some(request) = &lease.end_request {
                     tx.release(answer_key(request))?;
@@ -1432,6 +1446,25 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Destroys an instance (container and state volume); gone already is fine.
+    async fn destroy(&self, instance: &str) -> Result<(), MachineError> {
+        self.provisioner
+            .destroy(instance)
+            .await
+            .map(drop)
+            .map_err(|source| MachineError::Provision {
+                instance: instance.to_owned(),
+                source,
+            })
+    }
+}
+
+/// Whether lease `id` is in `state` now (inside the transaction that acts on it).
+fn is_state(tx: &Tx<'_>, id: i64, state: LeaseState) -> Result<bool, StoreError> {
+    Ok(tx.lease(id)?.is_some_and(|lease| lease.state == state))
+}
+
 /// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
 /// The `HP_*` variables the hotpocket runtime creates its node config from, for the contract
 /// settings a purchase asked for (`hotpocket run --help` names them).
@@ -1576,13 +1609,7 @@ impl Machine {
             .filter(|p| p.state == PoolState::Creating)
             .collect();
         for pooled in stale {
-            self.provisioner
-                .destroy(&pooled.instance)
-                .await
-                .map_err(|source| MachineError::Provision {
-                    instance: pooled.instance.clone(),
-                    source,
-                })?;
+            self.destroy(&pooled.instance).await?;
             self.store()
                 .transaction(|tx| tx.take_pooled(&pooled.instance))?;
         }
@@ -1643,13 +1670,7 @@ impl Machine {
                     .collect();
                 let _gate = self.jobs_gate.read().await;
                 for pooled in ready {
-                    self.provisioner
-                        .destroy(&pooled.instance)
-                        .await
-                        .map_err(|source| MachineError::Provision {
-                            instance: pooled.instance.clone(),
-                            source,
-                        })?;
+                    self.destroy(&pooled.instance).await?;
                     self.store()
                         .transaction(|tx| tx.take_pooled(&pooled.instance))?;
                     info!(instance = %pooled.instance, "pooled instance removed");
