@@ -172,6 +172,14 @@ pub trait Ledger: Send + Sync {
         tx: &PreparedTx,
         on_resigned: &(dyn for<'p> Fn(&'p PreparedTx) -> Result<(), String> + Send + Sync),
     ) -> Result<TxOutcome, LedgerError>;
+    /// The NFTokenID the prepared mint `mint` gets if no other mint of the host's account
+    /// applies before it: XLS-20 derives it from the flags, transfer fee, issuer, taxon and
+    /// the issuer's next token sequence (`FirstNFTokenSequence + MintedNFTokens`, or the
+    /// mint's own `Sequence` for the account's first mint), read from the current ledger.
+    /// `None` when this ledger cannot tell; the token is then offered once the mint validates.
+    async fn minted_token_id(&self, _mint: &PreparedTx) -> Result<Option<NfTokenId>, LedgerError> {
+        Ok(None)
+    }
     /// The `MessageKey` of an account, when it has an ed25519 one.
     async fn message_key(&self, account: &AccountAddress)
         -> Result<Option<PublicKey>, LedgerError>;

@@ -6,7 +6,9 @@
 //! (catch-up from the cursor) answers nothing twice. Instance names derive from the purchase
 //! hash, so re-running a provisioning job never creates a second instance. Work that outlives
 //! a transaction (creating or destroying an instance) is a [`Job`] that [`Machine::resume`]
-//! finds again from the lease state after a restart.
+//! finds again from the lease state after a restart. A recycled slot's burn, next mint and
+//! (when the mint's token id is known before it validates) offer are queued so that they
+//! validate together ([`Machine::offer_with_mint`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -313,7 +315,10 @@ impl Machine {
         })
     }
 
-    /// Starts burning the slot's token; a fresh one is minted when the burn validates.
+    /// Puts the slot back on sale: queues the burn of its token and, at once, the mint of
+    /// the next one (the slot forgets the old token). The outbox signs them in this order
+    /// with consecutive sequences, and the mint brings its offer
+    /// ([`Machine::offer_with_mint`]), so all of them can validate in one ledger.
     fn recycle(
         &self,
         tx: &Tx<'_>,
@@ -323,21 +328,86 @@ impl Machine {
         let Some(current) = tx.slot(slot)? else {
             return Ok(());
         };
-        match current.token_id {
-            Some(token_id) => {
-                tx.set_slot(slot, SlotState::Burning, Some(&token_id), None)?;
-                tx.enqueue(
-                    OutboxKey::Burn { token: token_id },
-                    &LedgerAction::Burn {
-                        slot,
-                        token_id,
-                        owner: holder.copied(),
-                    },
-                )?;
-            }
-            None => {
-                let generation = tx.next_generation(slot)?;
-                tx.enqueue(mint_key(slot, generation), &self.mint_action(slot))?;
+        if let Some(token_id) = current.token_id {
+            tx.enqueue(
+                OutboxKey::Burn { token: token_id },
+                &LedgerAction::Burn {
+                    slot,
+                    token_id,
+                    owner: holder.copied(),
+                },
+            )?;
+        }
+        let generation = tx.next_generation(slot)?;
+        tx.enqueue(mint_key(slot, generation), &self.mint_action(slot))?;
+        Ok(())
+    }
+
+    fn offer_action(&self, slot: u32, token_id: &NfTokenId) -> LedgerAction {
+        LedgerAction::Offer {
+            slot,
+            token_id: *token_id,
+            amount_drops: self.price(),
+        }
+    }
+
+    /// A mint of `slot` was just signed and will make `token` (no other mint of the host
+    /// is in flight, so its id is known before it validates): the slot is offered with it,
+    /// the offer row queued behind the mint so that the outbox signs it next and both can
+    /// validate in the same ledger. Nothing while draining or when the slot is not waiting
+    /// for this mint. Returns whether the slot is now `offering` the token.
+    pub(crate) fn offer_with_mint(
+        &self,
+        tx: &Tx<'_>,
+        slot: u32,
+        token: &NfTokenId,
+    ) -> Result<bool, StoreError> {
+        if tx.draining()? {
+            return Ok(false);
+        }
+        match tx.slot(slot)? {
+            Some(current) if current.state == SlotState::Minting && current.token_id.is_none() => {}
+            _ => return Ok(false),
+        }
+        tx.set_slot(slot, SlotState::Offering, Some(token), None)?;
+        // The same prediction again (the mint expired and was signed anew): its offer row
+        // goes out again too; a failed one is replaced.
+        let live = tx
+            .outbox(&[
+                OutboxState::Pending,
+                OutboxState::Prepared,
+                OutboxState::Validated,
+            ])?
+            .iter()
+            .any(|row| matches!(&row.action, LedgerAction::Offer { token_id, .. } if token_id == token));
+        if !live {
+            let first = OutboxKey::Offer {
+                token: *token,
+                attempt: 0,
+            };
+            let attempt = if tx.outbox_row(&first.to_string())?.is_some() {
+                crate::store::now_secs()
+            } else {
+                0
+            };
+            tx.enqueue(
+                OutboxKey::Offer {
+                    token: *token,
+                    attempt,
+                },
+                &self.offer_action(slot, token),
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// The mint of `slot` failed or expired: a slot offering the token predicted for it
+    /// waits for a mint again (housekeeping re-queues a failed one; an expired one is signed
+    /// again and predicts again).
+    fn mint_undone(tx: &Tx<'_>, slot: u32) -> Result<(), StoreError> {
+        if let Some(current) = tx.slot(slot)? {
+            if matches!(current.state, SlotState::Offering | SlotState::Offered) {
+                tx.set_slot(slot, SlotState::Minting, None, None)?;
             }
         }
         Ok(())
@@ -1108,13 +1178,25 @@ impl Machine {
             Ok(()) => {
                 crate::failpoint::hit("acquire-started");
                 let answer = self.acquire_ok(&lease)?;
-                self.store().transaction(|tx| -> Result<_, StoreError> {
-                    tx.set_lease_state(id, LeaseState::Active)?;
+                let active = self.store().transaction(|tx| -> Result<_, StoreError> {
                     tx.enqueue(answer_key(&lease.purchase_tx), &answer)?;
-                    Ok(())
+                    // A termination may have come while the instance was being made.
+                    if !is_state(tx, id, LeaseState::Provisioning)? {
+                        return Ok(false);
+                    }
+                    tx.set_lease_state(id, LeaseState::Active)?;
+                    Ok(true)
                 })?;
-                info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
-                Ok(())
+                if active {
+                    info!(purchase = %lease.purchase_tx, instance = %lease.instance, "instance running, acquire-ok queued");
+                    return Ok(());
+                }
+                // Terminated while its instance was being made: the purchase is answered all
+                // the same, and the instance goes with the lease (its end job may have run
+                // already, before the instance existed).
+                info!(purchase = %lease.purchase_tx, instance = %lease.instance, "lease ended while its instance was made; destroying it");
+                self.destroy(&lease.instance).await?;
+                self.end(id).await
             }
             Err(e) => {
                 self.record_error("provision", &e);
@@ -1125,7 +1207,10 @@ impl Machine {
                 let failure = self.failure(&lease.purchase_tx, &why)?;
                 self.store()
                     .transaction_with(|tx| -> Result<_, MachineError> {
-                        tx.begin_ending(id, None, "provisioning failed")?;
+                        // A lease terminated meanwhile keeps its termination's answer.
+                        if is_state(tx, id, LeaseState::Provisioning)? {
+                            tx.begin_ending(id, None, "provisioning failed")?;
+                        }
                         self.answer(
                             tx,
                             &lease.purchase_tx,
@@ -1189,16 +1274,15 @@ impl Machine {
             return Ok(());
         }
         crate::failpoint::hit("end-begun");
-        self.provisioner
-            .destroy(&lease.instance)
-            .await
-            .map_err(|source| MachineError::Provision {
-                instance: lease.instance.clone(),
-                source,
-            })?;
+        self.destroy(&lease.instance).await?;
         crate::failpoint::hit("end-destroyed");
         self.store()
             .transaction_with(|tx| -> Result<_, MachineError> {
+                // Two jobs may end one lease (its end job and a provisioning job that found
+                // it terminated): the slot is recycled once.
+                if !is_state(tx, id, LeaseState::Ending)? {
+                    return Ok(());
+                }
                 tx.set_lease_state(id, LeaseState::Ended)?;
                 if let Some(request) = &lease.end_request {
                     tx.release(answer_key(request))?;
@@ -1218,8 +1302,12 @@ impl Machine {
             offer_id,
         } = outcome
         else {
-            self.store()
-                .transaction(|tx| tx.outbox_retry(&row.key, "expired"))?;
+            self.store().transaction(|tx| -> Result<_, StoreError> {
+                if let LedgerAction::Mint { slot, .. } = &row.action {
+                    Self::mint_undone(tx, *slot)?;
+                }
+                tx.outbox_retry(&row.key, "expired")
+            })?;
             return Ok(());
         };
         let ter = result.ter();
@@ -1239,7 +1327,18 @@ impl Machine {
             }
             match &row.action {
                 LedgerAction::Mint { slot, .. } => match (success, nftoken_id) {
+                    // Offered with its mint already: the predicted id was right.
+                    (true, Some(token))
+                        if tx.slot(*slot)?.and_then(|s| s.token_id) == Some(*token) => {}
                     (true, Some(token)) => {
+                        if let Some(predicted) = tx.slot(*slot)?.and_then(|s| s.token_id) {
+                            tx.record_error(
+                                "mint",
+                                &format!(
+                                    "mint of slot {slot} made token {token}, not the predicted {predicted} (another mint of the host account came first); offering {token} now"
+                                ),
+                            )?;
+                        }
                         if draining {
                             tx.set_slot(*slot, SlotState::Held, Some(token), None)?;
                         } else {
@@ -1249,18 +1348,17 @@ impl Machine {
                                     token: *token,
                                     attempt: 0,
                                 },
-                                &LedgerAction::Offer {
-                                    slot: *slot,
-                                    token_id: *token,
-                                    amount_drops: self.price(),
-                                },
+                                &self.offer_action(*slot, token),
                             )?;
                         }
                     }
-                    _ => tx.record_error(
-                        "mint",
-                        &format!("mint of slot {slot} ended with {result}"),
-                    )?,
+                    _ => {
+                        Self::mint_undone(tx, *slot)?;
+                        tx.record_error(
+                            "mint",
+                            &format!("mint of slot {slot} ended with {result}"),
+                        )?
+                    }
                 },
                 LedgerAction::Offer { slot, token_id, .. } => match (success, offer_id) {
                     (true, Some(offer)) => {
@@ -1277,10 +1375,16 @@ impl Machine {
                     )?,
                 },
                 LedgerAction::Burn { slot, token_id, .. } => {
-                    // tecNO_ENTRY: burnt already; either way the slot gets a fresh token.
+                    // tecNO_ENTRY: burnt already. The next token's mint was queued with the
+                    // burn, except by older builds, whose slots wait `burning` for it.
                     if success || ter == Some(Ter::tecNO_ENTRY) {
-                        let generation = tx.next_generation(*slot)?;
-                        tx.enqueue(mint_key(*slot, generation), &self.mint_action(*slot))?;
+                        let waiting = tx.slot(*slot)?.is_some_and(|s| {
+                            s.state == SlotState::Burning && s.token_id == Some(*token_id)
+                        });
+                        if waiting {
+                            let generation = tx.next_generation(*slot)?;
+                            tx.enqueue(mint_key(*slot, generation), &self.mint_action(*slot))?;
+                        }
                     } else {
                         tx.record_error(
                             "burn",
@@ -1340,6 +1444,25 @@ impl Machine {
             .try_into()
             .unwrap_or(u32::MAX))
     }
+}
+
+impl Machine {
+    /// Destroys an instance (container and state volume); gone already is fine.
+    async fn destroy(&self, instance: &str) -> Result<(), MachineError> {
+        self.provisioner
+            .destroy(instance)
+            .await
+            .map(drop)
+            .map_err(|source| MachineError::Provision {
+                instance: instance.to_owned(),
+                source,
+            })
+    }
+}
+
+/// Whether lease `id` is in `state` now (inside the transaction that acts on it).
+fn is_state(tx: &Tx<'_>, id: i64, state: LeaseState) -> Result<bool, StoreError> {
+    Ok(tx.lease(id)?.is_some_and(|lease| lease.state == state))
 }
 
 /// Instance name of a purchase: `l-` and the first 20 hex digits of its hash, lower case.
@@ -1486,13 +1609,7 @@ impl Machine {
             .filter(|p| p.state == PoolState::Creating)
             .collect();
         for pooled in stale {
-            self.provisioner
-                .destroy(&pooled.instance)
-                .await
-                .map_err(|source| MachineError::Provision {
-                    instance: pooled.instance.clone(),
-                    source,
-                })?;
+            self.destroy(&pooled.instance).await?;
             self.store()
                 .transaction(|tx| tx.take_pooled(&pooled.instance))?;
         }
@@ -1553,13 +1670,7 @@ impl Machine {
                     .collect();
                 let _gate = self.jobs_gate.read().await;
                 for pooled in ready {
-                    self.provisioner
-                        .destroy(&pooled.instance)
-                        .await
-                        .map_err(|source| MachineError::Provision {
-                            instance: pooled.instance.clone(),
-                            source,
-                        })?;
+                    self.destroy(&pooled.instance).await?;
                     self.store()
                         .transaction(|tx| tx.take_pooled(&pooled.instance))?;
                     info!(instance = %pooled.instance, "pooled instance removed");
@@ -1632,7 +1743,12 @@ impl Machine {
             .read()
             .outbox(&[OutboxState::Failed])?
             .into_iter()
-            .filter(|row| row.result.as_deref() != Some(RETRIED))
+            .filter(|row| {
+                !matches!(
+                    row.result.as_deref(),
+                    Some(RETRIED | crate::outbox::SUPERSEDED)
+                )
+            })
             .collect();
         if failed.is_empty() {
             return Ok(());

@@ -10,9 +10,9 @@ use std::fmt;
 use berth_schemas::field::{NfTokenId, OfferId, TxHash};
 
 use futures_util::future::join_all;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::ledger::{LedgerError, PreparedTx};
+use crate::ledger::{LedgerAction, LedgerError, PreparedTx};
 use crate::machine::{Machine, MachineError};
 use crate::store::{OutboxRow, OutboxState, StoreError};
 
@@ -63,6 +63,9 @@ impl fmt::Display for OutboxKey {
     }
 }
 
+/// `result` of an offer row dropped unsigned: its slot has another token by now.
+pub const SUPERSEDED: &str = "superseded: the slot has another token";
+
 /// The kind of a stored key (rows written by older builds included), for decisions and
 /// metrics: the part before the first `:`.
 pub fn key_kind(key: &str) -> &str {
@@ -93,40 +96,127 @@ impl Machine {
         }
     }
 
-    /// Signs every pending row in order, persisting each blob before anything is submitted.
-    /// Returns the rows now prepared (including those prepared before).
+    /// Signs every pending row in order, persisting each blob before anything is submitted;
+    /// rows queued meanwhile (the offer a mint brings) are signed in the same pass, so they
+    /// get the next sequences. Returns the rows now prepared (including those prepared
+    /// before).
     pub async fn prepare_pending(&self) -> Result<Vec<OutboxRow>, MachineError> {
-        let pending = self.store().read().outbox(&[OutboxState::Pending])?;
-        for row in &pending {
-            match self.ledger().prepare(&row.action).await {
-                Ok(prepared) => {
-                    self.store().transaction(|tx| -> Result<_, StoreError> {
-                        tx.outbox_prepared(
-                            &row.key,
-                            &prepared.hash,
-                            &prepared.blob,
-                            prepared.last_ledger,
-                        )
-                    })?;
-                    debug!(key = %row.key, hash = %prepared.hash, "outbox row signed");
-                    if key_kind(&row.key) == "answer" {
-                        crate::failpoint::hit("answer-prepared");
-                    }
-                }
-                Err(LedgerError::Refused { action, result }) => {
-                    warn!(key = %row.key, %result, "outbox row refused for good");
-                    self.store().transaction(|tx| -> Result<_, StoreError> {
-                        tx.outbox_done(&row.key, OutboxState::Failed, &result)?;
-                        tx.record_error(
-                            "outbox",
-                            &format!("{} ({action}) refused: {result}", row.key),
-                        )
-                    })?;
-                }
-                Err(e) => return Err(e.into()),
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let pending: Vec<_> = self
+                .store()
+                .read()
+                .outbox(&[OutboxState::Pending])?
+                .into_iter()
+                .filter(|row| !seen.contains(&row.key))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            for row in &pending {
+                seen.insert(row.key.clone());
+                self.prepare_row(row).await?;
             }
         }
         Ok(self.store().read().outbox(&[OutboxState::Prepared])?)
+    }
+
+    async fn prepare_row(&self, row: &OutboxRow) -> Result<(), MachineError> {
+        if !self.offer_wanted(row)? {
+            return Ok(());
+        }
+        match self.ledger().prepare(&row.action).await {
+            Ok(prepared) => {
+                let predicted = match &row.action {
+                    LedgerAction::Mint { slot, .. } => self
+                        .predict_mint(&row.key, &prepared)
+                        .await?
+                        .map(|token| (*slot, token)),
+                    _ => None,
+                };
+                let offered = self.store().transaction(|tx| -> Result<_, StoreError> {
+                    tx.outbox_prepared(
+                        &row.key,
+                        &prepared.hash,
+                        &prepared.blob,
+                        prepared.last_ledger,
+                    )?;
+                    match &predicted {
+                        Some((slot, token)) => self.offer_with_mint(tx, *slot, token),
+                        None => Ok(false),
+                    }
+                })?;
+                debug!(key = %row.key, hash = %prepared.hash, "outbox row signed");
+                if let (true, Some((slot, token))) = (offered, predicted) {
+                    info!(slot, token = %token, mint = %prepared.hash, "slot offered with its mint");
+                }
+                if key_kind(&row.key) == "answer" {
+                    crate::failpoint::hit("answer-prepared");
+                }
+            }
+            Err(LedgerError::Refused { action, result }) => {
+                warn!(key = %row.key, %result, "outbox row refused for good");
+                self.store().transaction(|tx| -> Result<_, StoreError> {
+                    tx.outbox_done(&row.key, OutboxState::Failed, &result)?;
+                    tx.record_error(
+                        "outbox",
+                        &format!("{} ({action}) refused: {result}", row.key),
+                    )
+                })?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Whether to sign `row` now. An offer is signed only while its slot names its token: a
+    /// slot still waiting for its mint keeps the row pending; a slot with another token
+    /// (a prediction that a failed or expired mint made stale) ends the row as
+    /// [`SUPERSEDED`]. Every other row is signed.
+    fn offer_wanted(&self, row: &OutboxRow) -> Result<bool, MachineError> {
+        let LedgerAction::Offer { slot, token_id, .. } = &row.action else {
+            return Ok(true);
+        };
+        let current = self.store().read().slot(*slot)?.and_then(|s| s.token_id);
+        match current {
+            Some(token) if token == *token_id => Ok(true),
+            None => Ok(false),
+            Some(token) => {
+                warn!(key = %row.key, slot, token = %token, "offer of a token the slot no longer has, dropped");
+                self.store()
+                    .transaction(|tx| tx.outbox_done(&row.key, OutboxState::Failed, SUPERSEDED))?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The id the just-signed mint `key` will make, when it can be known now: no other mint
+    /// of the host is signed and unsettled (each would take a token sequence first, and
+    /// could still fail), and the ledger can tell ([`crate::ledger::Ledger::minted_token_id`]).
+    /// Only the outbox worker signs, so no mint is signed between this look and the
+    /// transaction that records the prediction.
+    async fn predict_mint(
+        &self,
+        key: &str,
+        prepared: &PreparedTx,
+    ) -> Result<Option<NfTokenId>, MachineError> {
+        let other_in_flight = self
+            .store()
+            .read()
+            .outbox(&[OutboxState::Prepared])?
+            .iter()
+            .any(|row| row.key != key && matches!(row.action, LedgerAction::Mint { .. }));
+        if other_in_flight || self.store().read().draining()? {
+            return Ok(None);
+        }
+        match self.ledger().minted_token_id(prepared).await {
+            Ok(token) => Ok(token),
+            Err(e) => {
+                // Not fatal: the slot is offered once the mint validates.
+                warn!(%key, error = %berth_log::chain(&e), "cannot predict the token of a mint");
+                Ok(None)
+            }
+        }
     }
 
     /// Submits one prepared row and applies its outcome.

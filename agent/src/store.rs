@@ -157,7 +157,8 @@ pub enum SlotState {
     Held,
     /// Sold: a lease holds it.
     Leased,
-    /// Its token is being burnt before a fresh one is minted.
+    /// Its token is being burnt before a fresh one is minted (older builds only: a recycle
+    /// now queues the burn and the next mint together, and the slot is `minting`).
     Burning,
 }
 

@@ -345,23 +345,10 @@ pool = {pool}
     /// The answers the host sent to `tenant` for `request`, waiting for at least one.
     pub async fn answers(&self, tenant: &str, request: &str) -> Vec<(u64, Message)> {
         for _ in 0..300 {
-            let history = account_history(&self.client, tenant, 1).await.unwrap();
-            let found: Vec<_> = history
-                .transactions
-                .iter()
-                .filter_map(|tx| match decode(tx, tenant) {
-                    Some(MarketEvent::Answer {
-                        from,
-                        request: r,
-                        message,
-                        amount_drops,
-                        ..
-                    }) if from == self.host && r.to_string() == request => {
-                        Some((amount_drops, message))
-                    }
-                    _ => None,
-                })
-                .collect();
+            let found = host_answers(&self.client, &self.host, tenant)
+                .await
+                .remove(request)
+                .unwrap_or_default();
             if !found.is_empty() {
                 // One more ledger: a second answer would show up by now.
                 tokio::time::sleep(Duration::from_millis(700)).await;
@@ -380,15 +367,7 @@ pool = {pool}
     }
 
     pub fn acquire_memo(&self, tenant: &SigningKey) -> Value {
-        let public = PublicKey::from_verifying_key(&tenant.verifying_key()).unwrap();
-        let request = AcquireRequest {
-            owner_key: public,
-            contract_id: CONTRACT.parse().unwrap(),
-            reply_key: Some(public),
-            config: None,
-        };
-        let sealed = Sealed::seal(&self.host_message_key, &request).unwrap();
-        memo_json(&Message::Acquire(Acquire { sealed }))
+        acquire_memo_to(&self.host_message_key, tenant)
     }
 
     pub async fn stop(mut self) {
@@ -409,6 +388,63 @@ pool = {pool}
         }
         drop(self.dir);
     }
+}
+
+/// The memos of a purchase asking `host` (its message key) for an instance of [`CONTRACT`]
+/// owned by `tenant`, answers sealed to `tenant`.
+pub fn acquire_memo_to(host: &PublicKey, tenant: &SigningKey) -> Value {
+    let public = PublicKey::from_verifying_key(&tenant.verifying_key()).unwrap();
+    let request = AcquireRequest {
+        owner_key: public,
+        contract_id: CONTRACT.parse().unwrap(),
+        reply_key: Some(public),
+        config: None,
+    };
+    let sealed = Sealed::seal(host, &request).unwrap();
+    memo_json(&Message::Acquire(Acquire { sealed }))
+}
+
+/// The answers `host` sent to `tenant` so far, by the request they name (hash text), each as
+/// (drops, message), in ledger order.
+pub async fn host_answers(
+    client: &Client,
+    host: &str,
+    tenant: &str,
+) -> std::collections::BTreeMap<String, Vec<(u64, Message)>> {
+    let history = account_history(client, tenant, 1).await.unwrap();
+    let mut answers = std::collections::BTreeMap::<_, Vec<_>>::new();
+    for tx in &history.transactions {
+        if let Some(MarketEvent::Answer {
+            from,
+            request,
+            message,
+            amount_drops,
+            ..
+        }) = decode(tx, tenant)
+        {
+            if from == host {
+                answers
+                    .entry(request.to_string())
+                    .or_default()
+                    .push((amount_drops, message));
+            }
+        }
+    }
+    answers
+}
+
+/// Signs `tx` for `key`, submits it and waits for validation; returns hash and result
+/// (which may be a `tec`).
+pub async fn submit_tx(client: &Client, key: &KeyPair, tx: Value) -> (String, String) {
+    let submitter = Submitter::new(
+        client.clone(),
+        KeyPair::from_seed(&key.seed().unwrap()).unwrap(),
+        SubmitConfig::default(),
+    )
+    .unwrap();
+    let signed = submitter.prepare(tx).await.unwrap();
+    let validated = submitter.submit_and_wait(&signed).await.unwrap();
+    (signed.hash, validated.result)
 }
 
 pub fn memo_json(message: &Message) -> Value {
@@ -524,15 +560,7 @@ impl World {
 
     /// Submits and waits for validation; returns hash and result (which may be a `tec`).
     pub async fn submit_result(&self, key: &KeyPair, tx: Value) -> (String, String) {
-        let submitter = Submitter::new(
-            self.client.clone(),
-            KeyPair::from_seed(&key.seed().unwrap()).unwrap(),
-            SubmitConfig::default(),
-        )
-        .unwrap();
-        let signed = submitter.prepare(tx).await.unwrap();
-        let validated = submitter.submit_and_wait(&signed).await.unwrap();
-        (signed.hash, validated.result)
+        submit_tx(&self.client, key, tx).await
     }
 
     /// Runs a `berth-agent` command on this world's config; returns its stdout.
@@ -555,6 +583,16 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// What the binary logged so far (all its runs), the last `lines` lines.
+    pub fn binary_log(&self, lines: usize) -> String {
+        let Agent::Binary { log, .. } = &self.agent else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// The running binary's process id.

@@ -269,6 +269,40 @@ impl Ledger for XrplLedger {
         }
     }
 
+    async fn minted_token_id(&self, mint: &PreparedTx) -> Result<Option<NfTokenId>, LedgerError> {
+        let signed: SignedTx = serde_json::from_str(&mint.blob)
+            .map_err(|e| LedgerError::Protocol(format!("stored transaction {}: {e}", mint.hash)))?;
+        let issuer: AccountAddress = self
+            .account()
+            .parse()
+            .map_err(|e| LedgerError::Protocol(format!("host account {}: {e}", self.account())))?;
+        let info = self
+            .client
+            .request(
+                "account_info",
+                json!({"account": self.account(), "ledger_index": "current"}),
+            )
+            .await
+            .map_err(connection)?;
+        let data = &info["account_data"];
+        let first = number(&data["FirstNFTokenSequence"]).and_then(|v| u32::try_from(v).ok());
+        let minted = number(&data["MintedNFTokens"])
+            .map_or(Some(0), |v| u32::try_from(v).ok())
+            .ok_or_else(|| LedgerError::Protocol("MintedNFTokens out of range".into()))?;
+        // The account's first mint sets FirstNFTokenSequence to its own sequence.
+        let Some(token_seq) = first.unwrap_or(signed.sequence).checked_add(minted) else {
+            return Ok(None);
+        };
+        let flags = u16::try_from(LEASE_TOKEN_FLAGS & 0xFFFF).unwrap_or_default();
+        Ok(Some(NfTokenId(berth_xrpl_core::index::nftoken_id(
+            flags,
+            0,
+            issuer.account_id(),
+            LEASE_TOKEN_TAXON,
+            token_seq,
+        ))))
+    }
+
     async fn message_key(
         &self,
         account: &AccountAddress,

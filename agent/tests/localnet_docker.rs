@@ -341,3 +341,81 @@ async fn a_lost_offer_is_made_again_by_housekeeping() {
     assert!(offers.to_string().contains(&new_offer), "{offers}");
     w.stop().await;
 }
+
+/// Issue 19, point 8: the slot of a refused purchase is on sale again within one close. The
+/// refund, the burn of the sold token, the mint of the next one and its sell offer are signed
+/// with consecutive sequences (the new token's id is known before its mint validates) and
+/// submitted together: the offer validates in the refund's ledger or the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_slot_is_on_offer_again_within_one_close() {
+    let Some(w) = World::start("reoffer", 1, 28000).await else {
+        return;
+    };
+    let (token, offer) = w.offered(0, 0).await;
+    let tenant = fund(&w.client, 100 * XRP).await;
+    // An acquire memo whose sealed request is garbage.
+    let mut memos = w.acquire_memo(&SigningKey::from_bytes(&[5; 32]));
+    memos[0]["Memo"]["MemoData"] = json!("00FF00FF");
+    let purchase = w
+        .submit(
+            &tenant,
+            json!({"TransactionType": "NFTokenAcceptOffer", "NFTokenSellOffer": offer,
+                   "Memos": memos}),
+        )
+        .await;
+    let answers = w.answers(&tenant.address(), &purchase).await;
+    let (amount, Message::AcquireErr(f)) = &answers[0] else {
+        panic!("{answers:?}")
+    };
+    assert_eq!((*amount, f.code), (PRICE - 48, ReasonCode::BadPayload));
+    let (fresh, fresh_offer) = w.offered(0, 1).await;
+    assert_ne!(fresh, token);
+
+    // Where each step validated, from the host's history on localnet.
+    let history = berth_mb_xrpl::history::account_history(&w.client, &w.host, 1)
+        .await
+        .unwrap();
+    let ledger_of = |what: &str, pick: &dyn Fn(&berth_mb_xrpl::ValidatedTx) -> bool| {
+        let found: Vec<_> = history.transactions.iter().filter(|tx| pick(tx)).collect();
+        assert_eq!(found.len(), 1, "{what}: {found:?}");
+        assert_eq!(found[0].result, "tesSUCCESS", "{what}");
+        found[0].ledger_index
+    };
+    let purchased = ledger_of("purchase", &|tx| tx.hash == purchase);
+    let refunded = ledger_of("refund", &|tx| {
+        tx.tx_type() == "Payment" && tx.tx["Destination"] == tenant.address().as_str()
+    });
+    let burnt = ledger_of("burn", &|tx| {
+        tx.tx_type() == "NFTokenBurn" && tx.tx["NFTokenID"] == token.as_str()
+    });
+    let minted = ledger_of("mint", &|tx| {
+        tx.tx_type() == "NFTokenMint" && tx.meta["nftoken_id"] == fresh.as_str()
+    });
+    let offered = ledger_of("offer", &|tx| {
+        tx.tx_type() == "NFTokenCreateOffer" && tx.tx["NFTokenID"] == fresh.as_str()
+    });
+    println!(
+        "purchase {purchased}, refund {refunded}, burn {burnt}, mint {minted}, offer {offered}"
+    );
+    assert!(refunded > purchased);
+    assert!(
+        offered <= refunded + 1,
+        "offer in ledger {offered}, refund in {refunded}"
+    );
+    assert!(burnt <= offered && minted <= offered);
+    // The ledger itself holds the offer at that ledger.
+    let offers = w
+        .client
+        .request(
+            "nft_sell_offers",
+            json!({"nft_id": fresh, "ledger_index": refunded + 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        offers["offers"][0]["nft_offer_index"],
+        fresh_offer.as_str(),
+        "{offers}"
+    );
+    w.stop().await;
+}

@@ -18,7 +18,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{DiskQuotaPolicy, InstanceLimits, ProvisionerConfig};
 use crate::egress::{self, EgressPolicy, EgressStatus};
-use crate::error::{is_conflict, is_not_found, is_not_modified, Operation, ProvisionError};
+use crate::error::{
+    is_conflict, is_not_found, is_not_modified, is_removal_in_progress, Operation, ProvisionError,
+};
 use crate::image::{ensure_image, ImageOutcome, ImageSpec};
 use crate::ports::{self, InstancePorts};
 use crate::provisioner::{
@@ -453,8 +455,36 @@ impl DockerProvisioner {
         {
             Ok(()) => Ok(true),
             Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) if is_removal_in_progress(&error) => {
+                self.await_removal(instance, op, error).await
+            }
             Err(source) => Err(ProvisionError::engine(instance, op, source)),
         }
+    }
+
+    /// Waits (up to a minute) until a container another call is removing is gone.
+    async fn await_removal(
+        &self,
+        instance: &str,
+        op: Operation,
+        error: bollard::errors::Error,
+    ) -> Result<bool, ProvisionError> {
+        tracing::info!(
+            instance,
+            "container removal already in progress, waiting for it"
+        );
+        for _ in 0..600 {
+            match self
+                .docker
+                .inspect_container(&self.container_name(instance), None)
+                .await
+            {
+                Err(e) if is_not_found(&e) => return Ok(true),
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(source) => return Err(ProvisionError::engine(instance, op, source)),
+            }
+        }
+        Err(ProvisionError::engine(instance, op, error))
     }
 
     async fn create_checked(

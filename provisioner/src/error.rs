@@ -162,6 +162,18 @@ pub(crate) fn is_not_found(error: &bollard::errors::Error) -> bool {
     )
 }
 
+/// True when the engine answered 409 because another call is removing the container
+/// already (a process killed while it removed it, then started again, asks once more).
+pub(crate) fn is_removal_in_progress(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("already in progress")
+    )
+}
+
 /// True when the engine answered 304 (already started / already stopped).
 pub(crate) fn is_not_modified(error: &bollard::errors::Error) -> bool {
     matches!(
