@@ -137,7 +137,7 @@ fn a_tenant_buys_deploys_talks_extends_and_terminates_and_every_error_says_what_
     let second_lease = second["record"]["lease"].as_str().unwrap().to_owned();
     let second_port = second["record"]["user_port"].to_string();
     let ids = Command::new("docker")
-        .args(["ps", "-q", "--filter"])
+        .args(["ps", "-a", "-q", "--filter"])
         .arg(format!("publish={second_port}"))
         .output()
         .unwrap();

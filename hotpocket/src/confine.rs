@@ -13,6 +13,9 @@
 //! - `/tmp`: everything (the instance's small tmpfs), unless the node directory is in it;
 //! - every other file of the machine: read and execute, **except the node directory**.
 //!
+//! Where the kernel has Landlock ABI 6, they also cannot signal processes outside (`kill` of
+//! the node) nor connect to abstract Unix sockets made outside.
+//!
 //! Landlock grants by hierarchy, so "all but the node directory" is spelled out as the
 //! siblings of each directory on the way from `/` down to it. Symbolic links among them are
 //! left out: what they point at is reachable under its own name if it is allowed at all.
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    ABI,
+    Scope, ABI,
 };
 
 /// The newest Landlock ABI these rules use; older kernels enforce what they know.
@@ -95,6 +98,9 @@ pub fn confine_self(c: &Confinement) -> Result<Enforced, ConfineError> {
     let readable = readable_outside(&c.hidden)?;
     let mut ruleset = Ruleset::default()
         .handle_access(all)?
+        // Landlock ABI 6: no signals to processes outside (the node), no abstract Unix
+        // sockets made outside. Older kernels skip it (best effort).
+        .scope(Scope::from_all(ABI::V6))?
         .create()?
         .add_rules(path_beneath_rules(&readable, read))?
         .add_rules(path_beneath_rules([&c.writable], all))?;

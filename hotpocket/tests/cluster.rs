@@ -397,7 +397,16 @@ impl Cluster {
         let mut out = String::new();
         for i in 0..self.members.len() {
             let log = self.log(i);
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| {
+                    !l.contains("ledger request answered")
+                        && !l.contains("asking for the ledgers")
+                        && !l.contains("without enough UNL signatures")
+                })
+                .take(40)
+                .collect();
             out.push_str(&format!("--- node {i} ---\n"));
             for l in tail.into_iter().rev() {
                 out.push_str(l);

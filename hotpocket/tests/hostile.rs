@@ -325,7 +325,8 @@ async fn the_contract_and_install_sh_cannot_touch_the_nodes_own_files() {
              if cat {node_dir}/hp.cfg >/dev/null 2>&1; then r=\"$r hp.cfg-read:yes\"; else r=\"$r hp.cfg-read:denied\"; fi\n\
              if echo pwn >> {node_dir}/ledger.sqlite 2>/dev/null; then r=\"$r ledger:written\"; else r=\"$r ledger:denied\"; fi\n\
              if ls {node_dir}/tls >/dev/null 2>&1; then r=\"$r tls:listed\"; else r=\"$r tls:denied\"; fi\n\
-             if echo ok > own-file; then r=\"$r own:written\"; fi\n"
+             if echo ok > own-file; then r=\"$r own:written\"; fi\n\
+             if kill -0 $PPID 2>/dev/null; then r=\"$r node:signalable\"; else r=\"$r node:protected\"; fi\n"
         )
     };
     let install = format!(
@@ -349,13 +350,14 @@ async fn the_contract_and_install_sh_cannot_touch_the_nodes_own_files() {
     let install_probe = std::fs::read_to_string(state.join("install-probe.txt")).unwrap();
     assert_eq!(
         install_probe.trim(),
-        "install hp.cfg:denied hp.cfg-read:denied ledger:denied tls:denied own:written"
+        "install hp.cfg:denied hp.cfg-read:denied ledger:denied tls:denied own:written \
+         node:protected"
     );
     let contract_probe = std::fs::read_to_string(state.join("contract-probe.txt")).unwrap();
     assert_eq!(
         contract_probe.trim(),
         "contract hp.cfg:denied hp.cfg-read:denied ledger:denied tls:denied own:written \
-         patch.cfg:rewritten"
+         node:protected patch.cfg:rewritten"
     );
     // The node rewrote hp.cfg itself (the installed contract's section); nothing else did.
     let hp_cfg = std::fs::read_to_string(dir.path().join("hp.cfg")).unwrap();
