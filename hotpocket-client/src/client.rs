@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::bundle::{BootstrapReply, ClusterSpec, OwnerRequest};
+use crate::protocol::history::{LedgerQuery, LedgerQueryResult};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -193,6 +194,7 @@ struct Inbox {
     lcl_waiters: VecDeque<oneshot::Sender<(u64, String)>>,
     stat_waiters: VecDeque<oneshot::Sender<NodeStat>>,
     read_waiters: HashMap<String, oneshot::Sender<Vec<u8>>>,
+    query_waiters: HashMap<String, oneshot::Sender<LedgerQueryResult>>,
     unmatched: Vec<Reply>,
     closed: bool,
     /// The reason in the node's close frame, when it gave one.
@@ -575,6 +577,34 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
+    /// One page of `ledger_query` over ledgers `from..=to` (Berth's range filter; hpcore's
+    /// `seq_no` filter when `from == to`), with raw inputs and outputs when asked. The node
+    /// answers a prefix of the range; `next_seq_no` names where the next page starts.
+    pub async fn ledger_query(
+        &self,
+        from: u64,
+        to: u64,
+        inputs: bool,
+        outputs: bool,
+    ) -> Result<LedgerQueryResult, ClientError> {
+        let id = format!("q{}", self.next_read_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.inner.inbox().query_waiters.insert(id.clone(), tx);
+        self.send_request(&Request::LedgerQuery(LedgerQuery {
+            id,
+            from,
+            to,
+            range: from != to,
+            inputs,
+            outputs,
+        }))
+        .await?;
+        tokio::time::timeout(self.opts.timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout("a ledger query result"))?
+            .map_err(|_| ClientError::Closed)
+    }
+
     /// The node's last closed ledger: (seq, hash hex).
     pub async fn lcl(&self) -> Result<(u64, String), ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -757,6 +787,11 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                     signers,
                 });
                 inner.outputs_changed.notify_waiters();
+            }
+            Reply::LedgerQueryResult(result) => {
+                if let Some(waiter) = inbox.query_waiters.remove(&result.reply_for) {
+                    let _ = waiter.send(result);
+                }
             }
             Reply::ReadResponse { reply_for, content } => {
                 let id = reply_for.unwrap_or_default();

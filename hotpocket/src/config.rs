@@ -118,6 +118,18 @@ pub struct BootstrapSection {
     pub max_unpacked_bytes: u64,
 }
 
+impl BootstrapSection {
+    /// The section with every limit at its default.
+    pub fn for_owner(owner_pubkey: String) -> BootstrapSection {
+        BootstrapSection {
+            owner_pubkey,
+            install_timeout_secs: default_install_timeout(),
+            max_bundle_bytes: default_max_bundle_bytes(),
+            max_unpacked_bytes: default_max_unpacked_bytes(),
+        }
+    }
+}
+
 fn default_install_timeout() -> u64 {
     120
 }

@@ -459,7 +459,7 @@ fn max_peer_frame(cfg: &NodeConfig) -> usize {
 /// Builds the node (store, TLS, user and peer ports) and spawns its tasks.
 /// How this node starts contract processes: through its own executable, hiding the node
 /// directory from them where the kernel offers Landlock (logged either way).
-fn jail(opts: &StartOptions) -> Result<crate::exec::Jail, NodeError> {
+pub fn jail(opts: &StartOptions) -> Result<crate::exec::Jail, NodeError> {
     let abi = crate::confine::probe();
     let hide = if abi > 0 {
         let dir = opts

@@ -476,6 +476,25 @@ async fn handle(
             });
         }
         Request::Subscription => {}
+        Request::LedgerQuery(q) => {
+            // One query at a time per session (this awaits), sharing the read requests' slots.
+            let Ok(_slot) = shared.read_slots.acquire().await else {
+                return;
+            };
+            let db = shared
+                .fs
+                .root
+                .parent()
+                .map(crate::node::ledger_db_path)
+                .unwrap_or_default();
+            let query = q.clone();
+            let result =
+                tokio::task::spawn_blocking(move || crate::history::answer(&db, &query)).await;
+            let reply = result.unwrap_or_else(|_| {
+                crate::history::failed(&q, crate::protocol::history::error::EXEC_FAILURE)
+            });
+            let _ = tx.send(Reply::LedgerQueryResult(reply)).await;
+        }
     }
 }
 

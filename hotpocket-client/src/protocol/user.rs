@@ -69,6 +69,7 @@ pub enum UserRequest {
         channel: String,
         enabled: bool,
     },
+    LedgerQuery(super::history::QueryJson),
 }
 
 /// Outcome of a submitted input.
@@ -164,6 +165,7 @@ pub enum NodeMessage {
         ledger_seq_no: u64,
         ledger_hash: String,
     },
+    LedgerQueryResult(super::history::LedgerQueryResult),
     /// Sent when a message cannot be understood at all (not a HotPocket message).
     Error {
         reason: String,
@@ -249,6 +251,7 @@ pub enum Request {
     Stat,
     Lcl,
     Subscription,
+    LedgerQuery(super::history::LedgerQuery),
 }
 
 /// The signed container's fields.
@@ -305,6 +308,7 @@ pub enum Reply {
         ledger_seq_no: u64,
         ledger_hash: Vec<u8>,
     },
+    LedgerQueryResult(super::history::LedgerQueryResult),
 }
 
 fn ed_hex(bytes: &[u8]) -> String {
@@ -403,6 +407,7 @@ impl Reply {
                 ledger_seq_no: *ledger_seq_no,
                 ledger_hash: hex::encode(ledger_hash),
             },
+            Reply::LedgerQueryResult(r) => NodeMessage::LedgerQueryResult(r.clone()),
         }
     }
 
@@ -516,6 +521,7 @@ impl Reply {
             } => ty("lcl_response")
                 .with("ledger_seq_no", seq(*ledger_seq_no))
                 .with("ledger_hash", Bson::Binary(ledger_hash.clone())),
+            Reply::LedgerQueryResult(r) => r.to_bson(),
         }
     }
 
@@ -594,6 +600,7 @@ impl Reply {
                 ledger_seq_no,
                 ledger_hash: unhex(&ledger_hash),
             },
+            NodeMessage::LedgerQueryResult(r) => Reply::LedgerQueryResult(r),
             NodeMessage::Error { .. } => return None,
         })
     }
@@ -679,17 +686,21 @@ impl Reply {
                 ledger_seq_no: num("ledger_seq_no")?,
                 ledger_hash: bytes("ledger_hash").unwrap_or_default(),
             },
+            "ledger_query_result" => {
+                Reply::LedgerQueryResult(super::history::LedgerQueryResult::from_bson(doc)?)
+            }
             _ => return None,
         })
     }
 }
 
-const KNOWN_REQUESTS: [&str; 5] = [
+const KNOWN_REQUESTS: [&str; 6] = [
     "contract_input",
     "contract_read_request",
     "stat",
     "lcl",
     "subscription",
+    "ledger_query",
 ];
 
 impl Request {
@@ -725,6 +736,10 @@ impl Request {
                     UserRequest::Stat => Request::Stat,
                     UserRequest::Lcl => Request::Lcl,
                     UserRequest::Subscription { .. } => Request::Subscription,
+                    UserRequest::LedgerQuery(q) => Request::LedgerQuery(
+                        super::history::LedgerQuery::from_json(q)
+                            .ok_or(RejectReason::BadMsgFormat)?,
+                    ),
                 })
             }
             Protocol::Bson => {
@@ -746,6 +761,9 @@ impl Request {
                     "stat" => Ok(Request::Stat),
                     "lcl" => Ok(Request::Lcl),
                     "subscription" => Ok(Request::Subscription),
+                    "ledger_query" => super::history::LedgerQuery::from_bson(&doc)
+                        .map(Request::LedgerQuery)
+                        .ok_or(RejectReason::BadMsgFormat),
                     _ => Err(RejectReason::InvalidMsgType),
                 }
             }
@@ -772,6 +790,7 @@ impl Request {
                     Request::Subscription => {
                         serde_json::json!({"type": "subscription", "channel": "ledger_event", "enabled": false})
                     }
+                    Request::LedgerQuery(q) => q.to_json(),
                 };
                 value.to_string().into_bytes()
             }
@@ -793,6 +812,7 @@ impl Request {
                     Request::Subscription => ty("subscription")
                         .with("channel", Bson::String("ledger_event".into()))
                         .with("enabled", Bson::Bool(false)),
+                    Request::LedgerQuery(q) => q.to_bson(),
                 };
                 doc.encode()
             }
