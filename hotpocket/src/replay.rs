@@ -7,10 +7,11 @@
 //! is replayed but verified only by the next one.
 //!
 //! What is not re-made: the installer's answers (upload, status and cluster requests) are
-//! taken from the record, and the bundle goes live at the ledger after the one that carried
-//! its upload, as it does when the UNL agrees on it. Installer requests after the install,
-//! and contracts that speak NPL, are outside what a replay can re-make; the first is refused
-//! by name, the second shows as a difference.
+//! taken from the record, and a bundle goes live at the ledger after the one that carried
+//! its upload, as it does when the UNL agrees on it (a later upload replaces the contract the
+//! same way). Cluster requests after the install (UNL changes) and contracts that speak NPL
+//! are outside what a replay can re-make; the first is refused by name, the second shows as
+//! a difference.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -358,12 +359,14 @@ pub async fn replay(
                     .entry(user)
                     .or_default()
                     .push(input.blob.clone()),
+                // The owner's upload: the first one (the one given, when one is) installs
+                // the contract, later ones replace it, as on a node.
                 Some(BootstrapInput::Upload { zip: Some(zip) })
-                    if !installed
-                        && pending.is_none()
+                    if pending.is_none()
                         && owner.as_ref().is_none_or(|o| o.eq_ignore_ascii_case(&user))
-                        && wanted_bundle
-                            .is_none_or(|w| w == ledger::hash_parts([zip.as_slice()])) =>
+                        && (installed
+                            || wanted_bundle
+                                .is_none_or(|w| w == ledger::hash_parts([zip.as_slice()]))) =>
                 {
                     let staged = bootstrap::stage_bundle(&zip, &fs, &bootstrap_cfg)
                         .map_err(|source| ReplayError::Bundle { seq, source })?;
@@ -376,13 +379,13 @@ pub async fn replay(
                         "replay: bundle uploaded here goes live at the next ledger"
                     );
                     owner = Some(user.clone());
-                    install_ledger = Some(seq);
+                    install_ledger.get_or_insert(seq);
                     pending = Some((prepared, user));
                 }
-                Some(_) if installed => {
+                Some(BootstrapInput::Cluster { .. }) if installed => {
                     return Err(ReplayError::Unsupported {
                         seq,
-                        reason: "an installer request after the install",
+                        reason: "a cluster request (a UNL change through patch.cfg)",
                     })
                 }
                 Some(_) => {

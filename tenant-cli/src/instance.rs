@@ -9,6 +9,7 @@ use berth_hotpocket_client::client::{
 };
 use berth_hotpocket_client::protocol::bundle::ContractConfig;
 use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply, ClusterSpec};
+use berth_hotpocket_client::protocol::history::HistoryFile;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
@@ -41,6 +42,12 @@ pub enum InstanceError {
     },
     #[error("bad bundle {path}: {problem}")]
     BadBundle { path: PathBuf, problem: String },
+    #[error("instance {addr} refused the ledger query from ledger {from}: {code}")]
+    History {
+        addr: String,
+        from: u64,
+        code: String,
+    },
     #[error("{step} {path}")]
     Io {
         step: &'static str,
@@ -201,6 +208,48 @@ impl Instance {
     /// The node's own status report (`stat`).
     pub async fn stat(&self) -> Result<NodeStat, InstanceError> {
         self.client.stat().await.map_err(self.request())
+    }
+
+    /// Downloads ledgers `1..=to` (default: the node's last closed ledger) with their raw
+    /// inputs and outputs, a page (`ledger_query`, Berth's range) at a time; `progress` gets
+    /// (ledgers downloaded, ledgers wanted) after each page.
+    pub async fn history(
+        &self,
+        to: Option<u64>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<HistoryFile, InstanceError> {
+        let stat = self.stat().await?;
+        let to = to.unwrap_or(stat.ledger_seq_no).min(stat.ledger_seq_no);
+        let mut ledgers = Vec::new();
+        let mut from = 1;
+        while from <= to {
+            let page = self
+                .client
+                .ledger_query(from, to, true, true)
+                .await
+                .map_err(self.request())?;
+            if let Some(code) = page.error {
+                return Err(InstanceError::History {
+                    addr: self.addr.clone(),
+                    from,
+                    code,
+                });
+            }
+            let Some(last) = page.results.last().map(|l| l.seq_no) else {
+                break;
+            };
+            ledgers.extend(page.results);
+            progress(ledgers.len() as u64, to);
+            from = last + 1;
+            if page.next_seq_no.is_none() {
+                break;
+            }
+        }
+        Ok(HistoryFile {
+            contract_id: self.contract_id().to_owned(),
+            unl: stat.current_unl,
+            ledgers,
+        })
     }
 
     pub async fn close(self) {
