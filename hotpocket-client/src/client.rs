@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::bundle::{BootstrapReply, ClusterSpec, OwnerRequest};
-use crate::protocol::history::{LedgerQuery, LedgerQueryResult};
+use crate::protocol::history::{LedgerQuery, LedgerQueryResult, LedgerRecord};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -53,6 +53,8 @@ pub enum ClientError {
     NotUtf8,
     #[error("bootstrap reply missing or malformed")]
     NoBootstrapReply,
+    #[error("the node refused the ledger query from ledger {from}: {code}")]
+    LedgerQuery { from: u64, code: String },
 }
 
 /// How many ledgers ahead of the lcl inputs may be included by default.
@@ -603,6 +605,36 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout("a ledger query result"))?
             .map_err(|_| ClientError::Closed)
+    }
+
+    /// Ledgers `from..=to` with their raw inputs and outputs, page by page (Berth's range of
+    /// `ledger_query`); stops early at the node's last ledger. `progress` gets (ledgers so
+    /// far, ledgers wanted) after each page. A page with an error ends it with
+    /// [`ClientError::LedgerQuery`].
+    pub async fn ledger_history(
+        &self,
+        from: u64,
+        to: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Vec<LedgerRecord>, ClientError> {
+        let mut ledgers = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let page = self.ledger_query(next, to, true, true).await?;
+            if let Some(code) = page.error {
+                return Err(ClientError::LedgerQuery { from: next, code });
+            }
+            let Some(last) = page.results.last().map(|l| l.seq_no) else {
+                break;
+            };
+            ledgers.extend(page.results);
+            progress(ledgers.len() as u64, to + 1 - from);
+            next = last + 1;
+            if page.next_seq_no.is_none() {
+                break;
+            }
+        }
+        Ok(ledgers)
     }
 
     /// The node's last closed ledger: (seq, hash hex).

@@ -42,12 +42,6 @@ pub enum InstanceError {
     },
     #[error("bad bundle {path}: {problem}")]
     BadBundle { path: PathBuf, problem: String },
-    #[error("instance {addr} refused the ledger query from ledger {from}: {code}")]
-    History {
-        addr: String,
-        from: u64,
-        code: String,
-    },
     #[error("{step} {path}")]
     Io {
         step: &'static str,
@@ -220,31 +214,11 @@ impl Instance {
     ) -> Result<HistoryFile, InstanceError> {
         let stat = self.stat().await?;
         let to = to.unwrap_or(stat.ledger_seq_no).min(stat.ledger_seq_no);
-        let mut ledgers = Vec::new();
-        let mut from = 1;
-        while from <= to {
-            let page = self
-                .client
-                .ledger_query(from, to, true, true)
-                .await
-                .map_err(self.request())?;
-            if let Some(code) = page.error {
-                return Err(InstanceError::History {
-                    addr: self.addr.clone(),
-                    from,
-                    code,
-                });
-            }
-            let Some(last) = page.results.last().map(|l| l.seq_no) else {
-                break;
-            };
-            ledgers.extend(page.results);
-            progress(ledgers.len() as u64, to);
-            from = last + 1;
-            if page.next_seq_no.is_none() {
-                break;
-            }
-        }
+        let ledgers = self
+            .client
+            .ledger_history(1, to, &mut progress)
+            .await
+            .map_err(self.request())?;
         Ok(HistoryFile {
             contract_id: self.contract_id().to_owned(),
             unl: stat.current_unl,
