@@ -15,15 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_hotpocket_client::client::{Client, ConnectOptions};
 use berth_hotpocket_client::protocol::history::HistoryFile;
-use common::{bundle, example_contract, new_node, run_node};
+use common::{bundle, env_u64, example_contract, new_node, run_node};
 use ed25519_dalek::SigningKey;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
