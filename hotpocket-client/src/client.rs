@@ -183,6 +183,8 @@ pub struct NodeStat {
     pub vote_status: String,
     /// `host:port` of the node's connected peers.
     pub peers: Vec<String>,
+    /// Ledgers the node keeps behind its last closed one; 0 keeps all.
+    pub ledger_retention: u64,
 }
 
 #[derive(Default)]
@@ -849,6 +851,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => {
                 if let Some(waiter) = inbox.stat_waiters.pop_front() {
                     let _ = waiter.send(NodeStat {
@@ -861,6 +864,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                         in_sync,
                         vote_status,
                         peers,
+                        ledger_retention,
                     });
                 }
             }

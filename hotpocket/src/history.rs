@@ -25,6 +25,7 @@ pub fn answer(db: &Path, q: &LedgerQuery) -> LedgerQueryResult {
             results,
             next_seq_no,
         },
+        Err(StoreError::Pruned { .. }) => failed(q, error::PRUNED),
         Err(e) => {
             tracing::warn!(error = %berth_log::chain(&e), from = q.from, to = q.to, "ledger query failed");
             failed(q, error::EXEC_FAILURE)
@@ -43,6 +44,9 @@ pub fn failed(q: &LedgerQuery, code: &str) -> LedgerQueryResult {
 }
 
 fn page(store: &Store, q: &LedgerQuery) -> Result<(Vec<LedgerRecord>, Option<u64>), StoreError> {
+    if q.from < store.oldest()? {
+        return Err(StoreError::Pruned { from: q.from });
+    }
     let mut results = Vec::new();
     let mut bytes = 0usize;
     let last = q.to.min(q.from.saturating_add(MAX_LEDGERS_PER_REPLY - 1));

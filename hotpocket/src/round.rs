@@ -1687,6 +1687,17 @@ impl RoundLoop {
             .collect();
         self.store.commit(&closed, &stored)?;
         self.store.record_proof(closed.seq_no, &proof.to_bytes())?;
+        if self.cfg.ledger.retention > 0 {
+            let keep = self.cfg.ledger.oldest_kept(closed.seq_no);
+            let pruned = self.store.prune_before(keep)?;
+            if pruned > 0 {
+                tracing::debug!(
+                    pruned,
+                    oldest = keep,
+                    "ledgers past ledger.retention dropped"
+                );
+            }
+        }
         self.recent.insert(
             closed.seq_no,
             valid.iter().map(|i| i.relay.clone()).collect(),

@@ -459,6 +459,7 @@ async fn handle(
                     .collect(),
                 ledger_seq_no: lcl.seq_no,
                 ledger_hash: lcl.hash.to_vec(),
+                ledger_retention: shared.ledger_retention,
                 roundtime: contract.consensus.roundtime,
                 contract_execution_enabled: !contract.bin_path.is_empty(),
                 unl: contract

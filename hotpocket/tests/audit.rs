@@ -213,3 +213,37 @@ async fn a_contract_reading_the_wall_clock_differs_at_its_first_ledger() {
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+#[tokio::test]
+async fn a_node_with_a_retention_keeps_that_many_ledgers_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let node = Node::create(dir.path(), &owner, 20);
+    let client = node.connect(&owner).await;
+    let stat = client.stat().await.unwrap();
+    assert_eq!(stat.ledger_retention, 0, "the whole history by default");
+    drop(client);
+    node.stop();
+    let cfg_path = dir.path().join("hp.cfg");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["ledger"] = serde_json::json!({"retention": 256});
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+
+    let node = Node::start(dir.path());
+    let client = node.connect(&owner).await;
+    let lcl = wait_for_lcl(&client, 300).await;
+    let stat = client.stat().await.unwrap();
+    assert_eq!(stat.ledger_retention, 256);
+    let old = client.ledger_query(1, 10, true, true).await.unwrap();
+    assert_eq!(old.error.as_deref(), Some("pruned"), "{old:?}");
+    assert!(old.results.is_empty());
+    let recent = client
+        .ledger_query(lcl - 100, lcl, false, false)
+        .await
+        .unwrap();
+    assert_eq!(recent.error, None);
+    assert_eq!(recent.results.first().unwrap().seq_no, lcl - 100);
+    drop(client);
+    node.stop();
+}

@@ -153,6 +153,9 @@ pub enum NodeMessage {
         contract_execution_enabled: bool,
         read_requests_enabled: bool,
         is_full_history_node: bool,
+        /// Berth: ledgers kept behind the last closed one; 0 (absent) keeps all.
+        #[serde(default)]
+        ledger_retention: u64,
         current_unl: Vec<String>,
         peers: Vec<String>,
         #[serde(default)]
@@ -298,6 +301,8 @@ pub enum Reply {
         vote_status: String,
         /// `host:port` of each connected peer.
         peers: Vec<String>,
+        /// Ledgers kept behind the last closed one (`ledger.retention`); 0 keeps all.
+        ledger_retention: u64,
     },
     /// The UNL changed (a `patch.cfg` reached consensus).
     UnlChange {
@@ -384,6 +389,7 @@ impl Reply {
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => NodeMessage::StatResponse {
                 hp_version: super::HP_VERSION.to_owned(),
                 ledger_seq_no: *ledger_seq_no,
@@ -392,7 +398,8 @@ impl Reply {
                 roundtime: *roundtime,
                 contract_execution_enabled: *contract_execution_enabled,
                 read_requests_enabled: true,
-                is_full_history_node: true,
+                is_full_history_node: *ledger_retention == 0,
+                ledger_retention: *ledger_retention,
                 current_unl: unl.iter().map(|k| ed_hex(k)).collect(),
                 peers: peers.clone(),
                 vote_status: vote_status.clone(),
@@ -490,6 +497,7 @@ impl Reply {
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => ty("stat_response")
                 .with("hp_version", Bson::String(super::HP_VERSION.to_owned()))
                 .with("ledger_seq_no", seq(*ledger_seq_no))
@@ -500,7 +508,8 @@ impl Reply {
                     Bson::Bool(*contract_execution_enabled),
                 )
                 .with("read_requests_enabled", Bson::Bool(true))
-                .with("is_full_history_node", Bson::Bool(true))
+                .with("is_full_history_node", Bson::Bool(*ledger_retention == 0))
+                .with("ledger_retention", seq(*ledger_retention))
                 .with(
                     "current_unl",
                     Bson::Array(unl.iter().map(|k| Bson::Binary(k.clone())).collect()),
@@ -579,8 +588,10 @@ impl Reply {
                 in_sync,
                 peers,
                 vote_status,
+                ledger_retention,
                 ..
             } => Reply::Stat {
+                ledger_retention,
                 ledger_seq_no,
                 ledger_hash: unhex(&ledger_hash),
                 roundtime,
@@ -654,6 +665,7 @@ impl Reply {
                 content: bytes("content").unwrap_or_default(),
             },
             "stat_response" => Reply::Stat {
+                ledger_retention: num("ledger_retention").unwrap_or(0),
                 ledger_seq_no: num("ledger_seq_no")?,
                 ledger_hash: bytes("ledger_hash").unwrap_or_default(),
                 roundtime: num("roundtime").unwrap_or(0),
