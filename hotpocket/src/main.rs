@@ -145,7 +145,9 @@ enum Command {
         /// The history (JSON: contract_id, unl, ledgers from 1 with raw inputs and outputs).
         #[arg(long)]
         history: PathBuf,
-        /// The contract bundle zip (default: the upload found in the history).
+        /// The contract bundle zip you expect: only an upload of these bytes installs it (a
+        /// history that installed another differs at the ledger after that upload). Default:
+        /// the owner's first upload found in the history.
         #[arg(long)]
         bundle: Option<PathBuf>,
         /// The owner's key, `ed…` (default: the user whose upload is installed).

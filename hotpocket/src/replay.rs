@@ -58,8 +58,6 @@ pub enum ReplayError {
     Chain(#[from] ChainError),
     #[error("the history starts at ledger {0}; a replay starts at genesis (ledger 1)")]
     NotFromGenesis(u64),
-    #[error("no contract bundle: no upload in the history matches, and none was given")]
-    NoBundle,
     #[error("ledger {seq}: the bundle uploaded there cannot be installed")]
     Bundle { seq: u64, source: BundleError },
     #[error("ledger {seq}: {reason}; a replay cannot re-make it")]
@@ -82,7 +80,9 @@ pub struct ReplayConfig {
     pub contract_id: String,
     /// The UNL (`ed…` keys) the contract is told.
     pub unl: Vec<String>,
-    /// The bundle zip; without it, the first upload in the history is used.
+    /// The bundle zip: only an upload of these bytes installs the contract (one of other
+    /// bytes leaves it uninstalled, which shows as a state difference at the ledger after
+    /// it); without it, the owner's first upload in the history is used.
     pub bundle: Option<Vec<u8>>,
     /// The owner's key (`ed…`); without it, the user whose upload is used.
     pub owner: Option<String>,
@@ -148,7 +148,9 @@ fn hash32(seq: u64, field: &'static str, bytes: &[u8]) -> Result<Hash, ChainErro
 /// ledger (the first one's to genesis when it is ledger 1), and, where raw inputs are
 /// present, the input and user hashes against them.
 pub fn check_chain(ledgers: &[LedgerRecord]) -> Result<(), ChainError> {
-    let first = ledgers.first().ok_or(ChainError::Empty)?;
+    if ledgers.is_empty() {
+        return Err(ChainError::Empty);
+    }
     let mut prev: Option<(u64, Hash)> = None;
     for l in ledgers {
         let seq = l.seq_no;
@@ -201,7 +203,6 @@ pub fn check_chain(ledgers: &[LedgerRecord]) -> Result<(), ChainError> {
         }
         prev = Some((seq, hash));
     }
-    let _ = first;
     Ok(())
 }
 
