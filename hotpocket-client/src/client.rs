@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::protocol::bundle::{BootstrapReply, ClusterSpec, OwnerRequest};
+use crate::protocol::history::{LedgerQuery, LedgerQueryResult, LedgerRecord};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, Reply, Request, ServerChallengeResponse, UserChallenge,
     UserChallengeResponse,
@@ -52,6 +53,8 @@ pub enum ClientError {
     NotUtf8,
     #[error("bootstrap reply missing or malformed")]
     NoBootstrapReply,
+    #[error("the node refused the ledger query from ledger {from}: {code}")]
+    LedgerQuery { from: u64, code: String },
 }
 
 /// How many ledgers ahead of the lcl inputs may be included by default.
@@ -180,6 +183,8 @@ pub struct NodeStat {
     pub vote_status: String,
     /// `host:port` of the node's connected peers.
     pub peers: Vec<String>,
+    /// Ledgers the node keeps behind its last closed one; 0 keeps all.
+    pub ledger_retention: u64,
 }
 
 #[derive(Default)]
@@ -193,6 +198,7 @@ struct Inbox {
     lcl_waiters: VecDeque<oneshot::Sender<(u64, String)>>,
     stat_waiters: VecDeque<oneshot::Sender<NodeStat>>,
     read_waiters: HashMap<String, oneshot::Sender<Vec<u8>>>,
+    query_waiters: HashMap<String, oneshot::Sender<LedgerQueryResult>>,
     unmatched: Vec<Reply>,
     closed: bool,
     /// The reason in the node's close frame, when it gave one.
@@ -575,6 +581,64 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
+    /// One page of `ledger_query` over ledgers `from..=to` (Berth's range filter; hpcore's
+    /// `seq_no` filter when `from == to`), with raw inputs and outputs when asked. The node
+    /// answers a prefix of the range; `next_seq_no` names where the next page starts.
+    pub async fn ledger_query(
+        &self,
+        from: u64,
+        to: u64,
+        inputs: bool,
+        outputs: bool,
+    ) -> Result<LedgerQueryResult, ClientError> {
+        let id = format!("q{}", self.next_read_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.inner.inbox().query_waiters.insert(id.clone(), tx);
+        self.send_request(&Request::LedgerQuery(LedgerQuery {
+            id,
+            from,
+            to,
+            range: from != to,
+            inputs,
+            outputs,
+        }))
+        .await?;
+        tokio::time::timeout(self.opts.timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout("a ledger query result"))?
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Ledgers `from..=to` with their raw inputs and outputs, page by page (Berth's range of
+    /// `ledger_query`); stops early at the node's last ledger. `progress` gets (ledgers so
+    /// far, ledgers wanted) after each page. A page with an error ends it with
+    /// [`ClientError::LedgerQuery`].
+    pub async fn ledger_history(
+        &self,
+        from: u64,
+        to: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Vec<LedgerRecord>, ClientError> {
+        let mut ledgers = Vec::new();
+        let mut next = from;
+        while next <= to {
+            let page = self.ledger_query(next, to, true, true).await?;
+            if let Some(code) = page.error {
+                return Err(ClientError::LedgerQuery { from: next, code });
+            }
+            let Some(last) = page.results.last().map(|l| l.seq_no) else {
+                break;
+            };
+            ledgers.extend(page.results);
+            progress(ledgers.len() as u64, to + 1 - from);
+            next = last + 1;
+            if page.next_seq_no.is_none() {
+                break;
+            }
+        }
+        Ok(ledgers)
+    }
+
     /// The node's last closed ledger: (seq, hash hex).
     pub async fn lcl(&self) -> Result<(u64, String), ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -758,6 +822,11 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                 });
                 inner.outputs_changed.notify_waiters();
             }
+            Reply::LedgerQueryResult(result) => {
+                if let Some(waiter) = inbox.query_waiters.remove(&result.reply_for) {
+                    let _ = waiter.send(result);
+                }
+            }
             Reply::ReadResponse { reply_for, content } => {
                 let id = reply_for.unwrap_or_default();
                 if let Some(waiter) = inbox.read_waiters.remove(&id) {
@@ -782,6 +851,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => {
                 if let Some(waiter) = inbox.stat_waiters.pop_front() {
                     let _ = waiter.send(NodeStat {
@@ -794,6 +864,7 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                         in_sync,
                         vote_status,
                         peers,
+                        ledger_retention,
                     });
                 }
             }

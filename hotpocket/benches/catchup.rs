@@ -19,17 +19,10 @@ use anyhow::{bail, Context};
 use berth_hotpocket::peer::net::{PeerConfig, PeerNet};
 use berth_hotpocket::peer::wire::{NodeKey, PeerMsg, Piece, PieceKind, Want};
 use berth_hotpocket_client::client::{Client, ConnectOptions};
-use common::{bundle, cluster_args, example_contract, free_port, new_node, run_node};
+use common::{bundle, cluster_args, env_u64, example_contract, free_port, new_node, run_node};
 use ed25519_dalek::SigningKey;
 
 const MIB: usize = 1024 * 1024;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {

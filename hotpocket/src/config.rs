@@ -118,6 +118,18 @@ pub struct BootstrapSection {
     pub max_unpacked_bytes: u64,
 }
 
+impl BootstrapSection {
+    /// The section with every limit at its default.
+    pub fn for_owner(owner_pubkey: String) -> BootstrapSection {
+        BootstrapSection {
+            owner_pubkey,
+            install_timeout_secs: default_install_timeout(),
+            max_bundle_bytes: default_max_bundle_bytes(),
+            max_unpacked_bytes: default_max_unpacked_bytes(),
+        }
+    }
+}
+
 fn default_install_timeout() -> u64 {
     120
 }
@@ -258,6 +270,31 @@ pub struct NodeConfig {
     pub bootstrap: BootstrapSection,
     pub user: UserSection,
     pub mesh: MeshSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// Fewest ledgers a node with a retention keeps: more than a peer that falls behind asks
+/// for (`LedgerRequest` batches of 32) before it syncs its state instead.
+pub const MIN_LEDGER_RETENTION: u64 = 256;
+
+/// `ledger` section: how much history the node keeps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LedgerSection {
+    /// Ledgers kept behind the last closed one, with their inputs, outputs and proofs
+    /// (at least [`MIN_LEDGER_RETENTION`]); 0, the default, keeps the whole history.
+    #[serde(default)]
+    pub retention: u64,
+}
+
+impl LedgerSection {
+    /// The first ledger kept once `lcl` closed; 1 when the whole history is kept.
+    pub fn oldest_kept(&self, lcl: u64) -> u64 {
+        match self.retention {
+            0 => 1,
+            n => lcl.saturating_sub(n.max(MIN_LEDGER_RETENTION)).max(1),
+        }
+    }
 }
 
 /// What a new node is made from (the provisioner's env vars or `hotpocket new` flags).
@@ -383,6 +420,7 @@ impl NodeConfig {
                     .collect(),
                 await_cluster: new.await_cluster,
             },
+            ledger: LedgerSection::default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -80,23 +80,60 @@ pub struct RoundOutcome<'a> {
     pub output_hash: Hash,
 }
 
+/// A ledger's data hash from its fields (hpcore's formula).
+#[allow(clippy::too_many_arguments)]
+pub fn data_hash(
+    seq_no: u64,
+    time: u64,
+    state_hash: &Hash,
+    patch_hash: &Hash,
+    user_hash: &Hash,
+    input_hash: &Hash,
+    output_hash: &Hash,
+) -> Hash {
+    let seq_bytes = seq_no.to_be_bytes();
+    let time_bytes = time.to_be_bytes();
+    hash_parts([
+        seq_bytes.as_slice(),
+        time_bytes.as_slice(),
+        state_hash.as_slice(),
+        patch_hash.as_slice(),
+        user_hash.as_slice(),
+        input_hash.as_slice(),
+        output_hash.as_slice(),
+    ])
+}
+
+/// A ledger's hash: `blake3(prev_hash ‖ data_hash)`.
+pub fn ledger_hash(prev_hash: &Hash, data_hash: &Hash) -> Hash {
+    hash_parts([prev_hash.as_slice(), data_hash.as_slice()])
+}
+
+/// The user hash of a ledger: blake3 over its users' keys (sorted, each 0xED ‖ 32 bytes).
+pub fn user_hash(users: &[[u8; 33]]) -> Hash {
+    hash_parts(users.iter().map(|u| u.as_slice()))
+}
+
+/// The input hash of a ledger: blake3 over its input hashes in consensus order.
+pub fn input_hash(input_hashes: &[Hash]) -> Hash {
+    hash_parts(input_hashes.iter().map(|h| h.as_slice()))
+}
+
 /// Closes the ledger after `prev` from a round's outcome.
 pub fn close_ledger(prev: LclId, round: &RoundOutcome<'_>) -> Ledger {
     let seq_no = prev.seq_no + 1;
-    let user_hash = hash_parts(round.users.iter().map(|u| u.as_slice()));
-    let input_hash = hash_parts(round.input_hashes.iter().map(|h| h.as_slice()));
-    let seq_bytes = seq_no.to_be_bytes();
-    let time_bytes = round.time.to_be_bytes();
-    let data_hash = hash_parts([
-        seq_bytes.as_slice(),
-        time_bytes.as_slice(),
-        round.state_hash.as_slice(),
-        round.patch_hash.as_slice(),
-        user_hash.as_slice(),
-        input_hash.as_slice(),
-        round.output_hash.as_slice(),
-    ]);
-    let hash = hash_parts([prev.hash.as_slice(), data_hash.as_slice()]);
+    let user_hash = user_hash(round.users);
+    let input_hash = input_hash(round.input_hashes);
+    let data_hash = data_hash(
+        seq_no,
+        round.time,
+        &round.state_hash,
+        &round.patch_hash,
+        &user_hash,
+        &input_hash,
+        &round.output_hash,
+    );
+    let hash = ledger_hash(&prev.hash, &data_hash);
     Ledger {
         seq_no,
         timestamp: round.time,
@@ -109,6 +146,30 @@ pub fn close_ledger(prev: LclId, round: &RoundOutcome<'_>) -> Ledger {
         input_hash,
         output_hash: round.output_hash,
     }
+}
+
+/// The leaves of an execution's output tree: each user's output hash (users whose key does
+/// not parse are left out), in byte order, then the state hash (`None` marks it).
+pub fn output_leaves(
+    outputs: &std::collections::BTreeMap<String, Vec<Vec<u8>>>,
+    state_hash: Hash,
+) -> Vec<(Option<String>, Hash)> {
+    let mut leaves: Vec<(Option<String>, Hash)> = outputs
+        .iter()
+        .filter_map(|(user, msgs)| {
+            let key = crate::protocol::pubkey_bytes_from_hex(user)?;
+            Some((Some(user.clone()), user_output_hash(&key, msgs)))
+        })
+        .collect();
+    // As hpcore: user output hashes in byte order, then the state hash.
+    leaves.sort_by_key(|a| a.1);
+    leaves.push((None, state_hash));
+    leaves
+}
+
+/// The output root over [`output_leaves`]: what the UNL signs and the next ledger names.
+pub fn leaves_root(leaves: &[(Option<String>, Hash)]) -> Hash {
+    hash_parts(leaves.iter().map(|(_, h)| h.as_slice()))
 }
 
 /// A user's output hash: `blake3(pubkey ‖ outputs…)`.

@@ -138,6 +138,31 @@ enum Command {
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
     },
+    /// Replay a contract's downloaded history (`berth audit` writes it): check the hash
+    /// chain, execute every ledger again in a throw-away directory, and compare each ledger's
+    /// state and outputs. Exits 1 at the first difference or a broken chain.
+    Replay {
+        /// The history (JSON: contract_id, unl, ledgers from 1 with raw inputs and outputs).
+        #[arg(long)]
+        history: PathBuf,
+        /// The contract bundle zip you expect: only an upload of these bytes installs it (a
+        /// history that installed another differs at the ledger after that upload). Default:
+        /// the owner's first upload found in the history.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// The owner's key, `ed…` (default: the user whose upload is installed).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Compare from this ledger on; earlier ones are replayed to build the state.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Replay up to this ledger (default: the history's last).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Work in this empty directory and keep it (default: a temporary one, removed).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
     /// Internal: apply round limits and the file-system confinement to this process and exec
     /// the contract (or a bootstrap script).
     #[command(hide = true)]
@@ -412,7 +437,112 @@ fn real_main(command: Command, json: bool) -> anyhow::Result<()> {
             println!("image context in {}", dir.display());
             Ok(())
         }
+        Command::Replay {
+            history,
+            bundle,
+            owner,
+            from,
+            to,
+            work_dir,
+        } => replay(history, bundle, owner, from, to, work_dir, json),
         Command::ExecContract { .. } => bail!("exec-contract is handled before start-up"),
+    }
+}
+
+/// `hotpocket replay`: the report on stdout, progress on stderr, exit 1 on a difference.
+fn replay(
+    history: PathBuf,
+    bundle: Option<PathBuf>,
+    owner: Option<String>,
+    from: u64,
+    to: Option<u64>,
+    work_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use berth_hotpocket::replay;
+    use berth_hotpocket_client::protocol::history::HistoryFile;
+    let text = std::fs::read(&history).with_context(|| format!("reading {}", history.display()))?;
+    let mut file: HistoryFile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a history file", history.display()))?;
+    if let Some(to) = to {
+        file.ledgers.retain(|l| l.seq_no <= to);
+    }
+    let bundle = bundle
+        .map(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let (work, _temp) = match work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            (dir, None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("hotpocket-replay-")
+                .tempdir()
+                .context("making the replay directory")?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let cfg = replay::ReplayConfig {
+        contract_id: file.contract_id.clone(),
+        unl: file.unl.clone(),
+        bundle,
+        owner,
+        work_dir: work,
+        wrapper: std::env::current_exe().context("locating the hotpocket executable")?,
+        compare_from: from,
+    };
+    let started = std::time::Instant::now();
+    let mut last_shown = std::time::Instant::now();
+    let progress = |done: u64, total: u64| {
+        if last_shown.elapsed() >= std::time::Duration::from_secs(1) || done == total {
+            last_shown = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            eprintln!(
+                "replayed {done}/{total} ledgers ({:.0} ledgers/s)",
+                done as f64 / secs
+            );
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime
+        .block_on(replay::replay(&file.ledgers, &cfg, progress))
+        .context("replay")?;
+    if json {
+        print_json(&serde_json::to_value(&report).context("encoding the report")?)?;
+    } else if let Some(m) = &report.mismatch {
+        println!("ledger {} differs ({})", m.seq_no, m.what);
+        if let Some(user) = &m.user {
+            println!("  user:     {user}");
+        }
+        println!("  recorded: {}", m.recorded);
+        println!("  replayed: {}", m.replayed);
+        println!("  inputs of ledger {}:", m.seq_no);
+        for input in &m.inputs {
+            println!("    {} #{}: {}", input.user, input.nonce, input.input);
+        }
+    } else {
+        let secs = (report.elapsed_ms as f64 / 1000.0).max(1e-3);
+        println!(
+            "verified {} ledgers ({} replayed, {} inputs, {:.0} ledgers/s, {:.0} inputs/s)",
+            report.ledgers_verified,
+            report.ledgers_replayed,
+            report.inputs_replayed,
+            report.ledgers_replayed as f64 / secs,
+            report.inputs_replayed as f64 / secs
+        );
+    }
+    match &report.mismatch {
+        Some(m) => bail!(
+            "ledger {} differs from the node's record ({})",
+            m.seq_no,
+            m.what
+        ),
+        None => Ok(()),
     }
 }
 

@@ -120,6 +120,8 @@ pub struct Shared {
     /// Set by the first read request: from then on the round loop keeps a read-only view of
     /// the state after every execution.
     pub read_views_wanted: std::sync::atomic::AtomicBool,
+    /// `ledger.retention`: ledgers kept behind the last closed one (0: all).
+    pub ledger_retention: u64,
     /// The view read requests run in.
     pub read_view: Mutex<Option<Arc<crate::readview::ReadView>>>,
 }
@@ -459,7 +461,7 @@ fn max_peer_frame(cfg: &NodeConfig) -> usize {
 /// Builds the node (store, TLS, user and peer ports) and spawns its tasks.
 /// How this node starts contract processes: through its own executable, hiding the node
 /// directory from them where the kernel offers Landlock (logged either way).
-fn jail(opts: &StartOptions) -> Result<crate::exec::Jail, NodeError> {
+pub fn jail(opts: &StartOptions) -> Result<crate::exec::Jail, NodeError> {
     let abi = crate::confine::probe();
     let hide = if abi > 0 {
         let dir = opts
@@ -576,6 +578,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         }),
         failure: Mutex::new(None),
         read_views_wanted: std::sync::atomic::AtomicBool::new(false),
+        ledger_retention: cfg.ledger.retention,
         read_view: Mutex::new(None),
     });
     let (round_tx, round_rx) = mpsc::channel(16 * 1024);

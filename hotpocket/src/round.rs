@@ -1687,6 +1687,17 @@ impl RoundLoop {
             .collect();
         self.store.commit(&closed, &stored)?;
         self.store.record_proof(closed.seq_no, &proof.to_bytes())?;
+        if self.cfg.ledger.retention > 0 {
+            let keep = self.cfg.ledger.oldest_kept(closed.seq_no);
+            let pruned = self.store.prune_before(keep)?;
+            if pruned > 0 {
+                tracing::debug!(
+                    pruned,
+                    oldest = keep,
+                    "ledgers past ledger.retention dropped"
+                );
+            }
+        }
         self.recent.insert(
             closed.seq_no,
             valid.iter().map(|i| i.relay.clone()).collect(),
@@ -1865,17 +1876,8 @@ impl RoundLoop {
 
         let state_hash = self.state_hash().await?;
         let patch_hash = self.patch_hash();
-        let mut leaves: Vec<(Option<String>, Hash)> = outputs
-            .iter()
-            .filter_map(|(user, msgs)| {
-                let key = pubkey_bytes_from_hex(user)?;
-                Some((Some(user.clone()), ledger::user_output_hash(&key, msgs)))
-            })
-            .collect();
-        // As hpcore: user output hashes in byte order, then the state hash.
-        leaves.sort_by_key(|a| a.1);
-        leaves.push((None, state_hash));
-        let root = ledger::hash_parts(leaves.iter().map(|(_, h)| h.as_slice()));
+        let leaves = ledger::output_leaves(&outputs, state_hash);
+        let root = ledger::leaves_root(&leaves);
         let stored: Vec<StoredOutputs> = outputs
             .iter()
             .map(|(user, msgs)| StoredOutputs {
@@ -2561,25 +2563,12 @@ impl RoundLoop {
     }
 
     async fn post_exec(&mut self, lcl: LclId) {
-        let dir = self.shared.fs.state_dir();
-        if !dir.join("post_exec.sh").is_file() {
-            return;
-        }
-        // One argument, `"<seq> <hash>"`, as hpcore passes it.
-        let args = vec![format!("{} {}", lcl.seq_no, hex::encode(lcl.hash))];
         let timeout = self
             .shared
             .contract_command(&self.shared.contract())
             .timeout;
-        match exec::run_script(&self.shared.jail, &dir, "post_exec.sh", &args, timeout).await {
-            Ok(Some(0)) => {
-                if let Err(e) = std::fs::remove_file(dir.join("post_exec.sh")) {
-                    tracing::warn!(error = %berth_log::chain(&e), "removing post_exec.sh failed");
-                }
-            }
-            Ok(other) => tracing::warn!(?other, "post_exec.sh failed; it stays for the next round"),
-            Err(e) => tracing::warn!(error = %berth_log::chain(&e), "post_exec.sh could not run"),
-        }
+        crate::replay::post_exec(&self.shared.jail, &self.shared.fs.state_dir(), lcl, timeout)
+            .await;
     }
 }
 

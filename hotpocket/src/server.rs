@@ -459,6 +459,7 @@ async fn handle(
                     .collect(),
                 ledger_seq_no: lcl.seq_no,
                 ledger_hash: lcl.hash.to_vec(),
+                ledger_retention: shared.ledger_retention,
                 roundtime: contract.consensus.roundtime,
                 contract_execution_enabled: !contract.bin_path.is_empty(),
                 unl: contract
@@ -476,6 +477,25 @@ async fn handle(
             });
         }
         Request::Subscription => {}
+        Request::LedgerQuery(q) => {
+            // One query at a time per session (this awaits), sharing the read requests' slots.
+            let Ok(_slot) = shared.read_slots.acquire().await else {
+                return;
+            };
+            let db = shared
+                .fs
+                .root
+                .parent()
+                .map(crate::node::ledger_db_path)
+                .unwrap_or_default();
+            let query = q.clone();
+            let result =
+                tokio::task::spawn_blocking(move || crate::history::answer(&db, &query)).await;
+            let reply = result.unwrap_or_else(|_| {
+                crate::history::failed(&q, crate::protocol::history::error::EXEC_FAILURE)
+            });
+            let _ = tx.send(Reply::LedgerQueryResult(reply)).await;
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub enum StoreError {
     },
     #[error("ledger database {path}: corrupt {what}")]
     Corrupt { path: PathBuf, what: &'static str },
+    #[error("ledger {from} was pruned (ledger.retention)")]
+    Pruned { from: u64 },
 }
 
 /// An input as recorded in a ledger.
@@ -91,6 +93,24 @@ impl Store {
         })
     }
 
+    /// Opens the database at `path` read-only (the user port's ledger queries; the round
+    /// loop's connection is the only writer).
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            op: "open read-only",
+            source,
+        })?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
@@ -151,6 +171,42 @@ impl Store {
             .optional()
             .map_err(self.err("read ledger"))?;
         Ok(row)
+    }
+
+    /// The oldest ledger kept (1 when none was pruned or none is recorded).
+    pub fn oldest(&self) -> Result<u64, StoreError> {
+        let seq: Option<u64> = self
+            .conn
+            .query_row("SELECT min(seq_no) FROM ledgers", [], |r| r.get(0))
+            .map_err(self.err("read oldest ledger"))?;
+        Ok(seq.unwrap_or(1))
+    }
+
+    /// Drops every ledger before `seq_no` with its inputs, outputs, proof and execution
+    /// (`ledger.retention`); users' last nonces stay. Returns how many ledgers went.
+    pub fn prune_before(&mut self, seq_no: u64) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let err = |op| {
+            let path = path.clone();
+            move |source| StoreError::Sqlite { path, op, source }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        let gone = tx
+            .execute("DELETE FROM ledgers WHERE seq_no < ?1", [seq_no])
+            .map_err(err("prune ledgers"))?;
+        for (sql, op) in [
+            ("DELETE FROM inputs WHERE ledger_seq < ?1", "prune inputs"),
+            ("DELETE FROM outputs WHERE ledger_seq < ?1", "prune outputs"),
+            ("DELETE FROM proofs WHERE seq_no < ?1", "prune proofs"),
+            (
+                "DELETE FROM executions WHERE seq_no < ?1",
+                "prune executions",
+            ),
+        ] {
+            tx.execute(sql, [seq_no]).map_err(err(op))?;
+        }
+        tx.commit().map_err(err("commit"))?;
+        Ok(gone)
     }
 
     /// The last nonce the user had accepted in a ledger (0 when none).

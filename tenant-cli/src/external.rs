@@ -6,16 +6,15 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Where `berth-<name>` is: next to this executable first, then on the PATH.
-fn find(name: &str) -> Option<PathBuf> {
-    let file = format!("berth-{name}");
+/// Where the executable `file` is: next to this executable first, then on the PATH.
+pub fn find(file: &str) -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.join(&file)));
+        .and_then(|exe| Some(exe.parent()?.join(file)));
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(&file));
+        .map(|dir| dir.join(file));
     beside.into_iter().chain(on_path).find(|p| is_executable(p))
 }
 
@@ -29,7 +28,7 @@ fn is_executable(path: &Path) -> bool {
 /// subcommand's own); returns only when it cannot be started.
 pub fn run(name: &str, args: &[OsString]) -> ExitCode {
     use std::os::unix::process::CommandExt;
-    let Some(program) = find(name) else {
+    let Some(program) = find(&format!("berth-{name}")) else {
         let here = std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.parent()?.display().to_string()))

@@ -9,6 +9,7 @@ use berth_hotpocket_client::client::{
 };
 use berth_hotpocket_client::protocol::bundle::ContractConfig;
 use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply, ClusterSpec};
+use berth_hotpocket_client::protocol::history::HistoryFile;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 
@@ -201,6 +202,28 @@ impl Instance {
     /// The node's own status report (`stat`).
     pub async fn stat(&self) -> Result<NodeStat, InstanceError> {
         self.client.stat().await.map_err(self.request())
+    }
+
+    /// Downloads ledgers `1..=to` (default: the node's last closed ledger) with their raw
+    /// inputs and outputs, a page (`ledger_query`, Berth's range) at a time; `progress` gets
+    /// (ledgers downloaded, ledgers wanted) after each page.
+    pub async fn history(
+        &self,
+        to: Option<u64>,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<HistoryFile, InstanceError> {
+        let stat = self.stat().await?;
+        let to = to.unwrap_or(stat.ledger_seq_no).min(stat.ledger_seq_no);
+        let ledgers = self
+            .client
+            .ledger_history(1, to, &mut progress)
+            .await
+            .map_err(self.request())?;
+        Ok(HistoryFile {
+            contract_id: self.contract_id().to_owned(),
+            unl: stat.current_unl,
+            ledgers,
+        })
     }
 
     pub async fn close(self) {

@@ -84,6 +84,28 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Check what an instance's hosts did: download its ledgers with their inputs and
+    /// outputs, check the hash chain, replay the contract locally (`hotpocket replay`, found
+    /// beside `berth` or on the PATH) and compare every ledger's state and outputs. Prints
+    /// `verified N ledgers` or the first ledger that differs; exits 1 then. Progress on
+    /// stderr.
+    Audit {
+        /// A lease, a cluster (any live node of it), or an instance's user port as host:port
+        /// or wss://host:port (any user may audit: an address is queried with a throw-away
+        /// key when this home has none).
+        target: String,
+        /// Compare from this ledger on (earlier ones are replayed to build the state).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Audit up to this ledger (default: the node's last closed ledger).
+        #[arg(long)]
+        to: Option<u64>,
+        /// The contract bundle zip (default: the upload found in the history).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Show an instance's last closed ledger and status.
     Status {
         /// A lease (its id or a unique part of it such as its last 8 digits, see `berth leases`), or an instance's
@@ -580,6 +602,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit {
+            target,
+            from,
+            to,
+            bundle,
+            conn,
+        } => {
+            let home = home(cli.home.as_deref())?;
+            audit(&target, from, to, bundle, &conn, &home, &net, json).await
+        }
         Command::Status { instance, conn } => {
             let home = home(cli.home.as_deref())?;
             let keys = Keys::load(&home)?;
@@ -601,6 +633,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `berth audit`: the history downloaded here, the replay run by `hotpocket replay`, whose
+/// report (text or `--json`) is this command's output.
+#[allow(clippy::too_many_arguments)]
+async fn audit(
+    target: &str,
+    from: u64,
+    to: Option<u64>,
+    bundle: Option<PathBuf>,
+    conn: &ConnArgs,
+    home: &Path,
+    net: &Network,
+    json: bool,
+) -> anyhow::Result<()> {
+    let hotpocket = external::find("hotpocket").context(
+        "`berth audit` replays with the `hotpocket` runtime, found neither beside berth nor on \
+         the PATH; install it with `cargo install --path hotpocket` from a Berth checkout",
+    )?;
+    let node = match Keys::load(home) {
+        Ok(keys) => open_instance(target, &keys, conn, home, net).await?.0,
+        Err(_) if target.contains(':') => {
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            Instance::connect(target, &key, Duration::from_secs(conn.timeout))
+                .await
+                .with_context(|| format!("is the instance running? (tried {target})"))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now();
+    let history = node
+        .history(to, |done, total| {
+            if shown.elapsed() >= Duration::from_secs(1) || done == total {
+                shown = std::time::Instant::now();
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                eprintln!("downloaded {done}/{total} ledgers ({rate:.0} ledgers/s)");
+            }
+        })
+        .await;
+    let addr = node.addr().to_owned();
+    node.close().await;
+    let history = history?;
+    let file = std::env::temp_dir().join(format!(
+        "berth-audit-{}-{}.json",
+        std::process::id(),
+        history.contract_id
+    ));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&history).context("encoding the history")?,
+    )
+    .with_context(|| format!("writing {}", file.display()))?;
+    let mut command = std::process::Command::new(&hotpocket);
+    command
+        .arg("replay")
+        .arg("--history")
+        .arg(&file)
+        .arg("--from")
+        .arg(from.to_string());
+    if let Some(bundle) = &bundle {
+        command.arg("--bundle").arg(bundle);
+    }
+    if json {
+        command.arg("--json");
+    }
+    let status = command.status();
+    let _ = std::fs::remove_file(&file);
+    let status = status.with_context(|| format!("running {}", hotpocket.display()))?;
+    if !status.success() {
+        bail!("audit of {addr}: the replay refused the history or found a difference (above)");
+    }
+    Ok(())
 }
 
 /// The node closed the connection (or the send failed) during an upload: what a node does

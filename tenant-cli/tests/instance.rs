@@ -22,20 +22,28 @@ fn echo_dir(root: &std::path::Path) -> std::path::PathBuf {
     dir
 }
 
-#[test]
-fn deploy_echo_then_input_read_and_status_and_a_stranger_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let owner = tmp.path().join("owner");
-    let stranger = tmp.path().join("stranger");
+/// An owner's home with keys, a node that owner owns (nothing installed), its URL and the
+/// echo contract directory.
+fn owned_echo_node(
+    root: &std::path::Path,
+) -> (std::path::PathBuf, Node, String, std::path::PathBuf) {
+    let owner = root.join("owner");
     ok(berth(&owner, &["keys", "new"]));
-    ok(berth(&stranger, &["keys", "new"]));
     let owner_key = json(berth(&owner, &["keys", "show", "--json"]))["hotpocket_public_key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let node = Node::create(&tmp.path().join("node"), &owner_key);
+    let node = Node::create(&root.join("node"), &owner_key);
     let url = format!("wss://{}", node.addr);
-    let dir = echo_dir(tmp.path());
+    (owner, node, url, echo_dir(root))
+}
+
+#[test]
+fn deploy_echo_then_input_read_and_status_and_a_stranger_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stranger = tmp.path().join("stranger");
+    ok(berth(&stranger, &["keys", "new"]));
+    let (owner, _node, url, dir) = owned_echo_node(tmp.path());
 
     // Before anything is installed, a stranger's upload is refused: by the bootstrap
     // (`UserNotAllowed`), or, when the bundle is over the node's limit for users other than
@@ -250,4 +258,48 @@ async fn a_lease_connection_refuses_a_node_that_is_not_the_leased_instance() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a node of another contract was accepted"),
     }
+}
+
+/// `berth <args>` with the test's `hotpocket` first on the PATH (as `berth audit` finds it).
+fn berth_with_hotpocket(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let (hotpocket, _) = hotpocket_artifacts();
+    let dir = hotpocket.parent().unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_HOME", home)
+        .env("PATH", path)
+        .env_remove("BERTH_LEDGER")
+        .env_remove("BERTH_REGISTRY")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_verifies_an_instance_redeployed_and_any_user_may_run_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (owner, _node, url, dir) = owned_echo_node(tmp.path());
+    ok(berth(&owner, &["deploy", &url, dir.to_str().unwrap()]));
+    for input in ["one", "two"] {
+        assert_eq!(ok(berth(&owner, &["input", &url, input])).trim(), input);
+    }
+    // A second deploy replaces the contract; the replay follows it.
+    ok(berth(&owner, &["deploy", &url, dir.to_str().unwrap()]));
+    assert_eq!(ok(berth(&owner, &["input", &url, "three"])).trim(), "three");
+
+    let out = berth_with_hotpocket(&owner, &["audit", &url, "--json"]);
+    let report = json(out);
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(report["ledgers_verified"].as_u64().unwrap() > 3, "{report}");
+    assert!(report["inputs_replayed"].as_u64().unwrap() >= 5, "{report}");
+
+    // Someone with no Berth keys at all audits the address with a throw-away key.
+    let auditor = tmp.path().join("auditor");
+    let out = berth_with_hotpocket(&auditor, &["audit", &url]);
+    let text = ok(out);
+    assert!(text.starts_with("verified "), "{text}");
 }

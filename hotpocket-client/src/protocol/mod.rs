@@ -4,6 +4,7 @@
 pub mod bson;
 pub mod bundle;
 pub mod contract;
+pub mod history;
 pub mod user;
 
 /// The HotPocket protocol version this runtime speaks.

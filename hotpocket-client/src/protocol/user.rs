@@ -69,6 +69,7 @@ pub enum UserRequest {
         channel: String,
         enabled: bool,
     },
+    LedgerQuery(super::history::QueryJson),
 }
 
 /// Outcome of a submitted input.
@@ -152,6 +153,9 @@ pub enum NodeMessage {
         contract_execution_enabled: bool,
         read_requests_enabled: bool,
         is_full_history_node: bool,
+        /// Berth: ledgers kept behind the last closed one; 0 (absent) keeps all.
+        #[serde(default)]
+        ledger_retention: u64,
         current_unl: Vec<String>,
         peers: Vec<String>,
         #[serde(default)]
@@ -164,6 +168,7 @@ pub enum NodeMessage {
         ledger_seq_no: u64,
         ledger_hash: String,
     },
+    LedgerQueryResult(super::history::LedgerQueryResult),
     /// Sent when a message cannot be understood at all (not a HotPocket message).
     Error {
         reason: String,
@@ -249,6 +254,7 @@ pub enum Request {
     Stat,
     Lcl,
     Subscription,
+    LedgerQuery(super::history::LedgerQuery),
 }
 
 /// The signed container's fields.
@@ -295,6 +301,8 @@ pub enum Reply {
         vote_status: String,
         /// `host:port` of each connected peer.
         peers: Vec<String>,
+        /// Ledgers kept behind the last closed one (`ledger.retention`); 0 keeps all.
+        ledger_retention: u64,
     },
     /// The UNL changed (a `patch.cfg` reached consensus).
     UnlChange {
@@ -305,6 +313,7 @@ pub enum Reply {
         ledger_seq_no: u64,
         ledger_hash: Vec<u8>,
     },
+    LedgerQueryResult(super::history::LedgerQueryResult),
 }
 
 fn ed_hex(bytes: &[u8]) -> String {
@@ -380,6 +389,7 @@ impl Reply {
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => NodeMessage::StatResponse {
                 hp_version: super::HP_VERSION.to_owned(),
                 ledger_seq_no: *ledger_seq_no,
@@ -388,7 +398,8 @@ impl Reply {
                 roundtime: *roundtime,
                 contract_execution_enabled: *contract_execution_enabled,
                 read_requests_enabled: true,
-                is_full_history_node: true,
+                is_full_history_node: *ledger_retention == 0,
+                ledger_retention: *ledger_retention,
                 current_unl: unl.iter().map(|k| ed_hex(k)).collect(),
                 peers: peers.clone(),
                 vote_status: vote_status.clone(),
@@ -403,6 +414,7 @@ impl Reply {
                 ledger_seq_no: *ledger_seq_no,
                 ledger_hash: hex::encode(ledger_hash),
             },
+            Reply::LedgerQueryResult(r) => NodeMessage::LedgerQueryResult(r.clone()),
         }
     }
 
@@ -485,6 +497,7 @@ impl Reply {
                 in_sync,
                 vote_status,
                 peers,
+                ledger_retention,
             } => ty("stat_response")
                 .with("hp_version", Bson::String(super::HP_VERSION.to_owned()))
                 .with("ledger_seq_no", seq(*ledger_seq_no))
@@ -495,7 +508,8 @@ impl Reply {
                     Bson::Bool(*contract_execution_enabled),
                 )
                 .with("read_requests_enabled", Bson::Bool(true))
-                .with("is_full_history_node", Bson::Bool(true))
+                .with("is_full_history_node", Bson::Bool(*ledger_retention == 0))
+                .with("ledger_retention", seq(*ledger_retention))
                 .with(
                     "current_unl",
                     Bson::Array(unl.iter().map(|k| Bson::Binary(k.clone())).collect()),
@@ -516,6 +530,7 @@ impl Reply {
             } => ty("lcl_response")
                 .with("ledger_seq_no", seq(*ledger_seq_no))
                 .with("ledger_hash", Bson::Binary(ledger_hash.clone())),
+            Reply::LedgerQueryResult(r) => r.to_bson(),
         }
     }
 
@@ -573,8 +588,10 @@ impl Reply {
                 in_sync,
                 peers,
                 vote_status,
+                ledger_retention,
                 ..
             } => Reply::Stat {
+                ledger_retention,
                 ledger_seq_no,
                 ledger_hash: unhex(&ledger_hash),
                 roundtime,
@@ -594,6 +611,7 @@ impl Reply {
                 ledger_seq_no,
                 ledger_hash: unhex(&ledger_hash),
             },
+            NodeMessage::LedgerQueryResult(r) => Reply::LedgerQueryResult(r),
             NodeMessage::Error { .. } => return None,
         })
     }
@@ -647,6 +665,7 @@ impl Reply {
                 content: bytes("content").unwrap_or_default(),
             },
             "stat_response" => Reply::Stat {
+                ledger_retention: num("ledger_retention").unwrap_or(0),
                 ledger_seq_no: num("ledger_seq_no")?,
                 ledger_hash: bytes("ledger_hash").unwrap_or_default(),
                 roundtime: num("roundtime").unwrap_or(0),
@@ -679,17 +698,21 @@ impl Reply {
                 ledger_seq_no: num("ledger_seq_no")?,
                 ledger_hash: bytes("ledger_hash").unwrap_or_default(),
             },
+            "ledger_query_result" => {
+                Reply::LedgerQueryResult(super::history::LedgerQueryResult::from_bson(doc)?)
+            }
             _ => return None,
         })
     }
 }
 
-const KNOWN_REQUESTS: [&str; 5] = [
+const KNOWN_REQUESTS: [&str; 6] = [
     "contract_input",
     "contract_read_request",
     "stat",
     "lcl",
     "subscription",
+    "ledger_query",
 ];
 
 impl Request {
@@ -725,6 +748,10 @@ impl Request {
                     UserRequest::Stat => Request::Stat,
                     UserRequest::Lcl => Request::Lcl,
                     UserRequest::Subscription { .. } => Request::Subscription,
+                    UserRequest::LedgerQuery(q) => Request::LedgerQuery(
+                        super::history::LedgerQuery::from_json(q)
+                            .ok_or(RejectReason::BadMsgFormat)?,
+                    ),
                 })
             }
             Protocol::Bson => {
@@ -746,6 +773,9 @@ impl Request {
                     "stat" => Ok(Request::Stat),
                     "lcl" => Ok(Request::Lcl),
                     "subscription" => Ok(Request::Subscription),
+                    "ledger_query" => super::history::LedgerQuery::from_bson(&doc)
+                        .map(Request::LedgerQuery)
+                        .ok_or(RejectReason::BadMsgFormat),
                     _ => Err(RejectReason::InvalidMsgType),
                 }
             }
@@ -772,6 +802,7 @@ impl Request {
                     Request::Subscription => {
                         serde_json::json!({"type": "subscription", "channel": "ledger_event", "enabled": false})
                     }
+                    Request::LedgerQuery(q) => q.to_json(),
                 };
                 value.to_string().into_bytes()
             }
@@ -793,6 +824,7 @@ impl Request {
                     Request::Subscription => ty("subscription")
                         .with("channel", Bson::String("ledger_event".into()))
                         .with("enabled", Bson::Bool(false)),
+                    Request::LedgerQuery(q) => q.to_bson(),
                 };
                 doc.encode()
             }

@@ -29,6 +29,14 @@ pub fn example_contract(hotpocket: &Path, name: &str) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
+/// A `BENCH_*` setting from the environment, or its default.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A node process, killed when dropped.
 pub struct NodeProc(pub Child);
 
