@@ -1144,13 +1144,29 @@ impl Machine {
     async fn bring_up(&self, lease: &Lease) -> Result<(), ProvisionError> {
         let spec = self.spec(lease);
         if !lease.pooled {
-            // Identity first, then start: the runtime finds it at once.
-            match self.provisioner.create(&spec).await {
-                Ok(()) | Err(ProvisionError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
+            // Identity first, then start: the runtime finds it at once. A container the
+            // engine says it does not know right after it was made (seen on a loaded machine,
+            // cause not found) is made again, a few times, rather than failing the purchase.
+            let mut attempt = 0;
+            loop {
+                let made = async {
+                    match self.provisioner.create(&spec).await {
+                        Ok(()) | Err(ProvisionError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                    self.provisioner.assign(&spec).await?;
+                    self.provisioner.start(&spec.name).await
+                }
+                .await;
+                match made {
+                    Err(ProvisionError::NotFound { .. }) if attempt < 3 => {
+                        attempt += 1;
+                        warn!(instance = %spec.name, attempt, "instance vanished while it was made; making it again");
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    other => return other,
+                }
             }
-            self.provisioner.assign(&spec).await?;
-            return self.provisioner.start(&spec.name).await;
         }
         match self.provisioner.assign(&spec).await {
             Err(ProvisionError::NotFound { .. }) => {

@@ -625,9 +625,10 @@ impl DockerProvisioner {
         {
             Ok(_) => {}
             Err(error) if is_not_found(&error) => {
+                tracing::warn!(instance = spec.name, %error, "the engine does not know the instance");
                 return Err(ProvisionError::NotFound {
                     instance: spec.name.clone(),
-                })
+                });
             }
             Err(source) => {
                 return Err(ProvisionError::engine(
@@ -888,9 +889,12 @@ fn already_done_is_done(
     match result {
         Ok(()) => Ok(()),
         Err(error) if is_not_modified(&error) => Ok(()),
-        Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
-            instance: name.to_owned(),
-        }),
+        Err(error) if is_not_found(&error) => {
+            tracing::warn!(instance = name, %op, %error, "the engine does not know the instance");
+            Err(ProvisionError::NotFound {
+                instance: name.to_owned(),
+            })
+        }
         Err(source) => Err(ProvisionError::engine(name, op, source)),
     }
 }
@@ -988,9 +992,12 @@ impl Provisioner for DockerProvisioner {
                 tracing::info!(instance = spec.name, "pooled instance assigned");
                 Ok(())
             }
-            Err(error) if is_not_found(&error) => Err(ProvisionError::NotFound {
-                instance: spec.name.clone(),
-            }),
+            Err(error) if is_not_found(&error) => {
+                tracing::warn!(instance = spec.name, %error, "the engine does not know the instance (or its state directory)");
+                Err(ProvisionError::NotFound {
+                    instance: spec.name.clone(),
+                })
+            }
             Err(source) => Err(ProvisionError::engine(
                 &spec.name,
                 Operation::Assign,
