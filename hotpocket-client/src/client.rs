@@ -608,8 +608,10 @@ impl Client {
     pub async fn sign_checkpoint(&self, tx: &[u8]) -> Result<CheckpointSigner, ClientError> {
         let (send, rx) = oneshot::channel();
         self.inner.inbox().signature_waiters.push_back(send);
-        self.send_request(&Request::Berth(BerthRequest::CheckpointSign { tx: tx.to_vec() }))
-            .await?;
+        self.send_request(&Request::Berth(BerthRequest::CheckpointSign {
+            tx: tx.to_vec(),
+        }))
+        .await?;
         tokio::time::timeout(self.opts.timeout, rx)
             .await
             .map_err(|_| ClientError::Timeout("a checkpoint signature"))?

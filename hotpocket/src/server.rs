@@ -22,6 +22,7 @@ use crate::config::HANDSHAKE_READ_BYTES;
 use crate::exec::{self, RunEnd};
 use crate::ledger::hash_parts;
 use crate::node::{RoundMsg, SessionHandle, Shared, SignedInput};
+use crate::protocol::anchor::{BerthReply, BerthRequest, LedgerAnswer};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, RejectReason, Reply, Request, ServerChallengeResponse,
     UserChallenge, UserChallengeResponse,
@@ -476,6 +477,45 @@ async fn handle(
             });
         }
         Request::Subscription => {}
+        Request::Berth(request) => {
+            let reply = berth_request(request, shared);
+            let _ = tx.try_send(Reply::Berth(reply));
+        }
+    }
+}
+
+/// Answers a Berth extension request (see [`crate::anchor`]); any user may ask.
+fn berth_request(request: BerthRequest, shared: &Shared) -> BerthReply {
+    match request {
+        BerthRequest::LedgerAt { seq } => {
+            let lcl = shared.lcl().seq_no;
+            match shared.anchor.ledger_answer(seq, lcl) {
+                Ok(answer) => BerthReply::Ledger(answer),
+                Err(e) => {
+                    tracing::warn!(seq, error = %berth_log::chain(&e), "reading a ledger for a user failed");
+                    BerthReply::Ledger(LedgerAnswer {
+                        seq,
+                        lcl_seq: lcl,
+                        ledger: None,
+                    })
+                }
+            }
+        }
+        BerthRequest::CheckpointSign { tx } => {
+            let contract = shared.contract();
+            let secret = shared.signing_key.to_bytes();
+            let ctx = crate::anchor::SignContext {
+                contract_id: &shared.contract_id,
+                unl: &contract.unl,
+                threshold: contract.consensus.threshold,
+                secret: &secret,
+            };
+            let answer = shared.anchor.sign(&tx, &ctx);
+            if let Err(reason) = &answer {
+                tracing::info!(reason, "refused to sign a checkpoint");
+            }
+            BerthReply::CheckpointSignature(answer)
+        }
     }
 }
 

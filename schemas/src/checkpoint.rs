@@ -59,12 +59,18 @@ impl Checkpoint {
     pub fn from_memo(memo: &Memo) -> Result<Checkpoint, CheckpointError> {
         if memo.memo_type != CHECKPOINT_MEMO_TYPE.as_bytes() {
             return Err(CheckpointError::NotCheckpoint(
-                String::from_utf8_lossy(&memo.memo_type).chars().take(64).collect(),
+                String::from_utf8_lossy(&memo.memo_type)
+                    .chars()
+                    .take(64)
+                    .collect(),
             ));
         }
         if memo.memo_format != MEMO_FORMAT.as_bytes() {
             return Err(CheckpointError::Format(
-                String::from_utf8_lossy(&memo.memo_format).chars().take(64).collect(),
+                String::from_utf8_lossy(&memo.memo_format)
+                    .chars()
+                    .take(64)
+                    .collect(),
             ));
         }
         let cp: Checkpoint = payload::decode(CHECKPOINT_MEMO_TYPE, &memo.memo_data)?;

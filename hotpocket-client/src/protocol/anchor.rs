@@ -20,6 +20,14 @@ use serde_json::{json, Value};
 use super::bson::{Bson, Doc};
 use super::user::Protocol;
 
+/// The signer quorum of a cluster account for `nodes` UNL nodes (each of weight 1) and the
+/// cluster's consensus `threshold` in percent: ceil(threshold × nodes / 100), at least 1 and
+/// at most `nodes`, the number of nodes that close a ledger.
+pub fn signer_quorum(nodes: usize, threshold: u32) -> u32 {
+    let need = (u64::from(threshold) * nodes as u64).div_ceil(100).max(1);
+    u32::try_from(need.min(nodes.max(1) as u64)).unwrap_or(u32::MAX)
+}
+
 /// A Berth extension request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BerthRequest {
@@ -175,9 +183,7 @@ impl BerthReply {
                         let b = match v {
                             Value::String(s) => Bson::String(s),
                             Value::Bool(b) => Bson::Bool(b),
-                            Value::Number(n) => {
-                                Bson::Int64(n.as_i64().unwrap_or(i64::MAX))
-                            }
+                            Value::Number(n) => Bson::Int64(n.as_i64().unwrap_or(i64::MAX)),
                             _ => continue,
                         };
                         doc = doc.with(&k, b);
@@ -192,16 +198,16 @@ impl BerthReply {
     pub fn from_json(value: &Value) -> Option<BerthReply> {
         let text = |k: &str| value.get(k).and_then(Value::as_str);
         match text("type")? {
-            "berth_checkpoint_signature" => Some(BerthReply::CheckpointSignature(
-                match text("status")? {
+            "berth_checkpoint_signature" => {
+                Some(BerthReply::CheckpointSignature(match text("status")? {
                     "ok" => Ok(CheckpointSigner {
                         account: text("account")?.to_owned(),
                         signing_pub_key: text("signing_pub_key")?.to_owned(),
                         txn_signature: text("txn_signature")?.to_owned(),
                     }),
                     _ => Err(text("reason").unwrap_or("refused").to_owned()),
-                },
-            )),
+                }))
+            }
             "berth_ledger_response" => {
                 let found = value.get("found").and_then(Value::as_bool) == Some(true);
                 let ledger = match found {
@@ -243,6 +249,16 @@ impl BerthReply {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn quorum_is_the_share_of_nodes_that_close_a_ledger() {
+        assert_eq!(signer_quorum(3, 80), 3);
+        assert_eq!(signer_quorum(3, 51), 2);
+        assert_eq!(signer_quorum(5, 80), 4);
+        assert_eq!(signer_quorum(5, 60), 3);
+        assert_eq!(signer_quorum(1, 1), 1);
+        assert_eq!(signer_quorum(4, 100), 4);
+    }
 
     #[test]
     fn requests_and_answers_round_trip_in_both_protocols() {
