@@ -126,15 +126,15 @@ impl Anchor {
     /// The hashes of this node's ledger `seq`, if it has it.
     pub fn ledger(&self, seq: u64) -> Result<Option<LedgerHashes>, AnchorError> {
         let conn = self.conn();
-        let row: Option<(Vec<u8>, Vec<u8>)> = conn
+        let row: Option<(Vec<u8>, Vec<u8>, u64)> = conn
             .query_row(
-                "SELECT hash, state_hash FROM ledgers WHERE seq_no = ?1",
+                "SELECT hash, state_hash, time FROM ledgers WHERE seq_no = ?1",
                 [seq],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(self.err("read ledger"))?;
-        let Some((hash, state)) = row else {
+        let Some((hash, state, time_ms)) = row else {
             return Ok(None);
         };
         let bundle: Option<Vec<u8>> = conn
@@ -152,6 +152,7 @@ impl Anchor {
             hash,
             state_hash,
             bundle_hash: bundle.and_then(hash32).unwrap_or([0; 32]),
+            time_ms,
         }))
     }
 

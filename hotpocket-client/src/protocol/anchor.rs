@@ -12,7 +12,7 @@
 //!   "signing_pub_key": "ED…", "txn_signature": "<hex>"}` (the `Signer` of the multi-signed
 //!   transaction), or `{"status": "refused", "reason": "…"}` naming what differs;
 //! - `{"type": "berth_ledger_response", "seq": 120, "lcl_seq": 131, "found": true,
-//!   "hash": "<64 hex>", "state_hash": "<64 hex>", "bundle_hash": "<64 hex>"}`;
+//!   "hash": "<64 hex>", "state_hash": "<64 hex>", "bundle_hash": "<64 hex>", "time": <ms>}`;
 //!   `found` is false (and the hashes absent) when the node has no ledger at `seq`.
 
 use serde_json::{json, Value};
@@ -66,6 +66,8 @@ pub struct LedgerHashes {
     /// blake3 of the bundle installed at that ledger; zeros when none, or when the node does
     /// not know it (it caught up by state sync past the install).
     pub bundle_hash: [u8; 32],
+    /// When the ledger closed: the round's time, Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// A Berth extension answer.
@@ -165,6 +167,7 @@ impl BerthReply {
                     v["hash"] = json!(hex::encode(l.hash));
                     v["state_hash"] = json!(hex::encode(l.state_hash));
                     v["bundle_hash"] = json!(hex::encode(l.bundle_hash));
+                    v["time"] = json!(l.time_ms);
                 }
                 v
             }
@@ -215,6 +218,7 @@ impl BerthReply {
                         hash: hash_of(text("hash"))?,
                         state_hash: hash_of(text("state_hash"))?,
                         bundle_hash: hash_of(text("bundle_hash"))?,
+                        time_ms: value.get("time").and_then(Value::as_u64).unwrap_or(0),
                     }),
                     false => None,
                 };
@@ -280,6 +284,7 @@ mod tests {
                     hash: [1; 32],
                     state_hash: [2; 32],
                     bundle_hash: [0; 32],
+                    time_ms: 1_700_000_000_000,
                 }),
             }),
             BerthReply::Ledger(LedgerAnswer {
