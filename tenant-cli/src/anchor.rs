@@ -84,6 +84,8 @@ pub enum AnchorError {
     },
     #[error("`{0}` is not an XRPL account address (r…)")]
     BadAccount(String),
+    #[error("cluster {cluster}: its members are not the signer list of {account}; run `berth cluster anchor --update-signers --cluster {cluster}` first")]
+    StaleSigners { cluster: String, account: String },
 }
 
 impl From<LeaseError> for AnchorError {
@@ -137,6 +139,24 @@ pub struct SetupReport {
     /// Fees of the signer list and the master key's disabling.
     pub fees_drops: u64,
     pub transactions: Vec<String>,
+}
+
+/// A multi-signed transaction of the cluster's account, validated.
+struct Multisigned {
+    validated: berth_mb_xrpl::Validated,
+    fee_drops: u64,
+    refusals: Vec<String>,
+}
+
+/// A signer list update written.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignersReport {
+    pub cluster: String,
+    pub account: String,
+    pub signers: Vec<String>,
+    pub quorum: u32,
+    pub tx: String,
+    pub fee_drops: u64,
 }
 
 /// One checkpoint written.
@@ -338,6 +358,176 @@ impl Clusters<'_> {
         })
     }
 
+    /// The cluster's record and its account, once set up.
+    fn anchored(&self, name: &str) -> Result<(ClusterRecord, AnchorAccount), AnchorError> {
+        let record = self.load(name)?;
+        match record.anchor.clone() {
+            Some(a) if a.setup_seed.is_none() => Ok((record, a)),
+            _ => Err(AnchorError::NotSetUp {
+                cluster: record.name.clone(),
+            }),
+        }
+    }
+
+    /// After a UNL change (`add-node`, `remove-node`, `replace-node`): sets the cluster
+    /// account's signer list to the current members' keys, signed by a quorum of the old
+    /// list through the nodes (each signs only a list naming its own current UNL). `None`
+    /// when the list is current.
+    pub async fn update_signers(
+        &self,
+        name: &str,
+        progress: Progress<'_>,
+    ) -> Result<Option<SignersReport>, AnchorError> {
+        let (mut record, anchor) = self.anchored(name)?;
+        let keys: Vec<String> = self
+            .member_keys(&record)?
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        let mut sorted_new = keys.clone();
+        sorted_new.sort();
+        let mut sorted_old = anchor.signers.clone();
+        sorted_old.sort();
+        if sorted_new == sorted_old {
+            return Ok(None);
+        }
+        let quorum = signer_quorum(keys.len(), threshold_of(&record));
+        let tx = json!({
+            "TransactionType": "SignerListSet",
+            "Account": anchor.account,
+            "SignerQuorum": quorum,
+            "SignerEntries": signer_entries(&keys),
+        });
+        progress(&format!(
+            "asking the nodes to sign the new signer list ({} node(s), quorum {quorum}); the old list needs {}…",
+            keys.len(),
+            anchor.quorum
+        ));
+        // Every node the record still has may sign, members or leaving: the old list's.
+        let done = self
+            .multisigned(
+                &record,
+                &anchor,
+                tx,
+                0,
+                "the signer list update",
+                |_| true,
+                progress,
+            )
+            .await?;
+        if let Some(a) = record.anchor.as_mut() {
+            a.signers = keys.clone();
+            a.quorum = quorum;
+        }
+        self.save(&record)?;
+        Ok(Some(SignersReport {
+            cluster: record.name.clone(),
+            account: anchor.account,
+            signers: keys,
+            quorum,
+            tx: done.validated.hash,
+            fee_drops: done.fee_drops,
+        }))
+    }
+
+    /// Prepares `tx` of the cluster's account, gathers a quorum of the signer list's
+    /// entries from the nodes `which` admits, submits it and waits until it succeeded.
+    #[allow(clippy::too_many_arguments)]
+    async fn multisigned(
+        &self,
+        record: &ClusterRecord,
+        anchor: &AnchorAccount,
+        tx: Value,
+        seq: u64,
+        what: &'static str,
+        which: impl Fn(NodeState) -> bool,
+        progress: Progress<'_>,
+    ) -> Result<Multisigned, AnchorError> {
+        let need = anchor.quorum as usize;
+        let client = self.tenant.client();
+        let unsigned = multisign::prepare(
+            client,
+            tx,
+            need,
+            MAX_CHECKPOINT_FEE_DROPS,
+            LAST_LEDGER_OFFSET,
+        )
+        .await
+        .map_err(submit_err(&anchor.account))?;
+        let (mut signers, refusals) = self.gather(record, &unsigned, &anchor.signers, which).await;
+        if signers.len() < need {
+            return Err(AnchorError::NoQuorum {
+                cluster: record.name.clone(),
+                seq,
+                got: signers.len(),
+                need,
+                detail: refusals.join("; "),
+            });
+        }
+        signers.truncate(need);
+        let signed = unsigned.combine(signers);
+        progress(&format!(
+            "{what}: submitting {} ({need} signatures, fee {} drops)…",
+            signed.hash, unsigned.fee_drops
+        ));
+        let validated = multisign::submit_and_wait(client, &signed, Duration::from_millis(500))
+            .await
+            .map_err(submit_err(&anchor.account))?;
+        if !validated.is_success() {
+            return Err(AnchorError::Failed {
+                account: anchor.account.clone(),
+                what,
+                result: validated.result,
+            });
+        }
+        Ok(Multisigned {
+            validated,
+            fee_drops: unsigned.fee_drops,
+            refusals,
+        })
+    }
+
+    /// Asks the record's nodes (those `which` admits) for their `Signer` entries, keeping
+    /// those of the signer list `list` that verify.
+    async fn gather(
+        &self,
+        record: &ClusterRecord,
+        unsigned: &multisign::Unsigned,
+        list: &[String],
+        which: impl Fn(NodeState) -> bool,
+    ) -> (Vec<StObject>, Vec<String>) {
+        let bytes = unsigned.to_bytes();
+        let asks = record
+            .live_nodes()
+            .filter(|(_, n)| which(n.state))
+            .map(|(i, _)| {
+                let bytes = &bytes;
+                async move {
+                    let answer = match self.connect(record, i).await {
+                        Ok(n) => {
+                            let a = n
+                                .sign_checkpoint(bytes)
+                                .await
+                                .map_err(|e| berth_log::chain(&e).to_string());
+                            n.close().await;
+                            a
+                        }
+                        Err(e) => Err(berth_log::chain(&e).to_string()),
+                    };
+                    (i, answer)
+                }
+            });
+        let mut signers = Vec::new();
+        let mut refusals = Vec::new();
+        for (i, answer) in futures_util::future::join_all(asks).await {
+            match answer.and_then(|s| checked_signer(&s, &unsigned.tx, list)) {
+                Ok(entry) => signers.push(entry),
+                Err(why) => refusals.push(format!("node {}: {why}", i + 1)),
+            }
+        }
+        (signers, refusals)
+    }
+
     /// Writes one checkpoint: of the latest ledger the nodes closed, or with `every` of the
     /// latest multiple of it. `None` when that ledger is anchored already.
     pub async fn checkpoint(
@@ -346,16 +536,18 @@ impl Clusters<'_> {
         every: Option<u64>,
         progress: Progress<'_>,
     ) -> Result<Option<CheckpointReport>, AnchorError> {
-        let mut record = self.load(name)?;
-        let anchor = match &record.anchor {
-            Some(a) if a.setup_seed.is_none() => a.clone(),
-            _ => {
-                return Err(AnchorError::NotSetUp {
-                    cluster: record.name.clone(),
-                })
-            }
-        };
+        let (mut record, anchor) = self.anchored(name)?;
         let members = self.member_keys(&record)?;
+        let mut current: Vec<&String> = members.iter().map(|(_, k)| k).collect();
+        current.sort();
+        let mut listed: Vec<&String> = anchor.signers.iter().collect();
+        listed.sort();
+        if current != listed {
+            return Err(AnchorError::StaleSigners {
+                cluster: record.name.clone(),
+                account: anchor.account,
+            });
+        }
         let connects = members.iter().map(|(i, _)| self.connect(&record, *i));
         let nodes: Vec<(usize, Result<Instance, ClusterError>)> = members
             .iter()
@@ -407,71 +599,24 @@ impl Clusters<'_> {
             state: own.state_hash,
             bundle: own.bundle_hash,
         };
-        let need = anchor.quorum as usize;
         let tx = json!({
             "TransactionType": "AccountSet",
             "Account": anchor.account,
             "Memos": [memo_json(&cp.to_memo())],
         });
-        let client = self.tenant.client();
-        let unsigned = multisign::prepare(
-            client,
-            tx,
-            need,
-            MAX_CHECKPOINT_FEE_DROPS,
-            LAST_LEDGER_OFFSET,
-        )
-        .await
-        .map_err(submit_err(&anchor.account))?;
-        let bytes = unsigned.to_bytes();
-        let asks = nodes.iter().map(|(i, node)| {
-            let bytes = &bytes;
-            async move {
-                let answer = match node {
-                    Ok(n) => n
-                        .sign_checkpoint(bytes)
-                        .await
-                        .map_err(|e| berth_log::chain(&e)),
-                    Err(e) => Err(berth_log::chain(e)),
-                };
-                (*i, answer)
-            }
-        });
-        let mut signers = Vec::new();
-        let mut refusals = Vec::new();
-        for (i, answer) in futures_util::future::join_all(asks).await {
-            match answer.map(|s| checked_signer(&s, &unsigned.tx, &anchor.signers)) {
-                Ok(Ok(entry)) => signers.push(entry),
-                Ok(Err(why)) | Err(why) => refusals.push(format!("node {}: {why}", i + 1)),
-            }
-        }
         close_all(nodes).await;
-        if signers.len() < need {
-            return Err(AnchorError::NoQuorum {
-                cluster: record.name.clone(),
+        let done = self
+            .multisigned(
+                &record,
+                &anchor,
+                tx,
                 seq,
-                got: signers.len(),
-                need,
-                detail: refusals.join("; "),
-            });
-        }
-        signers.truncate(need);
-        let signed = unsigned.combine(signers);
-        progress(&format!(
-            "checkpoint of ledger {seq}: submitting {} ({need} signatures, fee {} drops)…",
-            signed.hash, unsigned.fee_drops
-        ));
-        let v = multisign::submit_and_wait(client, &signed, Duration::from_millis(500))
-            .await
-            .map_err(submit_err(&anchor.account))?;
+                "the checkpoint",
+                |s| s == NodeState::Member,
+                progress,
+            )
+            .await?;
         let validated_at = now_ms();
-        if !v.is_success() {
-            return Err(AnchorError::Failed {
-                account: anchor.account,
-                what: "the checkpoint",
-                result: v.result,
-            });
-        }
         if let Some(a) = record.anchor.as_mut() {
             a.last_seq = Some(seq);
         }
@@ -483,12 +628,12 @@ impl Clusters<'_> {
             ledger: hex::encode(cp.ledger),
             state: hex::encode(cp.state),
             bundle: hex::encode(cp.bundle),
-            tx: v.hash,
-            xrpl_ledger: v.ledger_index,
-            fee_drops: unsigned.fee_drops,
-            signers: need,
+            tx: done.validated.hash,
+            xrpl_ledger: done.validated.ledger_index,
+            fee_drops: done.fee_drops,
+            signers: anchor.quorum as usize,
             close_to_validated_ms: validated_at.saturating_sub(own.time_ms),
-            refusals,
+            refusals: done.refusals,
         }))
     }
 }

@@ -241,6 +241,11 @@ enum ClusterCommand {
         /// Write one checkpoint and stop.
         #[arg(long)]
         once: bool,
+        /// After a UNL change (add-node, remove-node, replace-node): set the account's
+        /// signer list to the current members, signed by a quorum of the old list through
+        /// the nodes.
+        #[arg(long, conflicts_with_all = ["setup", "every", "once"])]
+        update_signers: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -1093,9 +1098,30 @@ async fn cluster_command(
             fund,
             every,
             once,
+            update_signers,
             conn,
         } => {
             let c = clusters(conn.timeout);
+            if update_signers {
+                let report = c.update_signers(&cluster, &mut progress).await;
+                bar.finish();
+                let report = report?;
+                if json {
+                    return print_json(&report);
+                }
+                match report {
+                    Some(r) => println!(
+                        "cluster {cluster}: signer list of {} set to {} node(s), quorum {} (tx {}, fee {} drops)",
+                        r.account,
+                        r.signers.len(),
+                        r.quorum,
+                        r.tx,
+                        r.fee_drops
+                    ),
+                    None => eprintln!("cluster {cluster}: the signer list is the current UNL already"),
+                }
+                return Ok(());
+            }
             if setup {
                 let report = c.anchor_setup(&cluster, fund, &mut progress).await;
                 bar.finish();

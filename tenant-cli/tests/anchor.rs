@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_hotpocket_client::protocol::anchor::signer_quorum;
+use berth_hotpocket_client::protocol::bundle::ClusterSpec;
 use berth_hotpocket_client::protocol::pubkey_hex;
 use berth_localnet::{Config, Localnet, GENESIS_SEED};
 use berth_mb_xrpl::{Client, ClientConfig, SubmitConfig, Submitter};
@@ -42,6 +43,7 @@ fn free_port() -> u16 {
 struct HpNode {
     dir: PathBuf,
     key: SigningKey,
+    peer_port: u16,
     child: Option<Child>,
     addr: String,
 }
@@ -138,6 +140,7 @@ fn start_cluster(root: &Path, owner: &str, n: usize) -> Vec<HpNode> {
         let mut node = HpNode {
             dir,
             key,
+            peer_port: ports[i],
             child: None,
             addr: String::new(),
         };
@@ -420,6 +423,65 @@ async fn a_cluster_anchored_every_10_ledgers_is_verified_node_by_node() {
     .unwrap();
     assert_eq!(lib.nodes[2].verdict, Verdict::Contradicts);
     assert!(lib.contradicted());
+
+    // Node 2 leaves the UNL (the owner's cluster request, through consensus of 1 and 3):
+    // checkpoints stop until the signer list follows; the old list's quorum (nodes 1 and
+    // 3, each signing only a list naming its own new UNL) signs the new one.
+    let owner = berth_tenant::instance::Instance::connect(
+        &nodes[0].url(),
+        &keys.user,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let spec = ClusterSpec {
+        unl: [0, 2]
+            .iter()
+            .map(|&i| pubkey_hex(&nodes[i].key.verifying_key()))
+            .collect(),
+        peers: [0, 2]
+            .iter()
+            .map(|&i| format!("127.0.0.1:{}", nodes[i].peer_port))
+            .collect(),
+    };
+    let reply = owner.set_cluster(&spec).await.unwrap();
+    assert_eq!(reply.status, "ok", "{}", reply.message);
+    owner.close().await;
+    let mut record = clusters.load("anchored").unwrap();
+    record.nodes[1].state = NodeState::Leaving;
+    book.save_cluster(&record.name, &record).unwrap();
+    let stale = clusters
+        .checkpoint("anchored", Some(10), &mut progress)
+        .await;
+    assert!(
+        matches!(stale, Err(anchor::AnchorError::StaleSigners { .. })),
+        "{stale:?}"
+    );
+    let updated = clusters
+        .update_signers("anchored", &mut progress)
+        .await
+        .unwrap()
+        .expect("the list changes");
+    assert_eq!((updated.signers.len(), updated.quorum), (2, 2));
+    assert!(clusters
+        .update_signers("anchored", &mut progress)
+        .await
+        .unwrap()
+        .is_none());
+    let lib = anchor::verify(
+        &client,
+        &account,
+        &[],
+        Duration::from_secs(5),
+        &mut progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lib.signer_list.len(), 2);
+    assert!(
+        lib.checkpoints.iter().all(|c| c.valid),
+        "old checkpoints judged by the old list"
+    );
 
     // Figures: a checkpoint's cost for 3 and 5 nodes, and close → validated.
     let (base, inc) = tenant.reserves().await;
