@@ -372,6 +372,30 @@ async fn a_cluster_anchored_every_10_ledgers_is_verified_node_by_node() {
         "{report}"
     );
 
+    // The binary: one checkpoint of the latest ledger, as JSON.
+    let out = berth_async(
+        &home,
+        [
+            "cluster",
+            "anchor",
+            "--cluster",
+            "anchored",
+            "--once",
+            "--json",
+            "--ledger",
+            &ledger_url,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    let cli: Value = serde_json::from_str(&common::ok(out)).unwrap();
+    assert!(
+        cli["seq"].as_u64().unwrap() > reports.last().unwrap().seq,
+        "{cli}"
+    );
+    assert_eq!(cli["signers"], 2);
+
     // Node 2 shut down: the other two go on and anchor; node 2 lags, it does not lie.
     nodes[1].stop();
     let r = next_checkpoint(&clusters, reports.last().unwrap().seq).await;
