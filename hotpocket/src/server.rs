@@ -273,6 +273,7 @@ async fn session(
     drop(handshake);
     tracing::debug!(user, privileged, "user connected");
     let idle = shared.limits.idle_timeout;
+    let mut berth_budget = BerthBudget::default();
     let result = async {
         let mut idle_at = tokio::time::Instant::now() + idle;
         loop {
@@ -320,7 +321,16 @@ async fn session(
                     allowance.store(per_message, Ordering::Relaxed);
                     idle_at = tokio::time::Instant::now() + idle;
                     last_active.store(shared.uptime_ms(), Ordering::Relaxed);
-                    handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await;
+                    let request = Request::decode(protocol, &payload);
+                    if let Ok(Request::Berth(b)) = request {
+                        // Over the budget the session waits out the second (backpressure).
+                        if let Some(wait) = berth_budget.take(tokio::time::Instant::now()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                        let _ = tx.try_send(Reply::Berth(berth_request(b, &shared)));
+                        continue;
+                    }
+                    handle(request, protocol, &user, &shared, &round_tx, &tx, &tracker).await;
                 }
             }
         }
@@ -381,7 +391,7 @@ fn rejected(reason: RejectReason, input_hash: Vec<u8>) -> Reply {
 }
 
 async fn handle(
-    payload: &[u8],
+    request: Result<Request, RejectReason>,
     protocol: Protocol,
     user: &str,
     shared: &Arc<Shared>,
@@ -389,7 +399,7 @@ async fn handle(
     tx: &mpsc::Sender<Reply>,
     tracker: &TaskTracker,
 ) {
-    let request = match Request::decode(protocol, payload) {
+    let request = match request {
         Ok(r) => r,
         Err(reason) => {
             let _ = tx.try_send(rejected(reason, Vec::new()));
@@ -477,10 +487,46 @@ async fn handle(
             });
         }
         Request::Subscription => {}
-        Request::Berth(request) => {
-            let reply = berth_request(request, shared);
-            let _ = tx.try_send(Reply::Berth(reply));
+        // Answered in the session loop, within the session's budget.
+        Request::Berth(_) => {}
+    }
+}
+
+/// Berth extension requests one session is answered per second; a session asking more
+/// waits (each costs a SQLite read, a signature also a write).
+const BERTH_REQUESTS_PER_SEC: u32 = 50;
+
+/// A session's budget of Berth extension requests.
+#[derive(Default)]
+struct BerthBudget {
+    window: Option<tokio::time::Instant>,
+    used: u32,
+}
+
+impl BerthBudget {
+    /// Counts a request; how long to wait first when the second's budget is spent.
+    fn take(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        let second = Duration::from_secs(1);
+        let wait = match self.window {
+            Some(start) if now.duration_since(start) < second => {
+                if self.used < BERTH_REQUESTS_PER_SEC {
+                    None
+                } else {
+                    Some(second - now.duration_since(start))
+                }
+            }
+            _ => {
+                self.window = Some(now);
+                self.used = 0;
+                None
+            }
+        };
+        if let Some(w) = wait {
+            self.window = Some(now + w);
+            self.used = 0;
         }
+        self.used += 1;
+        wait
     }
 }
 
@@ -576,5 +622,28 @@ async fn read_request(
             }
         }
         Err(e) => tracing::warn!(error = %berth_log::chain(&e), "read-only run failed"),
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_session_past_its_berth_budget_waits_out_the_second() {
+        let mut budget = BerthBudget::default();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..BERTH_REQUESTS_PER_SEC {
+            assert_eq!(budget.take(t0), None);
+        }
+        let wait = budget.take(t0 + Duration::from_millis(300));
+        assert_eq!(wait, Some(Duration::from_millis(700)));
+        // The next second starts after that wait.
+        let t1 = t0 + Duration::from_millis(1000);
+        for _ in 1..BERTH_REQUESTS_PER_SEC {
+            assert_eq!(budget.take(t1), None);
+        }
+        assert!(budget.take(t1).is_some());
+        assert_eq!(budget.take(t1 + Duration::from_secs(2)), None);
     }
 }
