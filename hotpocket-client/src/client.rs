@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::protocol::anchor::{BerthReply, BerthRequest, CheckpointSigner, LedgerAnswer};
 use crate::protocol::bundle::{BootstrapReply, ClusterSpec, OwnerRequest};
 use crate::protocol::history::{LedgerQuery, LedgerQueryResult, LedgerRecord};
 use crate::protocol::user::{
@@ -55,6 +56,8 @@ pub enum ClientError {
     NoBootstrapReply,
     #[error("the node refused the ledger query from ledger {from}: {code}")]
     LedgerQuery { from: u64, code: String },
+    #[error("the node refused: {0}")]
+    Refused(String),
 }
 
 /// How many ledgers ahead of the lcl inputs may be included by default.
@@ -197,6 +200,8 @@ struct Inbox {
     outputs: BTreeMap<u64, LedgerOutputs>,
     lcl_waiters: VecDeque<oneshot::Sender<(u64, String)>>,
     stat_waiters: VecDeque<oneshot::Sender<NodeStat>>,
+    signature_waiters: VecDeque<oneshot::Sender<Result<CheckpointSigner, String>>>,
+    ledger_waiters: VecDeque<oneshot::Sender<LedgerAnswer>>,
     read_waiters: HashMap<String, oneshot::Sender<Vec<u8>>>,
     query_waiters: HashMap<String, oneshot::Sender<LedgerQueryResult>>,
     unmatched: Vec<Reply>,
@@ -661,6 +666,35 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
+    /// Asks the node to sign a checkpoint (or signer list) transaction of its cluster's
+    /// account (the unsigned transaction's binary form) as one signer of a multi-signed
+    /// transaction; [`ClientError::Refused`] carries the node's reason.
+    pub async fn sign_checkpoint(&self, tx: &[u8]) -> Result<CheckpointSigner, ClientError> {
+        let (send, rx) = oneshot::channel();
+        self.inner.inbox().signature_waiters.push_back(send);
+        self.send_request(&Request::Berth(BerthRequest::CheckpointSign {
+            tx: tx.to_vec(),
+        }))
+        .await?;
+        tokio::time::timeout(self.opts.timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout("a checkpoint signature"))?
+            .map_err(|_| ClientError::Closed)?
+            .map_err(ClientError::Refused)
+    }
+
+    /// The node's ledger at `seq` (its hashes, if it has it) and its last closed ledger.
+    pub async fn ledger_at(&self, seq: u64) -> Result<LedgerAnswer, ClientError> {
+        let (send, rx) = oneshot::channel();
+        self.inner.inbox().ledger_waiters.push_back(send);
+        self.send_request(&Request::Berth(BerthRequest::LedgerAt { seq }))
+            .await?;
+        tokio::time::timeout(self.opts.timeout, rx)
+            .await
+            .map_err(|_| ClientError::Timeout("a ledger answer"))?
+            .map_err(|_| ClientError::Closed)
+    }
+
     /// Uploads a contract bundle (zip bytes) to the installer and returns its answer. The
     /// input is the owner request form ([`OwnerRequest`]), which reaches the installer also
     /// after a contract is installed (the stock Evernode form `{type: "upload", content}`
@@ -868,6 +902,16 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
                     });
                 }
             }
+            Reply::Berth(BerthReply::CheckpointSignature(answer)) => {
+                if let Some(waiter) = inbox.signature_waiters.pop_front() {
+                    let _ = waiter.send(answer);
+                }
+            }
+            Reply::Berth(BerthReply::Ledger(answer)) => {
+                if let Some(waiter) = inbox.ledger_waiters.pop_front() {
+                    let _ = waiter.send(answer);
+                }
+            }
         }
     }
     let mut inbox = inner.inbox();
@@ -876,6 +920,8 @@ async fn read_loop(mut source: SplitStream<Ws>, inner: Arc<Inner>, protocol: Pro
     inbox.status_waiters.clear();
     inbox.lcl_waiters.clear();
     inbox.stat_waiters.clear();
+    inbox.signature_waiters.clear();
+    inbox.ledger_waiters.clear();
     inbox.read_waiters.clear();
     drop(inbox);
     inner.outputs_changed.notify_waiters();

@@ -10,12 +10,14 @@
 //! - [`exec`]: running a contract; [`bootstrap`]: installing an owner's bundle.
 //! - [`ledger`] and [`store`]: hash formulas and the SQLite record.
 //! - [`image`]: the build context of the instance image.
+//! - [`anchor`]: what the node signs for the cluster's checkpoints on the XRP Ledger.
 #![forbid(unsafe_code)]
 
 /// The wire formats live in `berth-hotpocket-client`, shared with the tenant CLI; the runtime
 /// names them `crate::protocol`.
 use berth_hotpocket_client::protocol;
 
+pub mod anchor;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;

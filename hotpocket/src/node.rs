@@ -33,6 +33,8 @@ pub enum NodeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Anchor(#[from] crate::anchor::AnchorError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Peer(#[from] crate::peer::net::PeerError),
@@ -124,6 +126,8 @@ pub struct Shared {
     pub ledger_retention: u64,
     /// The view read requests run in.
     pub read_view: Mutex<Option<Arc<crate::readview::ReadView>>>,
+    /// Checkpoint signatures and ledger answers (see [`crate::anchor`]).
+    pub anchor: crate::anchor::Anchor,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -500,6 +504,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
     })?;
     let store = Store::open(&opts.state_dir.join("ledger.sqlite"))?;
     let lcl = store.lcl()?;
+    let anchor = crate::anchor::Anchor::open(&opts.state_dir.join("ledger.sqlite"))?;
     let tls = crate::tls::server_config(&opts.state_dir)?;
     let ip: std::net::IpAddr = cfg.user.listen.parse().map_err(|_| NodeError::Bind {
         addr: cfg.user.listen.clone(),
@@ -580,6 +585,7 @@ pub async fn start(cfg: NodeConfig, opts: StartOptions) -> Result<RunningNode, N
         read_views_wanted: std::sync::atomic::AtomicBool::new(false),
         ledger_retention: cfg.ledger.retention,
         read_view: Mutex::new(None),
+        anchor,
     });
     let (round_tx, round_rx) = mpsc::channel(16 * 1024);
 

@@ -2216,7 +2216,11 @@ impl RoundLoop {
             match done {
                 Some(Ok(())) => match self.save_contract(contract) {
                     Ok(()) => {
-                        tracing::info!(seq = self.shared.lcl().seq_no, "contract bundle installed");
+                        let seq = self.shared.lcl().seq_no;
+                        if let Err(e) = self.store.record_bundle(seq, &p.bundle) {
+                            tracing::error!(seq, error = %berth_log::chain(&e), "recording the installed bundle's hash failed");
+                        }
+                        tracing::info!(seq, "contract bundle installed");
                         BootstrapReply::ok(
                             "uploadResult",
                             "Contract upload and installation succeeded",

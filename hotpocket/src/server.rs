@@ -22,6 +22,7 @@ use crate::config::HANDSHAKE_READ_BYTES;
 use crate::exec::{self, RunEnd};
 use crate::ledger::hash_parts;
 use crate::node::{RoundMsg, SessionHandle, Shared, SignedInput};
+use crate::protocol::anchor::{BerthReply, BerthRequest, LedgerAnswer};
 use crate::protocol::user::{
     InputStatus, ParsedContainer, Protocol, RejectReason, Reply, Request, ServerChallengeResponse,
     UserChallenge, UserChallengeResponse,
@@ -272,6 +273,7 @@ async fn session(
     drop(handshake);
     tracing::debug!(user, privileged, "user connected");
     let idle = shared.limits.idle_timeout;
+    let mut berth_budget = BerthBudget::default();
     let result = async {
         let mut idle_at = tokio::time::Instant::now() + idle;
         loop {
@@ -319,7 +321,16 @@ async fn session(
                     allowance.store(per_message, Ordering::Relaxed);
                     idle_at = tokio::time::Instant::now() + idle;
                     last_active.store(shared.uptime_ms(), Ordering::Relaxed);
-                    handle(&payload, protocol, &user, &shared, &round_tx, &tx, &tracker).await;
+                    let request = Request::decode(protocol, &payload);
+                    if let Ok(Request::Berth(b)) = request {
+                        // Over the budget the session waits out the second (backpressure).
+                        if let Some(wait) = berth_budget.take(tokio::time::Instant::now()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                        let _ = tx.try_send(Reply::Berth(berth_request(b, &shared)));
+                        continue;
+                    }
+                    handle(request, protocol, &user, &shared, &round_tx, &tx, &tracker).await;
                 }
             }
         }
@@ -380,7 +391,7 @@ fn rejected(reason: RejectReason, input_hash: Vec<u8>) -> Reply {
 }
 
 async fn handle(
-    payload: &[u8],
+    request: Result<Request, RejectReason>,
     protocol: Protocol,
     user: &str,
     shared: &Arc<Shared>,
@@ -388,7 +399,7 @@ async fn handle(
     tx: &mpsc::Sender<Reply>,
     tracker: &TaskTracker,
 ) {
-    let request = match Request::decode(protocol, payload) {
+    let request = match request {
         Ok(r) => r,
         Err(reason) => {
             let _ = tx.try_send(rejected(reason, Vec::new()));
@@ -496,6 +507,81 @@ async fn handle(
             });
             let _ = tx.send(Reply::LedgerQueryResult(reply)).await;
         }
+        // Answered in the session loop, within the session's budget.
+        Request::Berth(_) => {}
+    }
+}
+
+/// Berth extension requests one session is answered per second; a session asking more
+/// waits (each costs a SQLite read, a signature also a write).
+const BERTH_REQUESTS_PER_SEC: u32 = 50;
+
+/// A session's budget of Berth extension requests.
+#[derive(Default)]
+struct BerthBudget {
+    window: Option<tokio::time::Instant>,
+    used: u32,
+}
+
+impl BerthBudget {
+    /// Counts a request; how long to wait first when the second's budget is spent.
+    fn take(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        let second = Duration::from_secs(1);
+        let wait = match self.window {
+            Some(start) if now.duration_since(start) < second => {
+                if self.used < BERTH_REQUESTS_PER_SEC {
+                    None
+                } else {
+                    Some(second - now.duration_since(start))
+                }
+            }
+            _ => {
+                self.window = Some(now);
+                self.used = 0;
+                None
+            }
+        };
+        if let Some(w) = wait {
+            self.window = Some(now + w);
+            self.used = 0;
+        }
+        self.used += 1;
+        wait
+    }
+}
+
+/// Answers a Berth extension request (see [`crate::anchor`]); any user may ask.
+fn berth_request(request: BerthRequest, shared: &Shared) -> BerthReply {
+    match request {
+        BerthRequest::LedgerAt { seq } => {
+            let lcl = shared.lcl().seq_no;
+            match shared.anchor.ledger_answer(seq, lcl) {
+                Ok(answer) => BerthReply::Ledger(answer),
+                Err(e) => {
+                    tracing::warn!(seq, error = %berth_log::chain(&e), "reading a ledger for a user failed");
+                    BerthReply::Ledger(LedgerAnswer {
+                        seq,
+                        lcl_seq: lcl,
+                        ledger: None,
+                    })
+                }
+            }
+        }
+        BerthRequest::CheckpointSign { tx } => {
+            let contract = shared.contract();
+            let secret = shared.signing_key.to_bytes();
+            let ctx = crate::anchor::SignContext {
+                contract_id: &shared.contract_id,
+                unl: &contract.unl,
+                threshold: contract.consensus.threshold,
+                secret: &secret,
+            };
+            let answer = shared.anchor.sign(&tx, &ctx);
+            if let Err(reason) = &answer {
+                tracing::info!(reason, "refused to sign a checkpoint");
+            }
+            BerthReply::CheckpointSignature(answer)
+        }
     }
 }
 
@@ -556,5 +642,28 @@ async fn read_request(
             }
         }
         Err(e) => tracing::warn!(error = %berth_log::chain(&e), "read-only run failed"),
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_session_past_its_berth_budget_waits_out_the_second() {
+        let mut budget = BerthBudget::default();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..BERTH_REQUESTS_PER_SEC {
+            assert_eq!(budget.take(t0), None);
+        }
+        let wait = budget.take(t0 + Duration::from_millis(300));
+        assert_eq!(wait, Some(Duration::from_millis(700)));
+        // The next second starts after that wait.
+        let t1 = t0 + Duration::from_millis(1000);
+        for _ in 1..BERTH_REQUESTS_PER_SEC {
+            assert_eq!(budget.take(t1), None);
+        }
+        assert!(budget.take(t1).is_some());
+        assert_eq!(budget.take(t1 + Duration::from_secs(2)), None);
     }
 }

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     PRIMARY KEY (ledger_seq, pubkey, ord));
 CREATE TABLE IF NOT EXISTS users (pubkey TEXT PRIMARY KEY, last_nonce INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS proofs (seq_no INTEGER PRIMARY KEY, proof BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bundles (seq_no INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS executions (
     seq_no INTEGER PRIMARY KEY, state_hash BLOB NOT NULL, patch_hash BLOB NOT NULL,
     output_hash BLOB NOT NULL);
@@ -392,6 +393,18 @@ impl Store {
             )
             .optional()
             .map_err(self.err("read proof"))
+    }
+
+    /// Records that the bundle with blake3 `hash` went live at ledger `seq_no` (what a
+    /// checkpoint of a later ledger names as its bundle, see [`crate::anchor`]).
+    pub fn record_bundle(&mut self, seq_no: u64, hash: &Hash) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO bundles VALUES (?1, ?2)",
+                params![seq_no, hash.as_slice()],
+            )
+            .map_err(self.err("record bundle"))?;
+        Ok(())
     }
 
     /// The latest recorded execution, if any.

@@ -7,6 +7,8 @@
 //!   subscriptions across reconnects and publishes [`StreamEvent`]s.
 //! - [`submit`]: [`Submitter`], `prepare` (autofill and sign, so the caller can persist the
 //!   blob first) and `submit_and_wait` (submit, resubmit, wait for validation or expiry).
+//! - [`multisign`]: transactions of an account whose signers are elsewhere (a cluster's
+//!   nodes): prepare for the signers, combine their entries, submit and wait.
 //! - [`history`]: validated account history from a ledger cursor, in ledger order.
 //! - [`events`]: [`events::decode`] turns a validated transaction into a [`MarketEvent`].
 //!
@@ -17,6 +19,7 @@
 pub mod client;
 pub mod events;
 pub mod history;
+pub mod multisign;
 pub mod submit;
 mod tx;
 

@@ -384,30 +384,7 @@ impl Submitter {
     }
 
     async fn account_sequence(&self) -> Result<u32, SubmitError> {
-        let method = "account_info";
-        let r = self
-            .client
-            .request(
-                method,
-                json!({"account": self.account, "ledger_index": "current"}),
-            )
-            .await;
-        let r = match r {
-            Ok(r) => r,
-            Err(e) if e.rpc_error() == Some("actNotFound") => {
-                return Err(SubmitError::AccountNotFound {
-                    account: self.account.clone(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        r.pointer("/account_data/Sequence")
-            .and_then(json_u32)
-            .ok_or_else(|| {
-                self.client
-                    .bad_response(method, "no account_data.Sequence")
-                    .into()
-            })
+        account_sequence(&self.client, &self.account).await
     }
 
     /// Where the transaction with `hash` is.
@@ -600,29 +577,61 @@ impl Submitter {
             }
             Err(e) => return Err(e.into()),
         };
-        let result = r
-            .get("engine_result")
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.client.bad_response("submit", "no engine_result"))?
-            .to_owned();
-        let message = r
-            .get("engine_result_message")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        debug!(hash = %tx.hash, %result, "submitted");
-        Ok(classify(&tx.hash, result, message))
+        submit_answer(&self.client, &r, &tx.hash)
     }
 }
 
+/// The next `Sequence` of `account` in the current ledger.
+pub(crate) async fn account_sequence(client: &Client, account: &str) -> Result<u32, SubmitError> {
+    let method = "account_info";
+    let r = client
+        .request(
+            method,
+            json!({"account": account, "ledger_index": "current"}),
+        )
+        .await;
+    let r = match r {
+        Ok(r) => r,
+        Err(e) if e.rpc_error() == Some("actNotFound") => {
+            return Err(SubmitError::AccountNotFound {
+                account: account.to_owned(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    r.pointer("/account_data/Sequence")
+        .and_then(json_u32)
+        .ok_or_else(|| {
+            client
+                .bad_response(method, "no account_data.Sequence")
+                .into()
+        })
+}
+
+/// What a `submit` (or `submit_multisigned`) answer says to do next.
+pub(crate) fn submit_answer(client: &Client, r: &Value, hash: &str) -> Result<Step, SubmitError> {
+    let result = r
+        .get("engine_result")
+        .and_then(Value::as_str)
+        .ok_or_else(|| client.bad_response("submit", "no engine_result"))?
+        .to_owned();
+    let message = r
+        .get("engine_result_message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    debug!(%hash, %result, "submitted");
+    Ok(classify(hash, result, message))
+}
+
 /// rippled's submit errors that say "not now" rather than "never".
-const TRANSIENT_RPC_ERRORS: &[&str] =
+pub(crate) const TRANSIENT_RPC_ERRORS: &[&str] =
     &["tooBusy", "slowDown", "noNetwork", "noCurrent", "noClosed"];
 
 /// Consecutive failed lookups (connection lost, timeout) tolerated while waiting.
 const MAX_LOOKUP_FAILURES: u32 = 10;
 
-enum Step {
+pub(crate) enum Step {
     /// Accepted, queued, held or already known: wait for validation.
     Wait(String),
     /// `tefPAST_SEQ` / `tefMAX_LEDGER`: validated already, or never will be.
@@ -653,7 +662,7 @@ fn classify(hash: &str, result: String, message: String) -> Step {
 }
 
 /// Waits for the next ledger close, at most `poll`.
-async fn wait_for_ledger(
+pub(crate) async fn wait_for_ledger(
     events: &mut tokio::sync::broadcast::Receiver<StreamEvent>,
     poll: Duration,
 ) {

@@ -9,6 +9,8 @@
 //!   refunds, host registration, heartbeat) and the sealed payloads inside them;
 //! - [`sealed`]: the sealed box (ephemeral X25519, HKDF-SHA256, AES-256-GCM) addressed to an
 //!   account's ed25519 `MessageKey`;
+//! - [`checkpoint`]: a cluster's checkpoint memo (`berth/checkpoint`), anchored on the ledger
+//!   by a transaction its nodes multi-sign;
 //! - [`config`]: the host agent's TOML configuration file.
 //!
 //! The byte-by-byte description for third parties is `schemas/README.md`; JSON Schema files
@@ -18,6 +20,7 @@
 //! panics on outside input.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod field;
 pub mod key;

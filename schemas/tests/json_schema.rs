@@ -7,6 +7,7 @@ mod support;
 
 use std::path::Path;
 
+use berth_schemas::checkpoint::Checkpoint;
 use berth_schemas::memo::{Memo, MemoKind, Message, MEMO_FORMAT};
 use berth_schemas::message::{AcquireRequest, ExtendOk, Failure, InstanceDetails, ReasonCode};
 use berth_schemas::payload;
@@ -52,7 +53,7 @@ fn every_schema_file_is_used_and_every_kind_has_one() {
         .iter()
         .map(|&kind| schema_name(kind))
         .collect();
-    used.extend(["acquire-request", "instance-details"]);
+    used.extend(["acquire-request", "instance-details", "checkpoint"]);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
     for entry in std::fs::read_dir(dir).unwrap() {
         let file = entry.unwrap().file_name().into_string().unwrap();
@@ -75,6 +76,14 @@ fn payloads_written_by_the_types_validate() {
     assert_valid("acquire-request", &payload::encode(&maximal_request()));
     assert_valid("instance-details", &payload::encode(&typical_details()));
     assert_valid("instance-details", &payload::encode(&maximal_details()));
+    let checkpoint = Checkpoint {
+        contract: "3c349abe-4d70-4f50-9fa6-018f1f2530ab".into(),
+        seq: u64::MAX,
+        ledger: [0xab; 32],
+        state: [1; 32],
+        bundle: [0; 32],
+    };
+    assert_valid("checkpoint", &checkpoint.to_memo().memo_data);
 }
 
 /// Parses an example with the Rust types: the memo kinds through a memo, the sealed
@@ -86,6 +95,20 @@ fn parse_with_types(name: &str, json: &str) -> Result<(), String> {
         }
         "instance-details" => {
             payload::decode::<InstanceDetails>("instance details", json.as_bytes()).map(drop)
+        }
+        "checkpoint" => {
+            let mut memo = Checkpoint {
+                contract: "c".into(),
+                seq: 0,
+                ledger: [0; 32],
+                state: [0; 32],
+                bundle: [0; 32],
+            }
+            .to_memo();
+            memo.memo_data = json.as_bytes().to_vec();
+            return Checkpoint::from_memo(&memo)
+                .map(drop)
+                .map_err(|e| e.to_string());
         }
         kind => {
             let memo = Memo {

@@ -161,6 +161,9 @@ pub struct ClusterRecord {
     /// blake-free fingerprint of the bundle deployed (its length and FNV-1a), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<String>,
+    /// The cluster's account on the XRP Ledger, once `berth cluster anchor --setup` made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<crate::anchor::AnchorAccount>,
 }
 
 impl ClusterRecord {
@@ -186,7 +189,7 @@ impl ClusterRecord {
             })
     }
 
-    fn live_nodes(&self) -> impl Iterator<Item = (usize, &ClusterNode)> {
+    pub(crate) fn live_nodes(&self) -> impl Iterator<Item = (usize, &ClusterNode)> {
         self.nodes
             .iter()
             .enumerate()
@@ -334,7 +337,7 @@ impl Clusters<'_> {
             })
     }
 
-    fn save(&self, record: &ClusterRecord) -> Result<(), ClusterError> {
+    pub(crate) fn save(&self, record: &ClusterRecord) -> Result<(), ClusterError> {
         self.book.save_cluster(&record.name, record)?;
         Ok(())
     }
@@ -389,6 +392,7 @@ impl Clusters<'_> {
             nodes: Vec::new(),
             wired: false,
             deployed: None,
+            anchor: None,
         };
         self.save(&record)?;
         self.finish_create(record, registry, opts, bundle, started, progress)
@@ -693,7 +697,7 @@ impl Clusters<'_> {
     }
 
     /// The lease record of a node, with the peer address its host registered.
-    fn lease_of(&self, node: &ClusterNode) -> Result<LeaseRecord, ClusterError> {
+    pub(crate) fn lease_of(&self, node: &ClusterNode) -> Result<LeaseRecord, ClusterError> {
         let mut lease = self.book.find(&node.lease)?;
         if lease.peer_host.is_none() {
             lease.peer_host = node.peer_host.clone();
@@ -735,7 +739,11 @@ impl Clusters<'_> {
         Ok(ClusterSpec { unl, peers })
     }
 
-    async fn connect(&self, record: &ClusterRecord, i: usize) -> Result<Instance, ClusterError> {
+    pub(crate) async fn connect(
+        &self,
+        record: &ClusterRecord,
+        i: usize,
+    ) -> Result<Instance, ClusterError> {
         self.connect_within(record, i, self.node_timeout).await
     }
 
@@ -1325,6 +1333,7 @@ mod tests {
             nodes: vec![node("rA", &"01".repeat(32), NodeState::Member)],
             wired: true,
             deployed: Some(fingerprint(b"zip")),
+            anchor: None,
         };
         book.save_cluster("main", &record).unwrap();
         let back: ClusterRecord = book.cluster("main").unwrap().unwrap();
@@ -1364,6 +1373,7 @@ mod tests {
             ],
             wired: true,
             deployed: None,
+            anchor: None,
         };
         assert_eq!(record.node_index("1").unwrap(), 0);
         assert_eq!(record.node_index("cccc3333").unwrap(), 2);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use berth_hotpocket_client::client::{
     Client, ClientError, ConnectOptions, LedgerOutputs, NodeStat,
 };
+use berth_hotpocket_client::protocol::anchor::{CheckpointSigner, LedgerAnswer};
 use berth_hotpocket_client::protocol::bundle::ContractConfig;
 use berth_hotpocket_client::protocol::bundle::{build_bundle, BootstrapReply, ClusterSpec};
 use berth_hotpocket_client::protocol::history::HistoryFile;
@@ -197,6 +198,20 @@ impl Instance {
             }),
             other => other.map_err(self.request()),
         }
+    }
+
+    /// The node's `Signer` entry for a checkpoint or signer-list transaction of the
+    /// cluster's account (see `berth_hotpocket_client::protocol::anchor`).
+    pub async fn sign_checkpoint(&self, tx: &[u8]) -> Result<CheckpointSigner, InstanceError> {
+        self.client
+            .sign_checkpoint(tx)
+            .await
+            .map_err(self.request())
+    }
+
+    /// The node's ledger at `seq`.
+    pub async fn ledger_at(&self, seq: u64) -> Result<LedgerAnswer, InstanceError> {
+        self.client.ledger_at(seq).await.map_err(self.request())
     }
 
     /// The node's own status report (`stat`).

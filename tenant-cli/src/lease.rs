@@ -294,6 +294,31 @@ impl Tenant {
         &self.client
     }
 
+    /// Signs a plain XRP payment of `drops` to `destination` (persist it, then
+    /// [`Tenant::submit_signed`]).
+    pub async fn prepare_payment(
+        &self,
+        destination: &str,
+        drops: u64,
+    ) -> Result<SignedTx, LeaseError> {
+        Ok(self
+            .submitter
+            .prepare(json!({
+                "TransactionType": "Payment",
+                "Destination": destination,
+                "Amount": drops.to_string(),
+            }))
+            .await?)
+    }
+
+    /// Submits a transaction of the tenant's account and waits until it is final.
+    pub async fn submit_signed(
+        &self,
+        signed: &SignedTx,
+    ) -> Result<berth_mb_xrpl::Validated, LeaseError> {
+        Ok(self.submitter.submit_and_wait(signed).await?)
+    }
+
     /// The account's balance and owner count; `None` when the account does not exist.
     async fn account(&self, account: &str) -> Result<Option<Value>, LeaseError> {
         Ok(self.client.account_data(account).await?)
@@ -301,7 +326,7 @@ impl Tenant {
 
     /// (base, increment) reserve in drops, from `server_info`; the XRP Ledger's current
     /// values when the server does not say.
-    async fn reserves(&self) -> (u64, u64) {
+    pub async fn reserves(&self) -> (u64, u64) {
         let info = self.client.request("server_info", json!({})).await.ok();
         let xrp = |key: &str| {
             info.as_ref()

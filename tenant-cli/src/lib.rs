@@ -4,6 +4,7 @@
 //! `berth-sandbox` binary of the `berth-sandbox` crate, which this crate does not depend on.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 mod atomic;
 pub mod book;
 pub mod cluster;

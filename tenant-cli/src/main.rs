@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use berth_hotpocket_client::client::ClientError;
+use berth_tenant::anchor::{self, CheckpointReport, NodeTarget, Verdict};
 use berth_tenant::book::{Book, BookError, LeaseRecord};
 use berth_tenant::cluster::{ClusterView, Clusters, CreateOptions};
 use berth_tenant::hosts::{self, Filter, HostView};
@@ -238,6 +239,55 @@ enum ClusterCommand {
         host: Option<String>,
         #[command(flatten)]
         pick: PickArgs,
+    },
+    /// Anchor the cluster's state on the XRP Ledger. `--setup` makes the cluster's account:
+    /// funded from your wallet, its signer list the UNL's node keys with the quorum of the
+    /// cluster's threshold, its master key disabled. Then each run writes a checkpoint (the
+    /// contract id, a ledger's seq and hash, its state hash and the bundle's hash) signed by
+    /// a quorum of the nodes, each of which signs only a ledger it closed.
+    Anchor {
+        /// The cluster's name (see `berth cluster list`).
+        #[arg(long)]
+        cluster: String,
+        /// Make and fund the cluster's account (finishes an interrupted setup).
+        #[arg(long)]
+        setup: bool,
+        /// With --setup: drops to fund the account with; default its reserve (base and one
+        /// signer list) plus 1 XRP for checkpoint fees.
+        #[arg(long, requires = "setup")]
+        fund: Option<u64>,
+        /// Checkpoint the latest ledger that is a multiple of K, and keep doing so as
+        /// ledgers close (until Ctrl-C) unless --once.
+        #[arg(long, value_name = "K", conflicts_with = "setup")]
+        every: Option<u64>,
+        /// Write one checkpoint and stop.
+        #[arg(long)]
+        once: bool,
+        /// After a UNL change (add-node, remove-node, replace-node): set the account's
+        /// signer list to the current members, signed by a quorum of the old list through
+        /// the nodes.
+        #[arg(long, conflicts_with_all = ["setup", "every", "once"])]
+        update_signers: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Check a cluster's checkpoints on the XRP Ledger and ask each node for the same
+    /// ledgers: per node `agrees`, `lags` (behind the checkpoint, or unreachable) or
+    /// `contradicts` (another ledger or state at a checkpointed seq). Needs only the ledger
+    /// and the nodes' user ports. Exits 1 when a node contradicts a checkpoint or a
+    /// checkpoint is not validly signed.
+    Verify {
+        /// A cluster of this home: its account and nodes from its record.
+        #[arg(long, conflicts_with = "account")]
+        cluster: Option<String>,
+        /// The cluster's account (r…), for a cluster that is not yours.
+        #[arg(long, required_unless_present = "cluster")]
+        account: Option<String>,
+        /// A node's user port (wss://host:port), with --account; repeat for each node.
+        #[arg(long = "node", value_name = "URL")]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
 }
 
@@ -958,6 +1008,15 @@ async fn run_cluster(
     net: &Network,
     json: bool,
 ) -> anyhow::Result<()> {
+    if let ClusterCommand::Verify {
+        cluster,
+        account,
+        nodes,
+        conn,
+    } = cmd
+    {
+        return run_verify(home, net, json, cluster, account, nodes, conn).await;
+    }
     let keys = Keys::load(home)?;
     let tenant = Tenant::new(net.client().await?, &keys, Book::new(home))?;
     let result = cluster_command(&tenant, &keys, home, cmd, net, json).await;
@@ -1137,6 +1196,94 @@ async fn cluster_command(
             println!("node {node} removed from cluster {name}; its lease is terminated");
             Ok(())
         }
+        ClusterCommand::Verify { .. } => unreachable!("verify runs before the keys load"),
+        ClusterCommand::Anchor {
+            cluster,
+            setup,
+            fund,
+            every,
+            once,
+            update_signers,
+            conn,
+        } => {
+            let c = clusters(conn.timeout);
+            if update_signers {
+                let report = c.update_signers(&cluster, &mut progress).await;
+                bar.finish();
+                let report = report?;
+                if json {
+                    return print_json(&report);
+                }
+                match report {
+                    Some(r) => println!(
+                        "cluster {cluster}: signer list of {} set to {} node(s), quorum {} (tx {}, fee {} drops)",
+                        r.account,
+                        r.signers.len(),
+                        r.quorum,
+                        r.tx,
+                        r.fee_drops
+                    ),
+                    None => eprintln!("cluster {cluster}: the signer list is the current UNL already"),
+                }
+                return Ok(());
+            }
+            if setup {
+                let report = c.anchor_setup(&cluster, fund, &mut progress).await;
+                bar.finish();
+                let report = report?;
+                if json {
+                    return print_json(&report);
+                }
+                println!("account      {}", report.account);
+                println!("quorum       {} of {}", report.quorum, report.signers.len());
+                for (key, account) in &report.signers {
+                    println!("signer       {account}  {key}");
+                }
+                println!(
+                    "cost         funded {} drops, reserve {} drops, fees {} drops",
+                    report.funded_drops, report.reserve_drops, report.fees_drops
+                );
+                return Ok(());
+            }
+            let print = |r: &CheckpointReport| {
+                if json {
+                    // One JSON line per checkpoint when anchoring continuously.
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "ledger {:<8} {}  tx {}  xrpl ledger {}  fee {} drops  {} signers  {} ms from close to validated",
+                        r.seq,
+                        short_hash(&r.ledger),
+                        r.tx,
+                        r.xrpl_ledger,
+                        r.fee_drops,
+                        r.signers,
+                        r.close_to_validated_ms
+                    );
+                }
+            };
+            match (every, once) {
+                (Some(k), false) => {
+                    let stop = async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    };
+                    let done =
+                        anchor::anchor_every(&c, &cluster, k, stop, print, &mut progress).await;
+                    bar.finish();
+                    done?;
+                }
+                _ => {
+                    let r = c.checkpoint(&cluster, every, &mut progress).await;
+                    bar.finish();
+                    match r? {
+                        Some(r) => print(&r),
+                        None if json => println!("null"),
+                        None => eprintln!("cluster {cluster}: that ledger is anchored already"),
+                    }
+                }
+            }
+            Ok(())
+        }
         ClusterCommand::ReplaceNode {
             name,
             node,
@@ -1169,6 +1316,98 @@ async fn cluster_command(
             Ok(())
         }
     }
+}
+
+async fn run_verify(
+    home: &Path,
+    net: &Network,
+    json: bool,
+    cluster: Option<String>,
+    account: Option<String>,
+    nodes: Vec<String>,
+    conn: ConnArgs,
+) -> anyhow::Result<()> {
+    let mut targets: Vec<NodeTarget> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, url)| NodeTarget {
+            label: (i + 1).to_string(),
+            url: url.clone(),
+            key: None,
+        })
+        .collect();
+    let account = match (&cluster, account) {
+        (Some(name), _) => {
+            let book = Book::new(home);
+            let record = book
+                .cluster(name)?
+                .with_context(|| format!("no cluster named {name} in {}", home.display()))?;
+            targets.extend(anchor::targets_of(&book, &record));
+            record
+                .anchor
+                .filter(|a| a.setup_seed.is_none())
+                .map(|a| a.account)
+                .with_context(|| format!("cluster {name} has no account on the ledger yet: run `berth cluster anchor --setup --cluster {name}`"))?
+        }
+        (None, Some(account)) => account,
+        (None, None) => bail!("name the cluster (--cluster) or its account (--account)"),
+    };
+    let client = net.client().await?;
+    let bar = Progress::stages();
+    let mut progress = |line: &str| bar.line(line);
+    let report = anchor::verify(
+        &client,
+        &account,
+        &targets,
+        Duration::from_secs(conn.timeout),
+        &mut progress,
+    )
+    .await;
+    bar.finish();
+    client.shutdown().await;
+    let report = report.with_context(|| format!("verifying the checkpoints of {account}"))?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("account      {}", report.account);
+        println!(
+            "signer list  {} account(s), quorum {}",
+            report.signer_list.len(),
+            report.quorum
+        );
+        for c in &report.checkpoints {
+            println!(
+                "checkpoint   ledger {:<8} {}  tx {}  {}",
+                c.seq,
+                short_hash(&c.ledger),
+                short_hash(&c.tx),
+                match (&c.problem, c.valid) {
+                    (_, true) => format!("{} signature(s), valid", c.signers.len()),
+                    (Some(p), false) => format!("NOT VALID: {p}"),
+                    (None, false) => "NOT VALID".to_owned(),
+                }
+            );
+        }
+        for n in &report.nodes {
+            let verdict = match n.verdict {
+                Verdict::Agrees => "agrees",
+                Verdict::Lags => "lags",
+                Verdict::Contradicts => "CONTRADICTS",
+            };
+            println!(
+                "node {:<4} {:<12} {}  ({})",
+                n.node, verdict, n.url, n.detail
+            );
+        }
+    }
+    if report.contradicted() {
+        bail!("a node contradicts a checkpoint, or a checkpoint is not validly signed");
+    }
+    Ok(())
+}
+
+fn short_hash(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
 }
 
 fn print_cluster(view: &ClusterView) {

@@ -20,6 +20,19 @@ fn usage_errors_exit_2_and_failures_exit_1() {
         &["cluster", "create", "--nodes", "3", "--resume", "c1"][..],
         &["cluster", "create", "--nodes", "3", "--threshold", "101"][..],
         &["cluster", "remove-node", "c1"][..],
+        &["cluster", "anchor"][..],
+        &[
+            "cluster",
+            "anchor",
+            "--cluster",
+            "c1",
+            "--setup",
+            "--every",
+            "10",
+        ][..],
+        &["cluster", "anchor", "--cluster", "c1", "--fund", "5"][..],
+        &["cluster", "verify"][..],
+        &["cluster", "verify", "--cluster", "c1", "--account", "rX"][..],
     ] {
         let err = usage_error(berth(&home, args));
         assert!(err.starts_with("error: "), "{args:?}: {err}");
@@ -34,4 +47,19 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     );
     let err = fails(out);
     assert!(err.contains("settings.json"), "{err}");
+}
+
+#[test]
+fn anchor_and_verify_have_help_and_verify_fails_without_a_cluster_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    for cmd in ["anchor", "verify"] {
+        let out = berth(&home, &["cluster", cmd, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(help.contains("--json"), "{cmd}: {help}");
+    }
+    // verify needs no keys: with an unknown cluster it fails (1) naming it.
+    let err = fails(berth(&home, &["cluster", "verify", "--cluster", "nope"]));
+    assert!(err.contains("nope"), "{err}");
 }

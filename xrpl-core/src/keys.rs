@@ -85,6 +85,21 @@ impl KeyPair {
         })
     }
 
+    /// The XRPL key pair of a raw ed25519 secret key (32 bytes), such as a HotPocket
+    /// node's key: its public key is 0xED ‖ the ed25519 key, its account the usual hash of
+    /// that. It has no seed.
+    pub fn from_ed25519_secret(secret: &[u8; 32]) -> KeyPair {
+        let sk = ed25519_dalek::SigningKey::from_bytes(secret);
+        let mut public = vec![0xED];
+        public.extend_from_slice(sk.verifying_key().as_bytes());
+        KeyPair {
+            key_type: KeyType::Ed25519,
+            public,
+            secret: Secret::Ed25519(sk),
+            seed: None,
+        }
+    }
+
     /// A fresh random key pair.
     pub fn generate(key_type: KeyType) -> KeyPair {
         loop {
@@ -218,6 +233,16 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_raw_ed25519_secret_is_the_key_its_seed_derives() {
+        let from_seed = KeyPair::from_entropy(&[7; 16], KeyType::Ed25519).unwrap();
+        let raw = KeyPair::from_ed25519_secret(&sha512_half(&[&[7u8; 16]]));
+        assert_eq!(raw.public_key(), from_seed.public_key());
+        assert_eq!(raw.address(), from_seed.address());
+        assert_eq!(raw.sign(b"m"), from_seed.sign(b"m"));
+        assert!(raw.seed().is_none());
+    }
 
     #[test]
     fn genesis_seed_gives_the_genesis_account() {

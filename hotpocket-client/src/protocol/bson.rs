@@ -66,6 +66,11 @@ impl Doc {
         self
     }
 
+    /// The fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Bson)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
     pub fn get(&self, key: &str) -> Option<&Bson> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }

@@ -1,6 +1,7 @@
 //! HotPocket wire formats: user messages, the contract's args document and the bundle's
 //! `contract.config`. Only this module derives their serialization.
 
+pub mod anchor;
 pub mod bson;
 pub mod bundle;
 pub mod contract;

@@ -255,6 +255,8 @@ pub enum Request {
     Lcl,
     Subscription,
     LedgerQuery(super::history::LedgerQuery),
+    /// A Berth extension (`berth_…`, see [`super::anchor`]).
+    Berth(super::anchor::BerthRequest),
 }
 
 /// The signed container's fields.
@@ -314,6 +316,8 @@ pub enum Reply {
         ledger_hash: Vec<u8>,
     },
     LedgerQueryResult(super::history::LedgerQueryResult),
+    /// A Berth extension's answer (see [`super::anchor`]).
+    Berth(super::anchor::BerthReply),
 }
 
 fn ed_hex(bytes: &[u8]) -> String {
@@ -329,6 +333,9 @@ use super::bson::{Bson, Doc};
 impl Reply {
     /// Encodes for the wire.
     pub fn encode(&self, protocol: Protocol) -> Vec<u8> {
+        if let Reply::Berth(b) = self {
+            return b.encode(protocol);
+        }
         match protocol {
             Protocol::Json => serde_json::to_vec(&self.to_json()).unwrap_or_default(),
             Protocol::Bson => self.to_bson().encode(),
@@ -336,7 +343,14 @@ impl Reply {
     }
 
     /// The JSON-mode message.
-    pub fn to_json(&self) -> NodeMessage {
+    pub fn to_json(&self) -> serde_json::Value {
+        if let Reply::Berth(b) = self {
+            return b.to_json();
+        }
+        serde_json::to_value(self.hp_json()).unwrap_or_default()
+    }
+
+    fn hp_json(&self) -> NodeMessage {
         match self {
             Reply::InputStatus {
                 status,
@@ -415,6 +429,10 @@ impl Reply {
                 ledger_hash: hex::encode(ledger_hash),
             },
             Reply::LedgerQueryResult(r) => NodeMessage::LedgerQueryResult(r.clone()),
+            // Encoded by `to_json` before this is reached.
+            Reply::Berth(_) => NodeMessage::Error {
+                reason: "berth extension".into(),
+            },
         }
     }
 
@@ -531,14 +549,31 @@ impl Reply {
                 .with("ledger_seq_no", seq(*ledger_seq_no))
                 .with("ledger_hash", Bson::Binary(ledger_hash.clone())),
             Reply::LedgerQueryResult(r) => r.to_bson(),
+            Reply::Berth(b) => Doc::decode(&b.encode(Protocol::Bson)).unwrap_or_default(),
         }
     }
 
     /// Decodes a node message (client side); None for messages it does not know.
     pub fn decode(protocol: Protocol, bytes: &[u8]) -> Option<Reply> {
         match protocol {
-            Protocol::Json => Reply::from_json(serde_json::from_slice(bytes).ok()?),
-            Protocol::Bson => Reply::from_bson(&Doc::decode(bytes).ok()?),
+            Protocol::Json => {
+                let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+                match value.get("type").and_then(|t| t.as_str()) {
+                    Some(k) if super::anchor::is_berth_type(k) => {
+                        super::anchor::BerthReply::from_json(&value).map(Reply::Berth)
+                    }
+                    _ => Reply::from_json(serde_json::from_value(value).ok()?),
+                }
+            }
+            Protocol::Bson => {
+                let doc = Doc::decode(bytes).ok()?;
+                match doc.get("type").and_then(Bson::as_str) {
+                    Some(k) if super::anchor::is_berth_type(k) => {
+                        super::anchor::BerthReply::from_bson(&doc).map(Reply::Berth)
+                    }
+                    _ => Reply::from_bson(&doc),
+                }
+            }
         }
     }
 
@@ -727,6 +762,11 @@ impl Request {
                         let value: serde_json::Value = serde_json::from_slice(bytes)
                             .map_err(|_| RejectReason::BadMsgFormat)?;
                         let kind = value.get("type").and_then(|t| t.as_str());
+                        if kind.is_some_and(super::anchor::is_berth_type) {
+                            return super::anchor::BerthRequest::from_json(&value)
+                                .map(Request::Berth)
+                                .ok_or(RejectReason::BadMsgFormat);
+                        }
                         return Err(match kind {
                             Some(k) if !KNOWN_REQUESTS.contains(&k) => RejectReason::InvalidMsgType,
                             _ => RejectReason::BadMsgFormat,
@@ -776,6 +816,11 @@ impl Request {
                     "ledger_query" => super::history::LedgerQuery::from_bson(&doc)
                         .map(Request::LedgerQuery)
                         .ok_or(RejectReason::BadMsgFormat),
+                    k if super::anchor::is_berth_type(k) => {
+                        super::anchor::BerthRequest::from_bson(&doc)
+                            .map(Request::Berth)
+                            .ok_or(RejectReason::BadMsgFormat)
+                    }
                     _ => Err(RejectReason::InvalidMsgType),
                 }
             }
@@ -784,6 +829,9 @@ impl Request {
 
     /// Encodes a request (client side).
     pub fn encode(&self, protocol: Protocol) -> Vec<u8> {
+        if let Request::Berth(b) = self {
+            return b.encode(protocol);
+        }
         match protocol {
             Protocol::Json => {
                 let value = match self {
@@ -803,6 +851,7 @@ impl Request {
                         serde_json::json!({"type": "subscription", "channel": "ledger_event", "enabled": false})
                     }
                     Request::LedgerQuery(q) => q.to_json(),
+                    Request::Berth(_) => serde_json::Value::Null,
                 };
                 value.to_string().into_bytes()
             }
@@ -825,6 +874,7 @@ impl Request {
                         .with("channel", Bson::String("ledger_event".into()))
                         .with("enabled", Bson::Bool(false)),
                     Request::LedgerQuery(q) => q.to_bson(),
+                    Request::Berth(_) => Doc::new(),
                 };
                 doc.encode()
             }
