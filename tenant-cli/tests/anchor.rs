@@ -372,24 +372,33 @@ async fn a_cluster_anchored_every_10_ledgers_is_verified_node_by_node() {
         "{report}"
     );
 
-    // The binary: one checkpoint of the latest ledger, as JSON.
-    let out = berth_async(
-        &home,
-        [
-            "cluster",
-            "anchor",
-            "--cluster",
-            "anchored",
-            "--once",
-            "--json",
-            "--ledger",
-            &ledger_url,
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    )
-    .await;
-    let cli: Value = serde_json::from_str(&common::ok(out)).unwrap();
+    // The binary: one checkpoint of the latest ledger, as JSON. `null` means the latest
+    // ledger is anchored already (the cluster has not closed one since, on a loaded
+    // machine): ask again once it has.
+    let mut cli = Value::Null;
+    for _ in 0..40 {
+        let out = berth_async(
+            &home,
+            [
+                "cluster",
+                "anchor",
+                "--cluster",
+                "anchored",
+                "--once",
+                "--json",
+                "--ledger",
+                &ledger_url,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        )
+        .await;
+        cli = serde_json::from_str(&common::ok(out)).unwrap();
+        if !cli.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert!(
         cli["seq"].as_u64().unwrap() > reports.last().unwrap().seq,
         "{cli}"
